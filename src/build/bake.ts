@@ -1,0 +1,172 @@
+// Bakes a running bundle: runs it with runc in its network namespace, waits until it is ready,
+// warms it up, closes client connections, checkpoints it and writes the manifest beside it.
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { CHECKPOINT_DIR, type CheckpointManifest } from '../checkpoint/manifest.ts';
+import { writeManifest } from '../checkpoint/write.ts';
+import { NetnsClient } from '../lib/netns.ts';
+import { type PipedCommand, spawnPiped } from '../lib/pipe.ts';
+import { type Probe, probeText, type WarmupRequest } from './probe.ts';
+
+export interface BakeOptions {
+  bundle: string;
+  id: string;
+  /** Name of the network namespace the bundle's spec joins (see createNetns). */
+  netns: string;
+  ready: Probe;
+  readyTimeoutMs?: number;
+  warmup?: { count: number; request: WarmupRequest; port: number };
+  /** Directory that receives checkpoint/ and manifest.json (inside the rootfs for an image). */
+  outDir: string;
+  runc?: string;
+  prebakeVersion: string;
+  baseImage?: string;
+  /** Progress lines. */
+  onStep?: (step: string, ms: number) => void;
+}
+
+export interface BakeResult {
+  manifest: CheckpointManifest;
+  /** What the container printed before the checkpoint. */
+  output: string;
+}
+
+/** Collects a container's output without waiting for the pipes to close (the container holds them). */
+class Output {
+  text = '';
+  private waiters: (() => void)[] = [];
+  add(chunk: Buffer) {
+    this.text += chunk.toString('utf8');
+    if (this.text.length > 1 << 20) this.text = this.text.slice(-(1 << 19));
+    for (const w of this.waiters.splice(0)) w();
+  }
+  changed(): Promise<void> {
+    return new Promise((r) => this.waiters.push(r));
+  }
+  tail(n = 10): string {
+    return this.text.trimEnd().split('\n').slice(-n).join('\n');
+  }
+}
+
+async function waitReady(probe: Probe, client: NetnsClient, out: Output, timeoutMs: number): Promise<void> {
+  switch (probe.kind) {
+    case 'http':
+      await client.waitHttp({ port: probe.port, path: probe.path, timeoutMs });
+      return;
+    case 'tcp':
+      await client.waitTcp(probe.port, timeoutMs);
+      return;
+    case 'delay':
+      await new Promise((r) => setTimeout(r, probe.ms));
+      return;
+    case 'log': {
+      const end = Date.now() + timeoutMs;
+      while (!probe.regex.test(out.text)) {
+        const left = end - Date.now();
+        if (left <= 0) throw new Error(`no output line matched /${probe.regex.source}/ within ${timeoutMs} ms`);
+        await Promise.race([out.changed(), new Promise((r) => setTimeout(r, left))]);
+      }
+    }
+  }
+}
+
+/** Waits until the namespace holds no live TCP connection (TIME-WAIT has no owner) and no listener has a connection queued. */
+async function waitQuiet(netns: string, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const ss = execFileSync('ip', ['netns', 'exec', netns, 'ss', '-Htna'], { encoding: 'utf8' });
+    const busy = ss.split('\n').filter((l) => {
+      const [state, recvQ] = l.trim().split(/\s+/);
+      return state && state !== 'TIME-WAIT' && (state !== 'LISTEN' || recvQ !== '0');
+    });
+    if (busy.length === 0) return;
+    if (Date.now() > end) throw new Error(`client connections still open before checkpoint: ${busy.join('; ')}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export async function bake(opts: BakeOptions): Promise<BakeResult> {
+  const runc = opts.runc ?? 'runc';
+  const step = opts.onStep ?? (() => {});
+  const spec = JSON.parse(readFileSync(join(opts.bundle, 'config.json'), 'utf8')) as Spec;
+  const out = new Output();
+  const work = mkdtempSync(join(tmpdir(), 'prebake-bake-'));
+  let t = performance.now();
+  const lap = (name: string) => {
+    const now = performance.now();
+    step(name, now - t);
+    t = now;
+  };
+  let client: NetnsClient | undefined;
+  let piped: PipedCommand | undefined;
+  try {
+    client = await NetnsClient.start(opts.netns);
+    // stdin /dev/null, stdout and stderr a pipe: what engines give, and what CRIU can re-attach.
+    piped = spawnPiped(runc, ['run', '--detach', '--bundle', opts.bundle, opts.id]);
+    piped.output.on('data', (d: Buffer) => out.add(d));
+    const code = await piped.exit;
+    if (code !== 0) throw new Error(`runc run of ${opts.id} failed (exit ${code}): ${out.tail(3)}`);
+    lap('start');
+    try {
+      await waitReady(opts.ready, client, out, opts.readyTimeoutMs ?? 30000);
+    } catch (e) {
+      throw new Error(`${probeText(opts.ready)} never became ready: ${(e as Error).message}; last output:\n${out.tail()}`);
+    }
+    lap('ready');
+    if (opts.warmup) {
+      const { count, request, port } = opts.warmup;
+      for (let i = 0; i < count; i++) {
+        const r = await client.request({
+          port,
+          method: request.method,
+          path: request.path,
+          ...(request.body ? { body64: request.body.toString('base64') } : {}),
+        });
+        if (r.status >= 500) throw new Error(`warm-up request ${request.method} ${request.path} answered ${r.status}`);
+      }
+      lap('warmup');
+    }
+    client.close();
+    client = undefined;
+    await waitQuiet(opts.netns);
+    mkdirSync(opts.outDir, { recursive: true });
+    const imagePath = join(opts.outDir, CHECKPOINT_DIR);
+    try {
+      execFileSync(runc, ['checkpoint', '--image-path', imagePath, '--work-path', work, opts.id], { stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (e) {
+      let log = '';
+      try {
+        log = readFileSync(join(work, 'dump.log'), 'utf8').split('\n').filter((l) => /Error/.test(l)).slice(-3).join(' | ');
+      } catch {
+        /* no dump log */
+      }
+      throw new Error(`runc checkpoint of ${opts.id} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim()} ${log}`);
+    }
+    lap('checkpoint');
+    const manifest = writeManifest(opts.outDir, {
+      spec,
+      runc,
+      prebakeVersion: opts.prebakeVersion,
+      probe: probeText(opts.ready),
+      ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
+    });
+    lap('manifest');
+    return { manifest, output: out.text };
+  } catch (e) {
+    rmSync(join(opts.outDir, CHECKPOINT_DIR), { recursive: true, force: true });
+    throw e;
+  } finally {
+    client?.close();
+    piped?.close();
+    try {
+      execFileSync(runc, ['delete', '--force', opts.id], { stdio: 'ignore' });
+    } catch {
+      /* checkpoint already removed it */
+    }
+    rmSync(work, { recursive: true, force: true });
+  }
+}

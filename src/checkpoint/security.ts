@@ -1,0 +1,114 @@
+// The security-relevant part of a runtime spec, as recorded at bake time, and the rule that
+// decides whether a checkpoint may be restored under a new spec (never more privilege).
+
+import { createHash } from 'node:crypto';
+import type { Spec } from '../../oci/runtime-spec.ts';
+
+export interface SecurityContext {
+  uid: number;
+  gid: number;
+  additionalGids: number[];
+  capabilities: Record<'bounding' | 'effective' | 'inheritable' | 'permitted' | 'ambient', string[]>;
+  noNewPrivileges: boolean;
+  /** sha256 of the canonical JSON of linux.seccomp, or null when there is none. */
+  seccomp: string | null;
+  apparmorProfile: string;
+  selinuxLabel: string;
+  readonlyRootfs: boolean;
+  maskedPaths: string[];
+  readonlyPaths: string[];
+  rlimits: Record<string, { soft: number; hard: number }>;
+}
+
+/** What the restored process needs to be the same as at bake time. */
+export interface BakedSpec {
+  security: SecurityContext;
+  /** Mount destinations, sorted. */
+  mounts: string[];
+  terminal: boolean;
+}
+
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const o = value as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+const sorted = (a: readonly string[] | undefined): string[] => [...new Set(a ?? [])].sort();
+
+export function bakedSpecOf(spec: Spec): BakedSpec {
+  const p = spec.process;
+  const caps = p?.capabilities ?? {};
+  const rlimits: SecurityContext['rlimits'] = {};
+  for (const r of p?.rlimits ?? []) rlimits[r.type] = { soft: r.soft, hard: r.hard };
+  const seccomp = spec.linux?.seccomp;
+  return {
+    security: {
+      uid: p?.user.uid ?? 0,
+      gid: p?.user.gid ?? 0,
+      additionalGids: [...new Set(p?.user.additionalGids ?? [])].sort((a, b) => a - b),
+      capabilities: {
+        bounding: sorted(caps.bounding),
+        effective: sorted(caps.effective),
+        inheritable: sorted(caps.inheritable),
+        permitted: sorted(caps.permitted),
+        ambient: sorted(caps.ambient),
+      },
+      noNewPrivileges: p?.noNewPrivileges ?? false,
+      seccomp: seccomp ? createHash('sha256').update(canonicalJson(seccomp)).digest('hex') : null,
+      apparmorProfile: p?.apparmorProfile ?? '',
+      selinuxLabel: p?.selinuxLabel ?? '',
+      readonlyRootfs: spec.root?.readonly ?? false,
+      maskedPaths: sorted(spec.linux?.maskedPaths),
+      readonlyPaths: sorted(spec.linux?.readonlyPaths),
+      rlimits,
+    },
+    mounts: sorted((spec.mounts ?? []).map((m) => m.destination)),
+    terminal: p?.terminal ?? false,
+  };
+}
+
+const subset = (a: readonly (string | number)[], b: readonly (string | number)[]) => a.every((x) => b.includes(x));
+const sameSet = (a: readonly string[], b: readonly string[]) => subset(a, b) && subset(b, a);
+
+/**
+ * Why a process baked with `baked` may not be restored where `wanted` is asked for, or null
+ * when the baked context is equal to or strictly less privileged than the wanted one.
+ */
+export function securityMismatch(baked: SecurityContext, wanted: SecurityContext): string | null {
+  if (baked.uid !== wanted.uid || baked.gid !== wanted.gid)
+    return `user ${baked.uid}:${baked.gid} was baked, the container asks for ${wanted.uid}:${wanted.gid}`;
+  if (!subset(baked.additionalGids, wanted.additionalGids))
+    return `baked additional groups [${baked.additionalGids}] are not all in [${wanted.additionalGids}]`;
+  for (const set of Object.keys(baked.capabilities) as (keyof SecurityContext['capabilities'])[]) {
+    const extra = baked.capabilities[set].filter((c) => !wanted.capabilities[set].includes(c));
+    if (extra.length) return `baked ${set} capabilities ${extra.join(',')} are not granted by the container's spec`;
+  }
+  if (wanted.noNewPrivileges && !baked.noNewPrivileges)
+    return 'the container asks for noNewPrivileges, the checkpoint was baked without it';
+  if (wanted.seccomp !== null && baked.seccomp !== wanted.seccomp)
+    return baked.seccomp === null
+      ? 'the container asks for a seccomp filter, the checkpoint was baked without one'
+      : 'the seccomp profile differs from the baked one';
+  if (baked.apparmorProfile !== wanted.apparmorProfile)
+    return `AppArmor profile "${baked.apparmorProfile}" was baked, the container asks for "${wanted.apparmorProfile}"`;
+  if (baked.selinuxLabel !== wanted.selinuxLabel)
+    return `SELinux label "${baked.selinuxLabel}" was baked, the container asks for "${wanted.selinuxLabel}"`;
+  if (baked.readonlyRootfs !== wanted.readonlyRootfs)
+    return `readonly rootfs ${baked.readonlyRootfs} was baked, the container asks for ${wanted.readonlyRootfs}`;
+  if (!sameSet(baked.maskedPaths, wanted.maskedPaths)) return 'masked paths differ from the baked ones';
+  if (!sameSet(baked.readonlyPaths, wanted.readonlyPaths)) return 'readonly paths differ from the baked ones';
+  for (const [type, w] of Object.entries(wanted.rlimits)) {
+    const b = baked.rlimits[type];
+    if (!b || b.soft > w.soft || b.hard > w.hard)
+      return `rlimit ${type} ${w.soft}/${w.hard} asked for, ${b ? `${b.soft}/${b.hard}` : 'unlimited'} was baked`;
+  }
+  return null;
+}

@@ -1,0 +1,112 @@
+// Chooses the checkpoint under a /.prebake directory that fits a container, and checks it
+// before CRIU sees it: manifest shape, host compatibility, spec, and every file's digest.
+
+import { createHash } from 'node:crypto';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import type { HostFacts } from '../lib/host.ts';
+import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
+import { bakedSpecOf, securityMismatch } from './security.ts';
+
+/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
+export function readContained(path: string, max: number): Buffer {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
+    if (st.size > max) throw new Error(`${path} is ${st.size} bytes, more than the ${max} allowed`);
+    const buf = Buffer.alloc(st.size);
+    let off = 0;
+    while (off < st.size) {
+      const n = readSync(fd, buf, off, st.size - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function loadManifest(dir: string): CheckpointManifest {
+  return parseManifest(readContained(join(dir, MANIFEST_FILE), MANIFEST_MAX_BYTES).toString('utf8'));
+}
+
+/** Why this checkpoint cannot be restored into `spec` on this host, or null when it can. */
+export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFacts): string | null {
+  if (m.arch !== host.arch) return `checkpoint was baked on ${m.arch}, this host is ${host.arch}`;
+  const [bakedMajor] = m.versions.criu.split('.');
+  const [hostMajor] = host.criu.split('.');
+  if (bakedMajor !== hostMajor) return `checkpoint was written by CRIU ${m.versions.criu}, this host has CRIU ${host.criu}`;
+  const missing = m.cpuFlags.filter((f) => !host.cpuFlags.includes(f));
+  if (missing.length) return `this host's CPU lacks ${missing.slice(0, 8).join(' ')}${missing.length > 8 ? ' …' : ''}, which the baking host had`;
+  const wanted = bakedSpecOf(spec);
+  const extra = wanted.mounts.filter((d) => !m.spec.mounts.includes(d));
+  const gone = m.spec.mounts.filter((d) => !wanted.mounts.includes(d));
+  if (extra.length || gone.length)
+    return `mount destinations differ from the baked ones (${[...extra.map((d) => `+${d}`), ...gone.map((d) => `-${d}`)].join(' ')})`;
+  if (m.spec.terminal !== wanted.terminal)
+    return `the checkpoint was baked ${m.spec.terminal ? 'with' : 'without'} a terminal, the container asks ${wanted.terminal ? 'for one' : 'for none'}`;
+  const why = securityMismatch(m.spec.security, wanted.security);
+  return why && `security: ${why}`;
+}
+
+/** Checks that checkpoint/ holds exactly the manifest's files, each with its size and sha256. */
+export function verifyFiles(dir: string, m: CheckpointManifest): void {
+  const base = join(dir, CHECKPOINT_DIR);
+  const listed = new Set(Object.keys(m.files));
+  const walk = (rel: string) => {
+    for (const e of readdirSync(join(base, rel), { withFileTypes: true })) {
+      const name = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(name);
+      else if (!e.isFile()) throw new Error(`checkpoint file ${name} is not a regular file`);
+      else if (!listed.has(name)) throw new Error(`checkpoint file ${name} is not in the manifest`);
+    }
+  };
+  walk('');
+  for (const [name, want] of Object.entries(m.files)) {
+    const path = join(base, name);
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st?.isFile()) throw new Error(`checkpoint file ${name} is missing`);
+    if (st.size !== want.size) throw new Error(`checkpoint file ${name} is ${st.size} bytes, the manifest says ${want.size}`);
+    const got = createHash('sha256').update(readContained(path, want.size)).digest('hex');
+    if (got !== want.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
+  }
+}
+
+export interface ChosenCheckpoint {
+  dir: string;
+  manifest: CheckpointManifest;
+}
+
+/**
+ * `root` holds either one checkpoint (manifest.json) or several (<name>/manifest.json).
+ * Returns the first that fits; throws with every candidate's reason otherwise.
+ */
+export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts): ChosenCheckpoint {
+  const single = lstatSync(join(root, MANIFEST_FILE), { throwIfNoEntry: false });
+  const dirs = single
+    ? [root]
+    : readdirSync(root, { withFileTypes: true })
+        .filter((e) => e.isDirectory() && lstatSync(join(root, e.name, MANIFEST_FILE), { throwIfNoEntry: false }))
+        .map((e) => join(root, e.name))
+        .sort();
+  if (dirs.length === 0) throw new Error(`no ${MANIFEST_FILE} in ${root}`);
+  const reasons: string[] = [];
+  for (const dir of dirs) {
+    try {
+      const manifest = loadManifest(dir);
+      const why = incompatibility(manifest, spec, host);
+      if (why) {
+        reasons.push(dirs.length > 1 ? `${dir}: ${why}` : why);
+        continue;
+      }
+      verifyFiles(dir, manifest);
+      return { dir, manifest };
+    } catch (e) {
+      reasons.push(dirs.length > 1 ? `${dir}: ${(e as Error).message}` : (e as Error).message);
+    }
+  }
+  throw new Error(reasons.join('; '));
+}

@@ -1,0 +1,53 @@
+// Writes a checkpoint's manifest.json: host versions, the spec it was baked with, and the
+// size and sha256 of every file under checkpoint/.
+
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { machine, release } from 'node:os';
+import { join } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { cpuFlags, criuVersion, runcVersion } from '../lib/host.ts';
+import { CHECKPOINT_DIR, type CheckpointManifest, type FileDigest, MANIFEST_FILE, MANIFEST_FORMAT } from './manifest.ts';
+import { bakedSpecOf } from './security.ts';
+
+export function digestTree(base: string): Record<string, FileDigest> {
+  const files: Record<string, FileDigest> = {};
+  const walk = (rel: string) => {
+    for (const e of readdirSync(join(base, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const name = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(name);
+      else if (e.isFile()) {
+        const data = readFileSync(join(base, name));
+        files[name] = { size: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+      } else throw new Error(`checkpoint file ${name} is not a regular file`);
+    }
+  };
+  walk('');
+  return files;
+}
+
+export interface ManifestInput {
+  spec: Spec;
+  runc: string;
+  criu?: string;
+  prebakeVersion: string;
+  probe?: string;
+  baseImage?: string;
+}
+
+/** `dir` holds checkpoint/; writes dir/manifest.json and returns it. */
+export function writeManifest(dir: string, input: ManifestInput): CheckpointManifest {
+  const manifest: CheckpointManifest = {
+    format: MANIFEST_FORMAT,
+    created: new Date().toISOString(),
+    versions: { prebake: input.prebakeVersion, runc: runcVersion(input.runc), criu: criuVersion(input.criu), kernel: release() },
+    arch: machine(),
+    cpuFlags: cpuFlags(),
+    ...(input.baseImage ? { baseImage: input.baseImage } : {}),
+    spec: bakedSpecOf(input.spec),
+    ...(input.probe ? { probe: input.probe } : {}),
+    files: digestTree(join(dir, CHECKPOINT_DIR)),
+  };
+  writeFileSync(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
+  return manifest;
+}

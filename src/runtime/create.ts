@@ -1,0 +1,148 @@
+// `create`: restore the container from the checkpoint its image carries, or fall back to the
+// ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
+
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
+import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
+import { chooseCheckpoint } from '../checkpoint/verify.ts';
+import { hostFacts } from '../lib/host.ts';
+import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
+import { type RuntimeConfig, containerStateDir } from './config.ts';
+import type { Logger } from './log.ts';
+
+export const RESTORED_MARKER = 'restored';
+
+/** Exit status of a finished child, the way a shell reports it. */
+function statusOf(r: ReturnType<typeof spawnSync>): number {
+  if (r.error) throw r.error;
+  if (r.signal) return 128 + (constants.signals[r.signal] ?? 0);
+  return r.status ?? 1;
+}
+
+/** Global flags to hand to runc, without the log destination (prebake gives runc its own). */
+function globalsWithoutLog(global: ParsedArgs): string[] {
+  return global.flags.filter((f) => f.name !== 'log' && f.name !== 'log-format').flatMap((f) => f.raw);
+}
+
+/** The last error runc wrote to a JSON log, and CRIU's last error lines from restore.log. */
+function failureReason(runcLog: string, criuLog: string): string {
+  let reason = '';
+  try {
+    for (const line of readFileSync(runcLog, 'utf8').split('\n')) {
+      try {
+        const o = JSON.parse(line) as { level?: string; msg?: string };
+        if (o.level === 'error' && o.msg) reason = o.msg;
+      } catch {
+        /* not a JSON line */
+      }
+    }
+  } catch {
+    /* runc wrote no log */
+  }
+  try {
+    const errors = readFileSync(criuLog, 'utf8')
+      .split('\n')
+      .filter((l) => /Error|error/.test(l))
+      .slice(-2)
+      .map((l) => l.trim());
+    if (errors.length) reason += `${reason ? '; ' : ''}CRIU: ${errors.join(' | ')}`;
+  } catch {
+    /* CRIU did not get to write a log */
+  }
+  return reason || 'runc restore failed without a message';
+}
+
+interface RestorePlan {
+  id: string;
+  bundle: string;
+  imagePath: string;
+  stateDir: string;
+  source: string;
+}
+
+/** Works out whether and how this create can be a restore; throws with the reason if not. */
+function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig, spec: Spec, bundle: string): RestorePlan | null {
+  const req = checkpointRequest(spec);
+  if (req.kind === 'none') return null;
+  if (req.kind === 'off') throw new Error(`checkpoint turned off by ${req.source}`);
+  for (const f of CREATE_FLAGS) {
+    const v = flagValue(createArgs, f.name);
+    if (f.onRestore === 'refuse' && v !== undefined && v !== '0' && v !== '')
+      throw new Error(`create --${f.name} ${v} cannot be honoured by a restore`);
+  }
+  const id = createArgs.rest[0]!;
+  const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
+  const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
+  const chosen = chooseCheckpoint(root, spec, facts);
+  return {
+    id,
+    bundle,
+    imagePath: join(chosen.dir, CHECKPOINT_DIR),
+    stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
+    source: `${req.path} (${req.source})`,
+  };
+}
+
+/** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
+function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
+  rmSync(plan.stateDir, { recursive: true, force: true });
+  const work = join(plan.stateDir, 'criu');
+  mkdirSync(work, { recursive: true });
+  const runcLog = join(plan.stateDir, 'runc-restore.log');
+  const args = [...globalsWithoutLog(call.global), '--log', runcLog, '--log-format', 'json', 'restore', '--detach'];
+  args.push('--image-path', plan.imagePath, '--work-path', work, '--bundle', plan.bundle);
+  const pidFile = flagValue(createArgs, 'pid-file');
+  if (pidFile !== undefined) args.push('--pid-file', pidFile);
+  const console = flagValue(createArgs, 'console-socket');
+  if (console !== undefined) args.push('--console-socket', console);
+  if (flagIsSet(createArgs, 'no-pivot')) args.push('--no-pivot');
+  args.push(plan.id);
+  // The restored process takes runc's stdio in place of the pipes it had at bake time.
+  const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
+  if (status === 0) {
+    writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
+    return null;
+  }
+  const reason = failureReason(runcLog, join(work, 'restore.log'));
+  // Leave nothing of the attempt: runc's state (if any) and prebake's.
+  spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', plan.id], { stdio: 'ignore' });
+  rmSync(plan.stateDir, { recursive: true, force: true });
+  return reason;
+}
+
+/** The ordinary `runc create`, with the caller's argv and its extra descriptors. */
+function coldCreate(argv: readonly string[], createArgs: ParsedArgs | null, cfg: RuntimeConfig): number {
+  const preserve = Number(createArgs ? (flagValue(createArgs, 'preserve-fds') ?? 0) : 0) || 0;
+  const listen = Number(process.env.LISTEN_FDS ?? 0) || 0;
+  const extra = Array.from({ length: Math.max(preserve, listen) }, (_, i) => i + 3);
+  return statusOf(spawnSync(cfg.runc, argv, { stdio: ['inherit', 'inherit', 'inherit', ...extra] }));
+}
+
+export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger): number {
+  let createArgs: ParsedArgs | null = null;
+  let plan: RestorePlan | null = null;
+  try {
+    createArgs = parseFlags(CREATE_FLAGS, call.args, 'runc create');
+    if (createArgs.rest.length !== 1) return coldCreate(argv, createArgs, cfg); // runc reports the usage error
+    const bundle = resolve(flagValue(createArgs, 'bundle') ?? '.');
+    const spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Spec;
+    plan = planRestore(call, createArgs, cfg, spec, bundle);
+  } catch (e) {
+    log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
+  }
+  if (plan && createArgs) {
+    const t0 = performance.now();
+    const why = restore(plan, call, createArgs, cfg);
+    if (why === null) {
+      log.info({ id: plan.id, ms: Math.round(performance.now() - t0) }, `restored ${plan.id} from ${plan.source}`);
+      return 0;
+    }
+    log.warn({ id: plan.id }, `cold start: restore of ${plan.id} from ${plan.imagePath} failed: ${why}`);
+  }
+  return coldCreate(argv, createArgs, cfg);
+}
+

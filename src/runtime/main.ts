@@ -1,0 +1,50 @@
+// The Node side of the `prebake` runtime: bin/prebake hands it `create`, `--version` and
+// prebake's own commands; anything else reaching it is passed to runc unchanged.
+
+import { spawnSync } from 'node:child_process';
+import { parseRuntimeCall, flagIsSet, flagValue } from './argv.ts';
+import { loadRuntimeConfig } from './config.ts';
+import { restoreOrCreate } from './create.ts';
+import { createLogger } from './log.ts';
+
+declare const PREBAKE_VERSION: string | undefined;
+export const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
+
+function passThrough(runc: string, argv: readonly string[]): number {
+  const r = spawnSync(runc, argv, { stdio: 'inherit' });
+  if (r.error) {
+    process.stderr.write(`prebake: cannot run ${runc}: ${r.error.message}\n`);
+    return 127;
+  }
+  return r.status ?? 1;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const cfg = loadRuntimeConfig();
+  let call;
+  try {
+    call = parseRuntimeCall(argv);
+  } catch {
+    return passThrough(cfg.runc, argv); // runc prints its own usage error
+  }
+  if (flagIsSet(call.global, 'version')) {
+    process.stdout.write(`prebake version ${VERSION}\n`);
+    return passThrough(cfg.runc, ['--version']);
+  }
+  switch (call.command) {
+    case 'create': {
+      const log = createLogger({
+        file: flagValue(call.global, 'log'),
+        format: flagValue(call.global, 'log-format'),
+        debug: flagIsSet(call.global, 'debug'),
+      });
+      return restoreOrCreate(argv, call, cfg, log);
+    }
+    case 'doctor': {
+      const { doctor } = await import('./doctor.ts');
+      return doctor(cfg, call.args);
+    }
+    default:
+      return passThrough(cfg.runc, argv);
+  }
+}

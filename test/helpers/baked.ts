@@ -1,0 +1,71 @@
+// A baked Python function for runtime tests: the noop function checkpointed (real runc + CRIU)
+// after it has served requests, as an image layer holding /.prebake above the app and Python layers.
+
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { bake } from '../../src/build/bake.ts';
+import { functionSpec } from '../../src/build/spec.ts';
+import type { CheckpointManifest } from '../../src/checkpoint/manifest.ts';
+import { pythonRootfs } from '../../src/image/rootfs.ts';
+import { overlayBundle, REPO, uniqueName } from './bundle.ts';
+
+export const PORT = 8080;
+export const WARMUP = 3;
+
+export interface BakedFunction {
+  /** Layers, top first: the checkpoint layer, the app, Python. */
+  layers: string[];
+  /** The layers without the checkpoint (the image before baking). */
+  baseLayers: string[];
+  manifest: CheckpointManifest;
+  /** The spec a container of this image gets, in `netns`. */
+  spec(netns: string, change?: (s: Spec) => void): Spec;
+  cleanup(): void;
+}
+
+export async function bakeNoop(opts: { terminal?: boolean } = {}): Promise<BakedFunction> {
+  const python = await pythonRootfs();
+  const tmp = mkdtempSync(join(tmpdir(), 'prebake-baked-'));
+  const app = join(tmp, 'app-layer');
+  mkdirSync(join(app, 'app'), { recursive: true });
+  copyFileSync(join(REPO, 'images/noop/function.py'), join(app, 'app/function.py'));
+  const baseLayers = [app, python];
+  const specFor = (netns: string, change?: (s: Spec) => void) => {
+    const s = functionSpec({ args: ['python3', '/app/function.py'], env: ['PREBAKE_CHECKPOINT=/.prebake', `PORT=${PORT}`], netns, terminal: opts.terminal ?? false });
+    change?.(s);
+    return s;
+  };
+  const b = overlayBundle(baseLayers);
+  let manifest: CheckpointManifest;
+  try {
+    b.writeSpec(specFor(b.netnsPath));
+    ({ manifest } = await bake({
+      bundle: b.dir,
+      id: uniqueName('bake'),
+      netns: b.netns,
+      ready: { kind: 'http', port: PORT, path: '/' },
+      warmup: { count: WARMUP, port: PORT, request: { method: 'GET', path: '/' } },
+      outDir: join(b.rootfs, '.prebake'),
+      prebakeVersion: 'test',
+    }));
+  } catch (e) {
+    b.cleanup();
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  // Keep the upper dir (the checkpoint layer), drop the rest of the bake bundle.
+  const layer = join(tmp, 'checkpoint-layer');
+  const { execFileSync } = await import('node:child_process');
+  execFileSync('umount', [b.rootfs]);
+  execFileSync('mv', [b.upper, layer]);
+  b.cleanup();
+  return {
+    layers: [layer, ...baseLayers],
+    baseLayers,
+    manifest,
+    spec: specFor,
+    cleanup: () => rmSync(tmp, { recursive: true, force: true }),
+  };
+}

@@ -1,0 +1,102 @@
+// Test bundles: an overlay rootfs over read-only layers (as engines mount images), a spec,
+// a network namespace, and the prebake runtime driven with its own runc root.
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { createNetns, deleteNetns } from '../../src/lib/netns.ts';
+import { spawnPiped } from '../../src/lib/pipe.ts';
+
+export const REPO = resolve(import.meta.dirname, '../..');
+export const PREBAKE = join(REPO, 'bin/prebake');
+
+let counter = 0;
+export function uniqueName(prefix: string): string {
+  return `${prefix}-${process.pid}-${++counter}`;
+}
+
+export interface TestBundle {
+  dir: string;
+  rootfs: string;
+  upper: string;
+  netns: string;
+  netnsPath: string;
+  writeSpec(spec: Spec): void;
+  cleanup(): void;
+}
+
+/** A bundle whose rootfs is an overlay of `lowers` (first is top), with a fresh netns. */
+export function overlayBundle(lowers: string[]): TestBundle {
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-test-'));
+  const rootfs = join(dir, 'rootfs');
+  const upper = join(dir, 'upper');
+  const work = join(dir, 'work');
+  for (const d of [rootfs, upper, work]) mkdirSync(d);
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work}`, rootfs]);
+  const netns = uniqueName('pbt');
+  const netnsPath = createNetns(netns);
+  return {
+    dir,
+    rootfs,
+    upper,
+    netns,
+    netnsPath,
+    writeSpec: (spec) => writeFileSync(join(dir, 'config.json'), JSON.stringify(spec, null, 2)),
+    cleanup: () => {
+      try {
+        execFileSync('umount', [rootfs], { stdio: 'ignore' });
+      } catch {
+        /* not mounted */
+      }
+      deleteNetns(netns);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RunResult {
+  code: number;
+  /** What was written to the pipe until the command exited. */
+  output: string;
+  /** Everything written to the pipe so far, by the command and whatever inherited it. */
+  outputNow(): string;
+  /** Stops reading the pipe. */
+  close(): void;
+}
+
+/**
+ * Runs a command with stdout and stderr on one real pipe (as engines give the runtime) and
+ * resolves when it exits, not when the pipe closes: a container keeps the pipe it inherited.
+ */
+export async function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult> {
+  const p = spawnPiped(cmd, args, env);
+  let text = '';
+  p.output.on('data', (d: Buffer) => (text += d.toString()));
+  const code = await p.exit;
+  await new Promise((r) => setTimeout(r, 10));
+  const output = text;
+  return { code, output, outputNow: () => text, close: p.close };
+}
+
+/** A runc --root and log file of the test's own, so that state left behind can be checked. */
+export function runtimeDirs() {
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-root-'));
+  return {
+    root: join(dir, 'runc'),
+    log: join(dir, 'log.json'),
+    state: join('/run/prebake', dir, 'runc'),
+    logLines: (): { level: string; msg: string; time: string }[] => {
+      try {
+        return readFileSync(join(dir, 'log.json'), 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+      } catch {
+        return [];
+      }
+    },
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}

@@ -1,0 +1,66 @@
+// Restore-on-create on real runc and CRIU: a baked Python function is restored (not cold-started),
+// serves from its own network namespace, and the usual lifecycle commands work on it.
+
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { NetnsClient } from '../src/lib/netns.ts';
+import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+
+let baked: BakedFunction;
+test.before(async () => {
+  baked = await bakeNoop();
+});
+test.after.always(() => baked?.cleanup());
+
+async function served(client: NetnsClient): Promise<number> {
+  const r = await client.request({ port: PORT, path: '/' });
+  return (JSON.parse(r.body) as { served: number }).served;
+}
+
+test('create restores a baked function: its request count goes on, prebake logs the restore', async (t) => {
+  const b = overlayBundle(baked.layers);
+  const rt = runtimeDirs();
+  const id = uniqueName('restore');
+  t.teardown(async () => {
+    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
+    b.cleanup();
+    rt.cleanup();
+  });
+  b.writeSpec(baked.spec(b.netnsPath));
+  const client = await NetnsClient.start(b.netns);
+  t.teardown(() => client.close());
+  const pidFile = join(b.dir, 'init.pid');
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', pidFile, id]);
+  t.is(create.code, 0, create.output);
+  t.true(existsSync(pidFile));
+  const start = await run(PREBAKE, ['--root', rt.root, 'start', id]);
+  t.is(start.code, 0, start.output);
+  // The checkpoint was taken after the readiness probe and the warm-up requests.
+  t.is(await served(client), WARMUP + 2);
+  t.is(await served(client), WARMUP + 3);
+  const log = rt.logLines();
+  t.true(log.some((l) => l.level === 'info' && /^restored /.test(l.msg)), JSON.stringify(log));
+  for (const l of log) t.deepEqual(typeof l.time + typeof l.level + typeof l.msg, 'stringstringstring');
+
+  const state = await run(PREBAKE, ['--root', rt.root, 'state', id]);
+  t.is(JSON.parse(state.output).status, 'running');
+  const ps = await run(PREBAKE, ['--root', rt.root, 'ps', '--format', 'json', id]);
+  t.is((JSON.parse(ps.output) as number[]).length, 1);
+  t.is((await run(PREBAKE, ['--root', rt.root, 'pause', id])).code, 0);
+  t.is(JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status, 'paused');
+  t.is((await run(PREBAKE, ['--root', rt.root, 'resume', id])).code, 0);
+  t.is(await served(client), WARMUP + 4);
+  const exec = await run(PREBAKE, ['--root', rt.root, 'exec', id, 'python3', '-c', 'print("inside")']);
+  t.is(exec.output.trim(), 'inside');
+
+  t.true(existsSync(join(rt.state, id)), 'prebake keeps per-container state while it lives');
+  t.is((await run(PREBAKE, ['--root', rt.root, 'kill', id, 'KILL'])).code, 0);
+  for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
+    await new Promise((r) => setTimeout(r, 20));
+  const del = await run(PREBAKE, ['--root', rt.root, 'delete', id]);
+  t.is(del.code, 0, del.output);
+  t.false(existsSync(join(rt.root, id)), 'runc state removed');
+  t.false(existsSync(join(rt.state, id)), 'prebake state removed');
+});
