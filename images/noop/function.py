@@ -5,6 +5,7 @@ count of the process it was baked from) and the process's boot id, fixed at init
 """
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -37,6 +38,8 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8080"))
+    # As pid 1 a process ignores SIGTERM unless it handles it: stop cleanly (docker stop, kill).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = HTTPServer(("0.0.0.0", port), Handler)
     print(f"noop listening on {port}", flush=True)
     sys.stdout.flush()

@@ -25,6 +25,11 @@ export interface BakeOptions {
   runc?: string;
   prebakeVersion: string;
   baseImage?: string;
+  /**
+   * For a spec with a terminal: the console socket runc sends the pty master to. Whoever listens
+   * there holds the terminal during the bake; CRIU dumps it as an external terminal.
+   */
+  consoleSocket?: string;
   /** Progress lines. */
   onStep?: (step: string, ms: number) => void;
 }
@@ -106,7 +111,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
   try {
     client = await NetnsClient.start(opts.netns);
     // stdin /dev/null, stdout and stderr a pipe: what engines give, and what CRIU can re-attach.
-    piped = spawnPiped(runc, ['run', '--detach', '--bundle', opts.bundle, opts.id]);
+    piped = spawnPiped(runc, ['run', '--detach', ...(opts.consoleSocket ? ['--console-socket', opts.consoleSocket] : []), '--bundle', opts.bundle, opts.id]);
     piped.output.on('data', (d: Buffer) => out.add(d));
     const code = await piped.exit;
     if (code !== 0) throw new Error(`runc run of ${opts.id} failed (exit ${code}): ${out.tail(3)}`);

@@ -10,6 +10,7 @@ import { functionSpec } from '../../src/build/spec.ts';
 import type { CheckpointManifest } from '../../src/checkpoint/manifest.ts';
 import { pythonRootfs } from '../../src/image/rootfs.ts';
 import { overlayBundle, REPO, uniqueName } from './bundle.ts';
+import { startConsole } from './console.ts';
 
 export const PORT = 8080;
 export const WARMUP = 3;
@@ -38,6 +39,7 @@ export async function bakeNoop(opts: { terminal?: boolean } = {}): Promise<Baked
     return s;
   };
   const b = overlayBundle(baseLayers);
+  const receiver = opts.terminal ? await startConsole(join(tmp, 'bake-console.sock')) : undefined;
   let manifest: CheckpointManifest;
   try {
     b.writeSpec(specFor(b.netnsPath));
@@ -49,11 +51,14 @@ export async function bakeNoop(opts: { terminal?: boolean } = {}): Promise<Baked
       warmup: { count: WARMUP, port: PORT, request: { method: 'GET', path: '/' } },
       outDir: join(b.rootfs, '.prebake'),
       prebakeVersion: 'test',
+      ...(receiver ? { consoleSocket: receiver.socket } : {}),
     }));
   } catch (e) {
     b.cleanup();
     rmSync(tmp, { recursive: true, force: true });
     throw e;
+  } finally {
+    receiver?.close();
   }
   // Keep the upper dir (the checkpoint layer), drop the rest of the bake bundle.
   const layer = join(tmp, 'checkpoint-layer');

@@ -1,0 +1,704 @@
+// Benchmark of the prebake runtime against raw runc, measured side by side in one run
+// (interleaved rounds, never one variant's block after another's):
+//  (a) the calls prebake only passes through (`state` of a running container, `list`, `delete`
+//      of a missing id): prebake vs runc, median ms each; target prebake <= runc + 3 ms;
+//  (b) create -> first HTTP 200 of the baked noop function: `prebake create`+`start` restoring
+//      the checkpoint, raw `runc restore` of the same checkpoint, and a cold `prebake create`+
+//      `start`; target prebake restore <= raw restore + 10 ms. Plus where a restore's time goes
+//      (prebake's Node side, runc, CRIU's restore.log).
+//
+//   npm run bench:runtime -- [--runs N] [--calls N] [--warmup N] [--json]
+//
+// Needs root, runc and CRIU (scripts/setup.sh). Builds nothing itself: `npm run bench:runtime`
+// runs setup and the build first. Progress goes to stderr; the tables (or, with --json, one JSON
+// object) to stdout.
+
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, loadavg, release } from 'node:os';
+import { dirname, join } from 'node:path';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { resolveInRootfs } from '../src/checkpoint/locate.ts';
+import { chooseCheckpoint } from '../src/checkpoint/verify.ts';
+import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
+import { NetnsClient } from '../src/lib/netns.ts';
+import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
+import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
+import { bakeNoop, type BakedFunction, PORT } from '../test/helpers/baked.ts';
+import { overlayBundle, PREBAKE, REPO, runtimeDirs, type TestBundle, uniqueName } from '../test/helpers/bundle.ts';
+
+const PASS_TARGET_MS = 3;
+const START_TARGET_MS = 10;
+const HTTP_INTERVAL_MS = 1;
+const KDAT = '/run/criu.kdat';
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  runs: number;
+  calls: number;
+  warmup: number;
+  json: boolean;
+}
+
+function usage(msg?: string): never {
+  if (msg) process.stderr.write(`bench-runtime: ${msg}\n`);
+  process.stderr.write('usage: bench-runtime [--runs N (default 10)] [--calls N (default 30)] [--warmup N (default 1)] [--json]\n');
+  process.exit(msg ? 2 : 0);
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { runs: 10, calls: 30, warmup: 1, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const num = (min: number) => {
+      const v = inline ?? argv[++i];
+      const n = Number(v);
+      if (v === undefined || !Number.isInteger(n) || n < min) usage(`${name} needs an integer >= ${min}`);
+      return n;
+    };
+    switch (name) {
+      case '--runs':
+        o.runs = num(1);
+        break;
+      case '--calls':
+        o.calls = num(1);
+        break;
+      case '--warmup':
+        o.warmup = num(0);
+        break;
+      case '--json':
+        o.json = true;
+        break;
+      case '--help':
+      case '-h':
+        usage();
+        break;
+      default:
+        usage(`unknown argument ${a}`);
+    }
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and formatting
+
+function quantile(xs: readonly number[], q: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return s[lo]! + (s[hi]! - s[lo]!) * (pos - lo);
+}
+const median = (xs: readonly number[]) => quantile(xs, 0.5);
+
+interface Summary {
+  n: number;
+  median: number;
+  p10: number;
+  p90: number;
+  min: number;
+  max: number;
+}
+function summarize(xs: readonly number[]): Summary {
+  return { n: xs.length, median: median(xs), p10: quantile(xs, 0.1), p90: quantile(xs, 0.9), min: Math.min(...xs), max: Math.max(...xs) };
+}
+
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
+const signed = (x: number, f = f1) => (x >= 0 ? `+${f(x)}` : f(x));
+
+function table(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
+  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
+}
+
+const progress = (s: string) => process.stderr.write(`${s}\n`);
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup that also runs on Ctrl-C: replicas hold mounts, network namespaces and containers.
+
+const cleanups = new Set<() => void>();
+function onCleanup(f: () => void): () => void {
+  const once = () => {
+    if (!cleanups.delete(once)) return;
+    try {
+      f();
+    } catch (e) {
+      progress(`cleanup: ${(e as Error).message}`);
+    }
+  };
+  cleanups.add(once);
+  return once;
+}
+function cleanupAll(): void {
+  for (const f of [...cleanups].reverse()) f();
+}
+for (const sig of ['SIGINT', 'SIGTERM'] as const)
+  process.on(sig, () => {
+    progress(`\n${sig}: cleaning up`);
+    cleanupAll();
+    process.exit(130);
+  });
+
+// ---------------------------------------------------------------------------------------------
+// Runtime context
+
+const cfg = loadRuntimeConfig();
+const RUNC = cfg.runc;
+
+/** Milliseconds a call takes, with stdout/stderr on pipes (as an engine runs it). */
+function timedCall(cmd: string, args: string[]): { ms: number; code: number; stdout: string } {
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  const ms = performance.now() - t0;
+  if (r.error) throw r.error;
+  return { ms, code: r.status ?? 128, stdout: r.stdout };
+}
+
+function runcForce(root: string, args: string[]): void {
+  spawnSync(RUNC, ['--root', root, ...args], { stdio: 'ignore' });
+}
+
+/** Collects a piped command's output (the container keeps the pipe after the command exits). */
+function collect(p: PipedCommand): () => string {
+  let text = '';
+  p.output.on('data', (d: Buffer) => {
+    text += d.toString();
+    if (text.length > 65536) text = text.slice(-32768);
+  });
+  p.output.on('error', () => {});
+  return () => text;
+}
+
+async function runPiped(cmd: string, args: string[]): Promise<{ code: number; output: () => string; close: () => void }> {
+  const p = spawnPiped(cmd, args);
+  const output = collect(p);
+  const code = await p.exit;
+  return { code, output, close: p.close };
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRIU's restore.log: "(SS.ssssss) text" lines, seconds since CRIU started.
+
+interface CriuLog {
+  totalMs: number;
+  lines: { t: number; text: string }[];
+}
+function parseCriuLog(path: string): CriuLog | null {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return null;
+  }
+  const lines: { t: number; text: string }[] = [];
+  for (const l of text.split('\n')) {
+    const m = /^\((\d+)\.(\d+)\)\s?(.*)$/.exec(l);
+    if (m) lines.push({ t: (Number(m[1]) + Number(`0.${m[2]}`)) * 1000, text: m[3]! });
+  }
+  if (lines.length === 0) return null;
+  return { totalMs: Math.max(...lines.map((l) => l.t)) - Math.min(...lines.map((l) => l.t)), lines };
+}
+
+/**
+ * Phases of a restore, from CRIU's own log lines (criu/cr-restore.c, criu/net.c):
+ *  - startup: up to "Reading image tree" (option parsing and kernel probing, "kerndat", which
+ *    /run/criu.kdat caches);
+ *  - restore: namespaces, mounts, files, memory and tasks, up to "Unlock network";
+ *  - unlock: "Unlock network" to "Restore finished": runc's network-unlock notification and
+ *    removing the iptables rules CRIU put in the netns to lock it (runc restores with
+ *    --empty-ns net, so CRIU locks and unlocks the network with iptables-restore), then
+ *    releasing the tasks;
+ *  - tail: the rest (pre/post-resume notifications to runc, stats).
+ */
+interface CriuPhases {
+  startup: number;
+  restore: number;
+  unlock: number;
+  tail: number;
+  kdatCached: boolean;
+}
+function criuPhases(log: CriuLog): CriuPhases | null {
+  const at = (re: RegExp) => log.lines.find((l) => re.test(l.text))?.t;
+  const t0 = log.lines[0]!.t;
+  const images = at(/^Reading image tree/);
+  const unlock = at(/Unlock network/);
+  const finished = at(/^Restore finished successfully/);
+  if (images === undefined || unlock === undefined || finished === undefined) return null;
+  return {
+    startup: images - t0,
+    restore: unlock - images,
+    unlock: finished - unlock,
+    tail: log.lines.at(-1)!.t - finished,
+    kdatCached: log.lines.some((l) => /Loaded kdat cache/.test(l.text)),
+  };
+}
+
+/** The largest steps between consecutive lines of one restore.log. */
+function criuGaps(log: CriuLog, n = 6) {
+  return log.lines
+    .slice(1)
+    .map((l, i) => ({ ms: l.t - log.lines[i]!.t, at: log.lines[i]!.t, before: log.lines[i]!.text.trim(), after: l.text.trim() }))
+    .sort((a, b) => b.ms - a.ms)
+    .slice(0, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) pass-through calls
+
+interface PassResult {
+  call: string;
+  prebake: Summary;
+  runc: Summary;
+  diffMs: number;
+  /** null for a reference row without a target. */
+  pass: boolean | null;
+}
+
+interface CreateCosts {
+  /** `prebake --version` minus `runc --version`: what starting the Node side costs a call. */
+  nodeStartMs: number;
+  /** chooseCheckpoint() (manifest, compatibility, sha256 of every checkpoint file), in this process. */
+  verifyMs: number;
+  checkpointBytes: number;
+}
+
+async function benchPassThrough(baked: BakedFunction, opts: Options): Promise<{ pass: PassResult[]; costs: CreateCosts }> {
+  const rt = runtimeDirs();
+  onCleanup(() => {
+    rt.cleanup();
+    rmSync(dirname(rt.state), { recursive: true, force: true });
+  });
+  const b = overlayBundle(baked.layers);
+  const id = uniqueName('bench-pass');
+  const pipes: (() => void)[] = [];
+  const done = onCleanup(() => {
+    runcForce(rt.root, ['delete', '--force', id]);
+    for (const c of pipes) c();
+    b.cleanup();
+  });
+  const spec = baked.spec(b.netnsPath);
+  b.writeSpec(spec);
+  const create = await runPiped(PREBAKE, ['--root', rt.root, 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'pid'), id]);
+  pipes.push(create.close);
+  if (create.code !== 0) throw new Error(`prebake create for the pass-through bench failed: ${create.output()}`);
+  const start = await runPiped(PREBAKE, ['--root', rt.root, 'start', id]);
+  pipes.push(start.close);
+  if (start.code !== 0) throw new Error(`prebake start failed: ${start.output()}`);
+
+  const missing = uniqueName('bench-missing');
+  type Call = { name: string; args: string[]; target: boolean; check: (r: ReturnType<typeof timedCall>) => string | null };
+  const calls: Call[] = [
+    {
+      name: 'state ID (running)',
+      args: ['--root', rt.root, 'state', id],
+      target: true,
+      check: (r) => (r.code === 0 && (JSON.parse(r.stdout) as { status: string }).status === 'running' ? null : `state: code ${r.code} ${r.stdout}`),
+    },
+    {
+      name: 'list',
+      args: ['--root', rt.root, 'list'],
+      target: true,
+      check: (r) => (r.code === 0 && r.stdout.includes(id) ? null : `list: code ${r.code}`),
+    },
+    {
+      name: 'delete (missing id)',
+      args: ['--root', rt.root, 'delete', missing],
+      target: true,
+      check: (r) => (r.code !== 0 ? null : 'delete of a missing id succeeded'),
+    },
+    // Not a pass-through: the Node path (as create takes it), for reference.
+    { name: '--version (Node path, reference)', args: ['--version'], target: false, check: (r) => (r.code === 0 ? null : `--version: code ${r.code}`) },
+  ];
+  const ms = new Map(calls.map((c) => [c.name, { prebake: [] as number[], runc: [] as number[] }]));
+  const warm = 3;
+  for (let i = 0; i < warm + opts.calls; i++) {
+    for (const c of calls) {
+      // Alternate which side goes first, so that neither always runs on a just-warmed cache.
+      const order = i % 2 === 0 ? (['prebake', 'runc'] as const) : (['runc', 'prebake'] as const);
+      const codes: number[] = [];
+      for (const who of order) {
+        const r = timedCall(who === 'prebake' ? PREBAKE : RUNC, c.args);
+        const bad = c.check(r);
+        if (bad) throw new Error(`${who} ${bad}`);
+        codes.push(r.code);
+        if (i >= warm) ms.get(c.name)![who].push(r.ms);
+      }
+      if (codes[0] !== codes[1]) throw new Error(`${c.name}: prebake and runc exit with different codes (${codes.join(' vs ')})`);
+    }
+  }
+
+  // What create's checks cost, measured here (not inside prebake): the checkpoint verification.
+  const root = resolveInRootfs(b.rootfs, '/.prebake');
+  const facts = hostFacts('criu', cfg.stateBase);
+  const verify: number[] = [];
+  let checkpointBytes = 0;
+  for (let i = 0; i < 6; i++) {
+    const t0 = performance.now();
+    const chosen = chooseCheckpoint(root, spec, facts);
+    if (i > 0) verify.push(performance.now() - t0);
+    checkpointBytes = Object.values(chosen.manifest.files).reduce((n, f) => n + f.size, 0);
+  }
+  done();
+
+  const pass = calls.map((c) => {
+    const m = ms.get(c.name)!;
+    const prebake = summarize(m.prebake);
+    const runc = summarize(m.runc);
+    const diffMs = prebake.median - runc.median;
+    return { call: c.name, prebake, runc, diffMs, pass: c.target ? diffMs <= PASS_TARGET_MS : null };
+  });
+  const version = pass.find((p) => p.pass === null)!;
+  return { pass, costs: { nodeStartMs: version.diffMs, verifyMs: median(verify), checkpointBytes } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) create -> first HTTP 200
+
+type Variant = 'prebake-restore' | 'raw-restore' | 'cold';
+const VARIANTS: readonly Variant[] = ['prebake-restore', 'raw-restore', 'cold'];
+const LABEL: Record<Variant, string> = {
+  'prebake-restore': 'prebake create+start (restore)',
+  'raw-restore': 'runc restore (raw)',
+  cold: 'prebake create+start (cold)',
+};
+
+interface Replica {
+  variant: Variant;
+  /** Spawn of create (or restore) to the first HTTP 200. */
+  totalMs: number;
+  /** Spawn of create to its exit status. */
+  createMs: number;
+  /** `start` (0 for the raw restore, which has none). */
+  startMs: number;
+  /** From the end of start (or restore) to the first HTTP 200. */
+  httpMs: number;
+  served: number;
+  /** prebake's log `ms` for the restore (its runc restore call). */
+  logMs?: number;
+  /** Duration covered by CRIU's restore.log, and its phases. */
+  criuMs?: number;
+  phases?: CriuPhases;
+  criuLog?: CriuLog;
+}
+
+function coldSpec(baked: BakedFunction, netnsPath: string): Spec {
+  return baked.spec(netnsPath, (s) => {
+    s.process!.env = (s.process!.env ?? []).filter((e) => !e.startsWith('PREBAKE_CHECKPOINT='));
+  });
+}
+
+function prebakeLog(logFile: string, id: string): { ms?: number; msg?: string; level?: string }[] {
+  try {
+    return readFileSync(logFile, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { id?: string; ms?: number; msg?: string; level?: string })
+      .filter((o) => o.id === id);
+  } catch {
+    return [];
+  }
+}
+
+async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType<typeof runtimeDirs>): Promise<Replica> {
+  // Untimed: a fresh overlay bundle, netns and spec, and a client already running in the netns.
+  // The cold variant gets the image as it was before baking, without PREBAKE_CHECKPOINT.
+  const b: TestBundle = overlayBundle(variant === 'cold' ? baked.baseLayers : baked.layers);
+  const id = uniqueName(`bench-${variant}`);
+  const pipes: (() => void)[] = [];
+  let client: NetnsClient | undefined;
+  const teardown = onCleanup(() => {
+    client?.close();
+    runcForce(rt.root, ['delete', '--force', id]);
+    rmSync(containerStateDir(cfg, rt.root, id), { recursive: true, force: true });
+    for (const c of pipes) c();
+    b.cleanup();
+  });
+  try {
+    b.writeSpec(variant === 'cold' ? coldSpec(baked, b.netnsPath) : baked.spec(b.netnsPath));
+    const criuWork = join(b.dir, 'criu-work');
+    if (variant === 'raw-restore') mkdirSync(criuWork);
+    client = await NetnsClient.start(b.netns);
+    const pidFile = join(b.dir, 'init.pid');
+    const createArgs =
+      variant === 'raw-restore'
+        ? // What prebake runs for this create (src/runtime/create.ts), without prebake.
+          ['--root', rt.root, '--log', join(b.dir, 'runc-restore.log'), '--log-format', 'json', 'restore', '--detach',
+           '--image-path', join(b.rootfs, '.prebake', 'checkpoint'), '--work-path', criuWork, '--bundle', b.dir, '--pid-file', pidFile, id]
+        : ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', pidFile, id];
+
+    // Timed: spawn of create -> its exit status -> start -> first HTTP 200.
+    const t0 = performance.now();
+    const create = spawnPiped(variant === 'raw-restore' ? RUNC : PREBAKE, createArgs);
+    pipes.push(create.close);
+    const createOut = collect(create);
+    const createCode = await create.exit;
+    const t1 = performance.now();
+    let t2 = t1;
+    if (createCode !== 0) throw new Error(`${LABEL[variant]}: exit ${createCode}: ${createOut().trim()}`);
+    if (variant !== 'raw-restore') {
+      const start = spawnPiped(PREBAKE, ['--root', rt.root, 'start', id]);
+      pipes.push(start.close);
+      const startOut = collect(start);
+      const startCode = await start.exit;
+      t2 = performance.now();
+      if (startCode !== 0) throw new Error(`${LABEL[variant]}: start exit ${startCode}: ${startOut().trim()}`);
+    }
+    const res = await client.waitHttp({ port: PORT, path: '/', intervalMs: HTTP_INTERVAL_MS, timeoutMs: 30_000 });
+    const t3 = performance.now();
+
+    // Untimed: check it was what it claims to be; read the logs while the container exists.
+    if (res.status !== 200) throw new Error(`${LABEL[variant]}: HTTP ${res.status}`);
+    const served = (JSON.parse(res.body) as { served: number }).served;
+    const restored = variant !== 'cold';
+    if (restored ? !(served > 1) : served !== 1) {
+      const why = prebakeLog(rt.log, id).map((o) => o.msg).join('; ');
+      throw new Error(`${LABEL[variant]}: served ${served}, expected ${restored ? '> 1 (a restore)' : '1 (a cold start)'}${why ? `; prebake: ${why}` : ''}`);
+    }
+    const r: Replica = { variant, totalMs: t3 - t0, createMs: t1 - t0, startMs: t2 - t1, httpMs: t3 - t2, served };
+    if (restored) {
+      const logPath = variant === 'raw-restore' ? join(criuWork, 'restore.log') : join(containerStateDir(cfg, rt.root, id), 'criu', 'restore.log');
+      const log = parseCriuLog(logPath);
+      if (log) {
+        r.criuMs = log.totalMs;
+        r.phases = criuPhases(log) ?? undefined;
+        r.criuLog = log;
+      }
+      if (variant === 'prebake-restore') r.logMs = prebakeLog(rt.log, id).find((o) => typeof o.ms === 'number' && /^restored /.test(o.msg ?? ''))?.ms;
+    }
+    return r;
+  } finally {
+    teardown();
+  }
+}
+
+type Parts = Record<string, number>;
+
+interface StartResult {
+  variants: Record<Variant, Summary & { parts: Parts }>;
+  ratioRaw: number;
+  ratioCold: number;
+  diffRawMs: number;
+  pairedDiffRawMs: number;
+  pass: boolean;
+  /** The prebake restore with the median total: its restore.log, broken down. */
+  typicalRestore?: {
+    totalMs: number;
+    createMs: number;
+    startMs: number;
+    httpMs: number;
+    prebakeLogMs?: number;
+    criuMs: number;
+    criuLines: number;
+    phases?: CriuPhases;
+    gaps: ReturnType<typeof criuGaps>;
+  };
+}
+
+function partsOf(rs: Replica[]): Parts {
+  const med = (f: (r: Replica) => number | undefined) => {
+    const xs = rs.map(f).filter((x): x is number => typeof x === 'number' && Number.isFinite(x));
+    return xs.length ? median(xs) : NaN;
+  };
+  const parts: Parts = {
+    create: med((r) => r.createMs),
+    start: med((r) => r.startMs),
+    http: med((r) => r.httpMs),
+    prebakeLogMs: med((r) => r.logMs),
+    criu: med((r) => r.criuMs),
+    criuStartup: med((r) => r.phases?.startup),
+    criuRestore: med((r) => r.phases?.restore),
+    criuUnlock: med((r) => r.phases?.unlock),
+    criuTail: med((r) => r.phases?.tail),
+  };
+  for (const k of Object.keys(parts)) if (!Number.isFinite(parts[k])) delete parts[k];
+  return parts;
+}
+
+async function benchStart(baked: BakedFunction, opts: Options): Promise<StartResult> {
+  const rt = runtimeDirs();
+  onCleanup(() => {
+    rt.cleanup();
+    rmSync(dirname(rt.state), { recursive: true, force: true });
+  });
+  const replicas: Replica[] = [];
+  const rounds = opts.warmup + opts.runs;
+  for (let i = 0; i < rounds; i++) {
+    // Rotate the order each round: no variant always runs first (or right after another).
+    const order = VARIANTS.map((_, k) => VARIANTS[(k + i) % VARIANTS.length]!);
+    const line: string[] = [];
+    for (const v of order) {
+      const r = await oneReplica(v, baked, rt);
+      line.push(`${v} ${f1(r.totalMs)}`);
+      if (i >= opts.warmup) replicas.push(r);
+    }
+    progress(`  ${i < opts.warmup ? 'warm-up' : `round ${i - opts.warmup + 1}/${opts.runs}`}: ${line.join(', ')} ms`);
+  }
+  const of = (v: Variant) => replicas.filter((r) => r.variant === v);
+  const variants = Object.fromEntries(VARIANTS.map((v) => [v, { ...summarize(of(v).map((r) => r.totalMs)), parts: partsOf(of(v)) }])) as StartResult['variants'];
+  const pre = of('prebake-restore');
+  const raw = of('raw-restore');
+  // Replicas of one round ran next to each other: their difference is less exposed to drift.
+  const paired = pre.map((r, i) => r.totalMs - (raw[i]?.totalMs ?? NaN)).filter(Number.isFinite);
+  const diffRawMs = variants['prebake-restore'].median - variants['raw-restore'].median;
+  const typical = [...pre].sort((a, b) => a.totalMs - b.totalMs)[Math.floor((pre.length - 1) / 2)];
+  return {
+    variants,
+    ratioRaw: variants['prebake-restore'].median / variants['raw-restore'].median,
+    ratioCold: variants['prebake-restore'].median / variants.cold.median,
+    diffRawMs,
+    pairedDiffRawMs: median(paired),
+    pass: diffRawMs <= START_TARGET_MS,
+    typicalRestore: typical?.criuLog && {
+      totalMs: typical.totalMs,
+      createMs: typical.createMs,
+      startMs: typical.startMs,
+      httpMs: typical.httpMs,
+      prebakeLogMs: typical.logMs,
+      criuMs: typical.criuLog.totalMs,
+      criuLines: typical.criuLog.lines.length,
+      phases: typical.phases,
+      gaps: criuGaps(typical.criuLog),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function environment() {
+  const fsType = (p: string) => spawnSync('stat', ['-f', '-c', '%T', p], { encoding: 'utf8' }).stdout?.trim() || '?';
+  return {
+    kernel: release(),
+    cpus: cpus().length,
+    loadavg: loadavg().map((x) => Number(x.toFixed(2))),
+    runc: `${RUNC} ${runcVersion(RUNC)}`,
+    criu: criuVersion(),
+    node: process.version,
+    prebake: PREBAKE,
+    snapshotBlob: existsSync(join(REPO, 'dist/prebake.blob')),
+    kdatCache: existsSync(KDAT),
+    runFs: fsType('/run'),
+    criuRuncConf: existsSync('/etc/criu/runc.conf'),
+  };
+}
+
+function report(env: ReturnType<typeof environment>, opts: Options, pass: PassResult[], costs: CreateCosts, start: StartResult): string {
+  const out: string[] = [];
+  out.push(`prebake runtime benchmark — kernel ${env.kernel}, ${env.cpus} CPUs, load ${env.loadavg.join(' ')}; ${env.runc}; CRIU ${env.criu}; node ${env.node}`);
+  out.push(
+    `/run is ${env.runFs}; ${KDAT} ${env.kdatCache ? 'present' : 'absent'}; /etc/criu/runc.conf ${env.criuRuncConf ? 'present' : 'absent'}; V8 snapshot blob ${env.snapshotBlob ? 'present' : 'absent'}`,
+  );
+  out.push('');
+  out.push(`(a) pass-through calls, ${opts.calls} interleaved runs each (median ms, spawn to exit, stdout/stderr on pipes)`);
+  out.push(
+    table(
+      ['call', 'runc', 'prebake', 'prebake - runc', `target <= +${PASS_TARGET_MS} ms`],
+      pass.map((p) => [p.call, f2(p.runc.median), f2(p.prebake.median), signed(p.diffMs, f2), p.pass === null ? '-' : p.pass ? 'PASS' : 'MISS']),
+    ),
+  );
+  out.push('');
+  out.push(`(b) spawn of create -> first HTTP 200, noop function, ${opts.runs} interleaved runs each (${opts.warmup} warm-up round(s) discarded), ms`);
+  out.push(
+    table(
+      ['variant', 'median', 'p10', 'p90', 'min', 'max'],
+      VARIANTS.map((v) => {
+        const s = start.variants[v];
+        return [LABEL[v], f1(s.median), f1(s.p10), f1(s.p90), f1(s.min), f1(s.max)];
+      }),
+    ),
+  );
+  out.push(`  prebake / raw restore: ${f2(start.ratioRaw)}x    prebake / cold: ${f2(start.ratioCold)}x`);
+  out.push(
+    `  prebake - raw restore: ${signed(start.diffRawMs)} ms (difference of medians; median of per-round differences ${signed(start.pairedDiffRawMs)} ms)   target <= +${START_TARGET_MS} ms: ${start.pass ? 'PASS' : 'MISS'}`,
+  );
+  const p = start.variants['prebake-restore'].parts;
+  const r = start.variants['raw-restore'].parts;
+  const c = start.variants.cold.parts;
+  const n = (x: number | undefined) => f1(x ?? NaN);
+  out.push('');
+  out.push('Where the time goes (medians over the replicas, ms)');
+  out.push(
+    table(
+      ['', 'prebake restore', 'raw restore', 'prebake cold'],
+      [
+        ['create (or restore) call, spawn to exit', n(p.create), n(r.create), n(c.create)],
+        ['  prebake around its runc call (create - log ms)', n(p.create! - p.prebakeLogMs!), '-', '-'],
+        [`    Node start (prebake --version - runc --version)`, n(costs.nodeStartMs), '-', n(costs.nodeStartMs)],
+        [`    checkpoint check, sha256 of ${(costs.checkpointBytes / 1e6).toFixed(1)} MB (in-process)`, n(costs.verifyMs), '-', '-'],
+        ['  runc restore (prebake log ms)', n(p.prebakeLogMs), n(r.create), '-'],
+        ['    runc outside CRIU (restore - restore.log)', n(p.prebakeLogMs! - p.criu!), n(r.create! - r.criu!), '-'],
+        ['    CRIU restore.log, first to last line', n(p.criu), n(r.criu), '-'],
+        ['      start-up + kernel probing (to "Reading image tree")', n(p.criuStartup), n(r.criuStartup), '-'],
+        ['      namespaces, mounts, files, memory, tasks', n(p.criuRestore), n(r.criuRestore), '-'],
+        ['      network unlock (iptables) to tasks resumed', n(p.criuUnlock), n(r.criuUnlock), '-'],
+        ['      after resume (notifications, stats)', n(p.criuTail), n(r.criuTail), '-'],
+        ['start', n(p.start), '-', n(c.start)],
+        ['first HTTP 200 after that (1 ms polling)', n(p.http), n(r.http), n(c.http)],
+      ],
+    ),
+  );
+  out.push('  raw restore columns include the spawn of runc itself (sh + cat pipe, as for the others).');
+  const t = start.typicalRestore;
+  if (t) {
+    out.push('');
+    out.push(
+      `One restored replica (prebake, the median one): total ${f1(t.totalMs)} ms = create ${f1(t.createMs)} + start ${f1(t.startMs)} + HTTP ${f1(t.httpMs)}; ` +
+        `prebake log ms=${t.prebakeLogMs ?? '?'}; CRIU restore.log ${f1(t.criuMs)} ms over ${t.criuLines} lines` +
+        (t.phases ? ` (kdat cache ${t.phases.kdatCached ? 'used' : 'not used'})` : ''),
+    );
+    if (t.phases)
+      out.push(
+        `  phases: start-up ${f1(t.phases.startup)}, restore ${f1(t.phases.restore)}, network unlock -> resumed ${f1(t.phases.unlock)}, after resume ${f1(t.phases.tail)}`,
+      );
+    out.push('  largest steps between consecutive restore.log lines (ms, at ms):');
+    for (const g of t.gaps) out.push(`    ${f1(g.ms).padStart(6)} at ${f1(g.at).padStart(6)}: "${g.before.slice(0, 60)}" -> "${g.after.slice(0, 60)}"`);
+  }
+  return out.join('\n');
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  if (process.getuid?.() !== 0) usage('must run as root (runc, CRIU, mounts, network namespaces)');
+  if (!existsSync(join(REPO, 'dist/prebake.cjs'))) usage('dist/ is missing: run `npm run -s build` first (npm run bench:runtime does)');
+  const env = environment();
+  progress('baking the noop function (runc + CRIU) ...');
+  const t0 = performance.now();
+  const baked = await bakeNoop();
+  onCleanup(() => baked.cleanup());
+  progress(`  baked in ${f1((performance.now() - t0) / 1000)} s`);
+  try {
+    progress(`(a) pass-through calls, ${opts.calls} runs each ...`);
+    const { pass, costs } = await benchPassThrough(baked, opts);
+    progress(`(b) create -> first HTTP 200, ${opts.runs} runs each (+${opts.warmup} warm-up) ...`);
+    const start = await benchStart(baked, opts);
+    const loadAfter = loadavg().map((x) => Number(x.toFixed(2)));
+    if (opts.json) {
+      const summary = {
+        environment: { ...env, loadavgAfter: loadAfter },
+        options: opts,
+        targets: { passThroughMs: PASS_TARGET_MS, restoreOverRawMs: START_TARGET_MS },
+        passThrough: pass,
+        createCosts: costs,
+        start: { ...start, labels: LABEL },
+      };
+      process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+    } else {
+      process.stdout.write(`\n${report(env, opts, pass, costs, start)}\n(load average after: ${loadAfter.join(' ')})\n`);
+    }
+  } finally {
+    cleanupAll();
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench-runtime: ${(e as Error).stack ?? String(e)}\n`);
+  cleanupAll();
+  process.exitCode = 1;
+});
