@@ -9,7 +9,7 @@ const common = { bundle: true, platform: 'node', target: 'node20', define: { PRE
 
 await build({ ...common, entryPoints: ['src/runtime/entry.ts'], outfile: 'dist/prebake.cjs', format: 'cjs', minify: true });
 rmSync('dist/prebake.blob', { force: true });
-execFileSync(process.execPath, ['--snapshot-blob', 'dist/prebake.blob', '--build-snapshot', 'dist/prebake.cjs'], {
+execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebake.blob', '--build-snapshot', 'dist/prebake.cjs'], {
   stdio: 'inherit',
   env: { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' },
 });

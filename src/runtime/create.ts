@@ -129,7 +129,12 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     createArgs = parseFlags(CREATE_FLAGS, call.args, 'runc create');
     if (createArgs.rest.length !== 1) return coldCreate(argv, createArgs, cfg); // runc reports the usage error
     const bundle = resolve(flagValue(createArgs, 'bundle') ?? '.');
-    const spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Spec;
+    let spec: Spec;
+    try {
+      spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Spec;
+    } catch {
+      return coldCreate(argv, createArgs, cfg); // runc reports the unreadable bundle itself
+    }
     plan = planRestore(call, createArgs, cfg, spec, bundle);
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);

@@ -1,0 +1,120 @@
+// Units of the checkpoint checks: the privilege rule, manifest parsing, path resolution.
+
+import test from 'ava';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { checkpointRequest, resolveInRootfs } from '../src/checkpoint/locate.ts';
+import { MANIFEST_FORMAT, parseManifest } from '../src/checkpoint/manifest.ts';
+import { bakedSpecOf, securityMismatch } from '../src/checkpoint/security.ts';
+import { compareVersions } from '../src/lib/host.ts';
+
+const CAPS = ['CAP_CHOWN', 'CAP_KILL', 'CAP_NET_BIND_SERVICE'];
+function spec(change: (s: Spec) => void = () => {}): Spec {
+  const s: Spec = {
+    ociVersion: '1.0.2',
+    process: {
+      user: { uid: 0, gid: 0 },
+      cwd: '/',
+      capabilities: { bounding: CAPS, effective: CAPS, permitted: CAPS },
+      noNewPrivileges: true,
+    },
+    root: { path: 'rootfs' },
+    linux: { seccomp: { defaultAction: 'SCMP_ACT_ERRNO', syscalls: [] }, maskedPaths: ['/proc/kcore'] },
+  };
+  change(s);
+  return s;
+}
+const mismatch = (baked: Spec, wanted: Spec) => securityMismatch(bakedSpecOf(baked).security, bakedSpecOf(wanted).security);
+
+test('the same security context restores', (t) => {
+  t.is(mismatch(spec(), spec()), null);
+});
+
+test('a baked context with fewer capabilities than asked for restores; more does not', (t) => {
+  t.is(mismatch(spec((s) => (s.process!.capabilities!.effective = ['CAP_KILL'])), spec()), null);
+  t.regex(mismatch(spec(), spec((s) => (s.process!.capabilities = {})))!, /bounding capabilities CAP_CHOWN,CAP_KILL,CAP_NET_BIND_SERVICE/);
+  t.regex(mismatch(spec(), spec((s) => (s.process!.capabilities!.permitted = ['CAP_KILL'])))!, /permitted capabilities CAP_CHOWN,CAP_NET_BIND_SERVICE/);
+});
+
+test('user, groups, noNewPrivileges, seccomp, LSM labels and readonly rootfs are checked', (t) => {
+  t.regex(mismatch(spec(), spec((s) => (s.process!.user = { uid: 1000, gid: 1000 })))!, /user 0:0 was baked/);
+  t.regex(mismatch(spec((s) => (s.process!.user.additionalGids = [10])), spec())!, /additional groups/);
+  t.is(mismatch(spec(), spec((s) => (s.process!.user.additionalGids = [10]))), null);
+  t.regex(mismatch(spec((s) => (s.process!.noNewPrivileges = false)), spec())!, /noNewPrivileges/);
+  t.is(mismatch(spec(), spec((s) => (s.process!.noNewPrivileges = false))), null);
+  t.regex(mismatch(spec((s) => delete s.linux!.seccomp), spec())!, /baked without one/);
+  t.regex(mismatch(spec(), spec((s) => (s.linux!.seccomp = { defaultAction: 'SCMP_ACT_KILL' })))!, /seccomp profile differs/);
+  // A container that asks for no filter gets the baked (stricter) one.
+  t.is(mismatch(spec(), spec((s) => delete s.linux!.seccomp)), null);
+  t.regex(mismatch(spec(), spec((s) => (s.process!.apparmorProfile = 'docker-default')))!, /AppArmor/);
+  t.regex(mismatch(spec(), spec((s) => (s.process!.selinuxLabel = 'system_u:system_r:container_t:s0')))!, /SELinux/);
+  t.regex(mismatch(spec(), spec((s) => (s.root!.readonly = true)))!, /readonly rootfs/);
+  t.regex(mismatch(spec(), spec((s) => (s.linux!.maskedPaths = [])))!, /masked paths/);
+});
+
+test('rlimits: the baked limit may be lower than asked for, not higher', (t) => {
+  const lim = (soft: number, hard: number) => (s: Spec) => (s.process!.rlimits = [{ type: 'RLIMIT_NOFILE', soft, hard }]);
+  t.is(mismatch(spec(lim(1024, 1024)), spec(lim(4096, 4096))), null);
+  t.regex(mismatch(spec(lim(4096, 4096)), spec(lim(1024, 1024)))!, /rlimit RLIMIT_NOFILE 1024\/1024 asked for, 4096\/4096 was baked/);
+});
+
+test('seccomp profiles compare by content, not key order', (t) => {
+  const a = spec((s) => (s.linux!.seccomp = { defaultAction: 'SCMP_ACT_ERRNO', architectures: ['SCMP_ARCH_X86_64'] }));
+  const b = spec((s) => (s.linux!.seccomp = { architectures: ['SCMP_ARCH_X86_64'], defaultAction: 'SCMP_ACT_ERRNO' }));
+  t.is(mismatch(a, b), null);
+});
+
+const goodManifest = () => ({
+  format: MANIFEST_FORMAT,
+  created: '2026-01-01T00:00:00Z',
+  versions: { prebake: '0', runc: '1.1.5', criu: '4.2.1', kernel: '6.18' },
+  arch: 'x86_64',
+  cpuFlags: ['fpu'],
+  spec: bakedSpecOf(spec()),
+  files: { 'pages-1.img': { size: 1, sha256: 'a'.repeat(64) } },
+});
+
+test('manifest parsing accepts a good manifest and names what is wrong in a bad one', (t) => {
+  t.is(parseManifest(JSON.stringify(goodManifest())).arch, 'x86_64');
+  t.throws(() => parseManifest('{'), { message: /not valid JSON/ });
+  t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), format: 99 })), { message: /format 99 is not supported/ });
+  t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), versions: {} })), { message: /versions\.criu/ });
+  for (const name of ['../etc/passwd', '/etc/passwd', 'a/../../b', 'a//b'])
+    t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), files: { [name]: { size: 1, sha256: 'a'.repeat(64) } } })), { message: /outside the checkpoint directory/ }, name);
+  t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), files: { x: { size: 1, sha256: 'nothex' } } })), { message: /sha256/ });
+});
+
+test('the annotation wins over the environment, and off or empty means cold', (t) => {
+  const s = spec((x) => (x.process!.env = ['PREBAKE_CHECKPOINT=/.prebake']));
+  t.deepEqual(checkpointRequest(s), { kind: 'path', path: '/.prebake', source: 'env PREBAKE_CHECKPOINT' });
+  s.annotations = { 'io.prebake.checkpoint': '/other' };
+  t.deepEqual(checkpointRequest(s), { kind: 'path', path: '/other', source: 'annotation io.prebake.checkpoint' });
+  s.annotations = { 'io.prebake.checkpoint': 'off' };
+  t.is(checkpointRequest(s).kind, 'off');
+  t.is(checkpointRequest(spec()).kind, 'none');
+});
+
+test('checkpoint paths resolve inside the rootfs only: no .., no symlink anywhere on the way', (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'prebake-rootfs-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  mkdirSync(join(root, '.prebake/x'), { recursive: true });
+  symlinkSync('/', join(root, 'link'));
+  symlinkSync('/etc', join(root, '.prebake/out'));
+  t.is(resolveInRootfs(root, '/.prebake'), join(root, '.prebake'));
+  t.is(resolveInRootfs(root, '.prebake/x/'), join(root, '.prebake/x'));
+  t.throws(() => resolveInRootfs(root, '../../etc'), { message: /leaves the rootfs/ });
+  t.throws(() => resolveInRootfs(root, '/.prebake/../../etc'), { message: /leaves the rootfs/ });
+  t.throws(() => resolveInRootfs(root, '/link/etc'), { message: /symlink, refused/ });
+  t.throws(() => resolveInRootfs(root, '/.prebake/out'), { message: /symlink, refused/ });
+  t.throws(() => resolveInRootfs(root, '/'), { message: /names the rootfs itself/ });
+  t.throws(() => resolveInRootfs(root, '/missing'), { message: /does not exist/ });
+});
+
+test('versions compare numerically', (t) => {
+  t.true(compareVersions('4.2.1', '4.2') > 0);
+  t.true(compareVersions('4.10', '4.2') > 0);
+  t.true(compareVersions('3.17', '4.2') < 0);
+  t.is(compareVersions('4.2', '4.2.0'), 0);
+});
