@@ -9,7 +9,7 @@ test('doctor --json reports each check, with the versions found on this host', (
   const by = Object.fromEntries(checks.map((c) => [c.name, c]));
   t.deepEqual(Object.keys(by), ['kernel', 'runc', 'criu', 'criu check', 'criu kernel probe cache', 'cgroups']);
   t.true(by.criu!.ok);
-  t.is(by.criu!.detail, /Version:\s*(\S+)/.exec(execFileSync('criu', ['--version'], { encoding: 'utf8' }))![1]);
+  t.is(by.criu!.detail, /Version:\s*(\S+)/.exec(execFileSync('criu', ['--version'], { encoding: 'utf8' }))![1]!);
   t.regex(by.runc!.detail, /1\.\d+\.\d+/);
   t.true(by['criu check']!.ok);
   t.is(by.kernel!.detail, execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim());
