@@ -69,6 +69,8 @@ PIN
   criu_ok || { echo "setup: criu >= 4.2 is required, found: $(criu --version 2>&1 | head -1)" >&2; exit 1; }
 fi
 
+sh "$here/scripts/criu-kdat.sh"
+
 # Node dependencies and the build of the two programs.
 cd "$here"
 if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then

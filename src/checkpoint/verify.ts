@@ -2,7 +2,7 @@
 // before CRIU sees it: manifest shape, host compatibility, spec, and every file's digest.
 
 import { createHash } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
@@ -53,6 +53,46 @@ export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFac
 }
 
 /** Checks that checkpoint/ holds exactly the manifest's files, each with its size and sha256. */
+/**
+ * Identity of every checkpoint file as the filesystem reports it. A file cannot change content
+ * without changing its ctime, so equal identities mean the hashes checked before still hold.
+ */
+function fileIdentities(base: string, m: CheckpointManifest): string {
+  // No st_dev: each container's overlay mount has its own, while the files below it (and their
+  // inode numbers and times) are the image layer's, shared by every replica.
+  const id = (name: string) => {
+    const st = lstatSync(join(base, name), { bigint: true, throwIfNoEntry: false });
+    return st ? `${name} ${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}` : `${name} missing`;
+  };
+  const dirs = new Set(Object.keys(m.files).map((f) => f.split('/').slice(0, -1).join('/')));
+  return [...[...dirs].sort().map((d) => id(d || '.')), ...Object.keys(m.files).sort().map(id)].join('\n');
+}
+
+/**
+ * Like verifyFiles, but remembers a successful verification in `cacheDir` (root's, under /run):
+ * the next create of the same unchanged files pays a few lstat calls instead of hashing them all.
+ */
+export function verifyFilesCached(dir: string, m: CheckpointManifest, cacheDir: string): 'cached' | 'hashed' {
+  const base = join(dir, CHECKPOINT_DIR);
+  const key = createHash('sha256').update(JSON.stringify(m.files)).digest('hex');
+  const stamp = join(cacheDir, 'verified', key);
+  const ids = fileIdentities(base, m);
+  try {
+    if (readFileSync(stamp, 'utf8') === ids) return 'cached';
+  } catch {
+    /* not verified on this host yet */
+  }
+  verifyFiles(dir, m);
+  try {
+    mkdirSync(join(cacheDir, 'verified'), { recursive: true, mode: 0o700 });
+    writeFileSync(`${stamp}.${process.pid}`, ids);
+    renameSync(`${stamp}.${process.pid}`, stamp);
+  } catch {
+    /* an unwritable cache costs time, nothing else */
+  }
+  return 'hashed';
+}
+
 export function verifyFiles(dir: string, m: CheckpointManifest): void {
   const base = join(dir, CHECKPOINT_DIR);
   const listed = new Set(Object.keys(m.files));
@@ -84,7 +124,7 @@ export interface ChosenCheckpoint {
  * `root` holds either one checkpoint (manifest.json) or several (<name>/manifest.json).
  * Returns the first that fits; throws with every candidate's reason otherwise.
  */
-export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts): ChosenCheckpoint {
+export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, cacheDir?: string): ChosenCheckpoint {
   const single = lstatSync(join(root, MANIFEST_FILE), { throwIfNoEntry: false });
   const dirs = single
     ? [root]
@@ -102,7 +142,8 @@ export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts): Cho
         reasons.push(dirs.length > 1 ? `${dir}: ${why}` : why);
         continue;
       }
-      verifyFiles(dir, manifest);
+      if (cacheDir) verifyFilesCached(dir, manifest, cacheDir);
+      else verifyFiles(dir, manifest);
       return { dir, manifest };
     } catch (e) {
       reasons.push(dirs.length > 1 ? `${dir}: ${(e as Error).message}` : (e as Error).message);

@@ -77,7 +77,7 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   const id = createArgs.rest[0]!;
   const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
   const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
-  const chosen = chooseCheckpoint(root, spec, facts);
+  const chosen = chooseCheckpoint(root, spec, facts, cfg.stateBase);
   return {
     id,
     bundle,

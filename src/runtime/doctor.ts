@@ -53,7 +53,7 @@ export function hostChecks(cfg: RuntimeConfig): Check[] {
         ? '/run is a tmpfs: CRIU caches its kernel probe in /run/criu.kdat'
         : cached
           ? '/run is not a tmpfs, but /run/criu.kdat exists and is used'
-          : '/run is not a tmpfs: CRIU re-probes the kernel on every checkpoint and restore (~35 ms); `prebake doctor --fix` seeds /run/criu.kdat',
+          : '/run is not a tmpfs: CRIU re-probes the kernel on every checkpoint and restore (~35 ms); scripts/criu-kdat.sh seeds /run/criu.kdat',
     };
   });
   attempt('cgroups', () => {
@@ -64,16 +64,7 @@ export function hostChecks(cfg: RuntimeConfig): Check[] {
   return checks;
 }
 
-/** Seeds CRIU's kernel-probe cache where /run is not a tmpfs (a private tmpfs in its own mount namespace). */
-export function seedKdatCache(): void {
-  const r = spawnSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs none /run && criu check >/dev/null 2>&1; cp /run/criu.kdat /tmp/prebake-criu.kdat'], { stdio: 'inherit' });
-  if (r.status !== 0) throw new Error('could not produce a CRIU kernel probe cache');
-  const mv = spawnSync('mv', ['/tmp/prebake-criu.kdat', '/run/criu.kdat'], { stdio: 'inherit' });
-  if (mv.status !== 0) throw new Error('could not install /run/criu.kdat');
-}
-
 export function doctor(cfg: RuntimeConfig, args: readonly string[]): number {
-  if (args.includes('--fix') && mountType('/run') !== 'tmpfs') seedKdatCache();
   const checks = hostChecks(cfg);
   const json = args.includes('--json');
   if (json) process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);

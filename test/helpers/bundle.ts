@@ -97,6 +97,9 @@ export function runtimeDirs() {
         return [];
       }
     },
-    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+    cleanup: () => {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(join('/run/prebake', dir), { recursive: true, force: true });
+    },
   };
 }
