@@ -13,3 +13,4 @@ execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebak
   stdio: 'inherit',
   env: { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' },
 });
+await build({ ...common, entryPoints: ['src/build/entry.ts'], outfile: 'dist/prebake-build.cjs', format: 'cjs' });

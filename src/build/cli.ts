@@ -1,0 +1,357 @@
+// prebake-build: reads an image, runs it under runc until it is ready, warms it, checkpoints it,
+// verifies the checkpoint restores, and writes the image with the checkpoint as its top layer.
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
+import type { CheckpointManifest } from '../checkpoint/manifest.ts';
+import { packLayer } from '../image/pack.ts';
+import { readImage, type SourceImage } from '../image/read.ts';
+import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
+import { unpackLayers } from '../image/unpack.ts';
+import { writeImage } from '../image/write.ts';
+import { compareVersions, criuVersion } from '../lib/host.ts';
+import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
+import { spawnPiped } from '../lib/pipe.ts';
+import { MIN_CRIU } from '../runtime/doctor.ts';
+import { bake } from './bake.ts';
+import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
+import { type Target, TARGETS, targetSpec } from './target.ts';
+
+declare const PREBAKE_VERSION: string | undefined;
+const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
+
+export const USAGE = `usage: prebake-build [options] SOURCE DEST
+
+SOURCE and DEST are image references: oci:DIR[:TAG], oci-archive:FILE[:TAG],
+docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG, containerd:[NS/]NAME:TAG,
+containers-storage:NAME:TAG.
+
+  --ready PROBE            http:PORT[/PATH], tcp:PORT, log:REGEX or delay:MS
+                           (default: http on the image's first exposed port)
+  --ready-timeout MS       give up waiting for readiness after MS (default 30000)
+  --warmup N               warm-up requests before the checkpoint (default 1 with an http probe)
+  --warmup-request REQ     'METHOD /path' (default GET on the probe's path)
+  --warmup-body FILE       body of each warm-up request
+  --warmup-port PORT       port of the warm-up requests (default the probe's)
+  --env NAME=VALUE         set in the bake run and the baked process (repeatable)
+  --arg ARG                replaces the image's Cmd (repeatable)
+  --target ${TARGETS.join('|')}       the runtime spec shape to bake for (default runc; repeatable)
+  --no-verify              do not restore the checkpoint once before writing DEST
+  --json                   print one JSON summary on stdout
+  --quiet                  no progress on stderr
+`;
+
+export class UsageError extends Error {}
+
+export interface BuildOptions {
+  source: ImageRef;
+  dest: ImageRef;
+  targets: Target[];
+  ready?: Probe;
+  readyTimeoutMs: number;
+  warmup?: number;
+  warmupRequest?: string;
+  warmupBody?: Buffer;
+  warmupPort?: number;
+  env: string[];
+  args?: string[];
+  verify: boolean;
+  json: boolean;
+  quiet: boolean;
+}
+
+export function parseBuildArgs(argv: string[]): BuildOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        ready: { type: 'string' },
+        'ready-timeout': { type: 'string' },
+        warmup: { type: 'string' },
+        'warmup-request': { type: 'string' },
+        'warmup-body': { type: 'string' },
+        'warmup-port': { type: 'string' },
+        env: { type: 'string', multiple: true },
+        arg: { type: 'string', multiple: true },
+        target: { type: 'string', multiple: true },
+        'no-verify': { type: 'boolean' },
+        json: { type: 'boolean' },
+        quiet: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) throw new UsageError('');
+  if (parsed.positionals.length !== 2) throw new UsageError(`expected SOURCE and DEST, got ${parsed.positionals.length} argument(s)`);
+  const int = (name: string, text: string | undefined, min: number): number | undefined => {
+    if (text === undefined) return undefined;
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} ${text}: expected an integer >= ${min}`);
+    return n;
+  };
+  const targets = (v.target ?? ['runc']).map((t) => {
+    if (!(TARGETS as readonly string[]).includes(t)) throw new UsageError(`--target ${t}: supported targets are ${TARGETS.join(', ')}`);
+    return t as Target;
+  });
+  for (const e of v.env ?? []) if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new UsageError(`--env ${e}: expected NAME=VALUE`);
+  let warmupBody: Buffer | undefined;
+  if (v['warmup-body'] !== undefined) {
+    try {
+      warmupBody = readFileSync(v['warmup-body']);
+    } catch (e) {
+      throw new UsageError(`--warmup-body ${v['warmup-body']}: ${(e as Error).message}`);
+    }
+  }
+  const opts: BuildOptions = {
+    source: parseImageRef(parsed.positionals[0]!),
+    dest: parseImageRef(parsed.positionals[1]!),
+    targets: [...new Set(targets)],
+    readyTimeoutMs: int('ready-timeout', v['ready-timeout'], 1) ?? 30000,
+    env: v.env ?? [],
+    verify: !v['no-verify'],
+    json: v.json ?? false,
+    quiet: v.quiet ?? false,
+  };
+  if (v.ready !== undefined) opts.ready = parseProbe(v.ready);
+  const warmup = int('warmup', v.warmup, 0);
+  if (warmup !== undefined) opts.warmup = warmup;
+  if (v['warmup-request'] !== undefined) {
+    parseWarmupRequest(v['warmup-request']); // fails early on a malformed request
+    opts.warmupRequest = v['warmup-request'];
+  }
+  if (warmupBody) opts.warmupBody = warmupBody;
+  const port = int('warmup-port', v['warmup-port'], 1);
+  if (port !== undefined) opts.warmupPort = port;
+  if (v.arg) opts.args = v.arg;
+  return opts;
+}
+
+/** The repository (or installed package) root: bin/prebake is verified through. */
+function packageRoot(): string {
+  let dir = typeof __dirname === 'string' ? __dirname : dirname(new URL(import.meta.url).pathname);
+  while (!existsSync(join(dir, 'bin/prebake'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find bin/prebake beside prebake-build');
+    dir = up;
+  }
+  return dir;
+}
+
+export interface BuildResult {
+  source: string;
+  dest: string;
+  targets: Target[];
+  steps: { step: string; ms: number }[];
+  checkpoint: { files: number; bytes: number };
+  layer: { digest: string; size: number };
+  verified: boolean;
+  manifestDigest: string;
+}
+
+interface Cleanup {
+  (): void;
+}
+
+function mountOverlay(lowers: string[], upper: string, work: string, target: string): Cleanup {
+  for (const d of [upper, work, target]) mkdirSync(d, { recursive: true });
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work}`, target]);
+  return () => {
+    try {
+      execFileSync('umount', [target], { stdio: 'ignore' });
+    } catch {
+      /* not mounted */
+    }
+  };
+}
+
+function defaultProbe(image: SourceImage): Probe {
+  const ports = Object.keys(image.config.config?.ExposedPorts ?? {});
+  const tcp = ports.map((p) => /^(\d+)(?:\/tcp)?$/.exec(p)?.[1]).find(Boolean);
+  if (!tcp) throw new UsageError('the image exposes no TCP port: say how to tell it is ready with --ready');
+  return { kind: 'http', port: Number(tcp), path: '/' };
+}
+
+export async function build(opts: BuildOptions, progress: (line: string) => void): Promise<BuildResult> {
+  if (process.getuid?.() !== 0) throw new Error('prebake-build must run as root (runc, CRIU, mounts and network namespaces need it)');
+  let criu: string;
+  try {
+    criu = criuVersion();
+  } catch (e) {
+    throw new Error(`CRIU is missing: ${(e as Error).message}`);
+  }
+  if (compareVersions(criu, MIN_CRIU) < 0) throw new Error(`CRIU ${criu} is too old: prebake-build needs CRIU >= ${MIN_CRIU}`);
+
+  const steps: BuildResult['steps'] = [];
+  let t = performance.now();
+  const lap = (step: string) => {
+    const now = performance.now();
+    steps.push({ step, ms: Math.round(now - t) });
+    progress(`${step.padEnd(22)} ${Math.round(now - t)} ms`);
+    t = now;
+  };
+  const cleanups: Cleanup[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), 'prebake-build-'));
+  cleanups.push(() => rmSync(tmp, { recursive: true, force: true }));
+  let image: SourceImage | undefined;
+  try {
+    image = await readImage(opts.source);
+    lap('read image');
+    const lower = join(tmp, 'rootfs');
+    await unpackLayers(image.layers, lower);
+    lap('unpack');
+    const ready = opts.ready ?? defaultProbe(image);
+    const warmupCount = opts.warmup ?? (ready.kind === 'http' ? 1 : 0);
+    const warmupPort = opts.warmupPort ?? (ready.kind === 'http' || ready.kind === 'tcp' ? ready.port : undefined);
+    if (warmupCount > 0 && warmupPort === undefined) throw new UsageError('--warmup needs --warmup-port with a log: or delay: probe');
+    const warmupRequest = parseWarmupRequest(opts.warmupRequest ?? (ready.kind === 'http' ? ready.path : '/'), opts.warmupBody);
+    const stage = join(tmp, 'stage');
+    const manifests: CheckpointManifest[] = [];
+    for (const target of opts.targets) {
+      const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
+      const bundle = join(tmp, `bake-${target}`);
+      const netns = `prebake-build-${process.pid}-${target}`;
+      const netnsPath = createNetns(netns);
+      cleanups.push(() => deleteNetns(netns));
+      cleanups.push(mountOverlay([lower], join(tmp, `upper-${target}`), join(tmp, `work-${target}`), join(bundle, 'rootfs')));
+      const spec = targetSpec(target, image.config.config ?? {}, lower, netnsPath, { env: opts.env, ...(opts.args ? { args: opts.args } : {}) });
+      writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+      const { manifest } = await bake({
+        bundle,
+        id: `prebake-build-${process.pid}-${target}`,
+        netns,
+        ready,
+        readyTimeoutMs: opts.readyTimeoutMs,
+        ...(warmupCount > 0 ? { warmup: { count: warmupCount, port: warmupPort!, request: warmupRequest } } : {}),
+        outDir,
+        prebakeVersion: VERSION,
+        baseImage: image.configDigest,
+        onStep: (s, ms) => progress(`  ${target}: ${s.padEnd(16)} ${Math.round(ms)} ms`),
+      });
+      manifests.push(manifest);
+      lap(`bake (${target})`);
+      if (opts.verify) {
+        await verifyRestore(target, image, lower, stage, ready, opts, tmp, cleanups);
+        lap(`verify (${target})`);
+      }
+    }
+    const layer = await packLayer(stage, '/');
+    cleanups.push(() => void layer.cleanup());
+    lap('pack layer');
+    const labels: Record<string, string> = {
+      'io.prebake.version': VERSION,
+      'io.prebake.checkpoint': '/.prebake',
+      'io.prebake.targets': opts.targets.join(','),
+      'io.prebake.probe': probeText(ready),
+      'io.prebake.criu': criu,
+    };
+    const m0 = manifests[0]!;
+    const written = await writeImage(opts.dest, {
+      source: image,
+      addLayer: layer,
+      env: { [CHECKPOINT_ENV]: '/.prebake' },
+      labels,
+      annotations: {
+        ...labels,
+        'org.criu.checkpoint.container.name': opts.targets.join(','),
+        'org.criu.checkpoint.engine': 'prebake',
+        'org.criu.checkpoint.rootfsImageName': formatImageRef(opts.source),
+        'org.criu.checkpoint.rootfsImageID': image.configDigest,
+        'org.criu.checkpoint.criu.version': criu,
+        'org.criu.checkpoint.runtime.name': 'runc',
+        'org.criu.checkpoint.created': m0.created,
+      },
+      createdBy: `prebake-build ${VERSION}: checkpoint after ${probeText(ready)}${warmupCount ? `, ${warmupCount} warm-up request(s)` : ''}`,
+    });
+    lap('write image');
+    return {
+      source: formatImageRef(opts.source),
+      dest: formatImageRef(opts.dest),
+      targets: opts.targets,
+      steps,
+      checkpoint: {
+        files: manifests.reduce((n, m) => n + Object.keys(m.files).length, 0),
+        bytes: manifests.reduce((n, m) => n + Object.values(m.files).reduce((a, f) => a + f.size, 0), 0),
+      },
+      layer: { digest: layer.digest, size: layer.size },
+      verified: opts.verify,
+      manifestDigest: written.manifestDigest,
+    };
+  } finally {
+    for (const c of cleanups.reverse()) c();
+    await image?.cleanup();
+  }
+}
+
+/** Restores the staged checkpoint once through the prebake runtime in a fresh netns and probes it. */
+async function verifyRestore(target: Target, image: SourceImage, lower: string, stage: string, ready: Probe, opts: BuildOptions, tmp: string, cleanups: Cleanup[]): Promise<void> {
+  const id = `prebake-verify-${process.pid}-${target}`;
+  const netns = `prebake-verify-${process.pid}-${target}`;
+  const netnsPath = createNetns(netns);
+  const bundle = join(tmp, `verify-${target}`);
+  const unmount = mountOverlay([stage, lower], join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
+  const root = join(tmp, `verify-root-${target}`);
+  const log = join(tmp, `verify-${target}.log`);
+  const prebake = join(packageRoot(), 'bin/prebake');
+  const g = ['--root', root, '--log', log, '--log-format', 'json'];
+  const client = await NetnsClient.start(netns);
+  const created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, id]);
+  const done = () => {
+    client.close();
+    try {
+      execFileSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
+    } catch {
+      /* never created */
+    }
+    created.close();
+    unmount();
+    deleteNetns(netns);
+    rmSync(join('/run/prebake', root), { recursive: true, force: true });
+  };
+  cleanups.push(done);
+  try {
+    const spec = targetSpec(target, image.config.config ?? {}, lower, netnsPath, { env: [...opts.env, `${CHECKPOINT_ENV}=/.prebake`], ...(opts.args ? { args: opts.args } : {}) });
+    writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+    const code = await created.exit;
+    const lines = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string }) : [];
+    if (code !== 0) throw new Error(`verify: prebake create exited ${code}: ${lines.at(-1)?.msg ?? ''}`);
+    const restored = lines.find((l) => /^restored /.test(l.msg));
+    if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
+    execFileSync(prebake, ['--root', root, 'start', id]);
+    if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
+    else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);
+  } finally {
+    cleanups.splice(cleanups.indexOf(done), 1);
+    done();
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let opts: BuildOptions;
+  try {
+    opts = parseBuildArgs(argv);
+  } catch (e) {
+    const msg = (e as Error).message;
+    process.stderr.write(msg ? `prebake-build: ${msg}\n\n${USAGE}` : USAGE);
+    return msg ? 2 : 0;
+  }
+  const progress = opts.quiet ? () => {} : (line: string) => process.stderr.write(`prebake-build: ${line}\n`);
+  try {
+    const result = await build(opts, progress);
+    if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    else progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
+    return 0;
+  } catch (e) {
+    process.stderr.write(`prebake-build: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
