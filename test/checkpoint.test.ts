@@ -118,3 +118,24 @@ test('versions compare numerically', (t) => {
   t.true(compareVersions('3.17', '4.2') < 0);
   t.is(compareVersions('4.2', '4.2.0'), 0);
 });
+
+test('of several named checkpoints, the first one whose baked spec fits the container is chosen', async (t) => {
+  const { writeManifest } = await import('../src/checkpoint/write.ts');
+  const { chooseCheckpoint } = await import('../src/checkpoint/verify.ts');
+  const { hostFacts } = await import('../src/lib/host.ts');
+  const { writeFileSync } = await import('node:fs');
+  const root = mkdtempSync(join(tmpdir(), 'prebake-multi-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const withMount = spec((s) => (s.mounts = [{ destination: '/extra', type: 'tmpfs', source: 'tmpfs' }]));
+  for (const [name, s] of [['a-docker', withMount], ['b-runc', spec()]] as const) {
+    mkdirSync(join(root, name, 'checkpoint'), { recursive: true });
+    writeFileSync(join(root, name, 'checkpoint', 'inventory.img'), name);
+    writeManifest(join(root, name), { spec: s, runc: 'runc', prebakeVersion: 'test' });
+  }
+  const facts = hostFacts('criu', mkdtempSync(join(tmpdir(), 'prebake-facts-')));
+  t.is(chooseCheckpoint(root, spec(), facts).dir, join(root, 'b-runc'));
+  t.is(chooseCheckpoint(root, withMount, facts).dir, join(root, 'a-docker'));
+  const error = t.throws(() => chooseCheckpoint(root, spec((s) => (s.mounts = [{ destination: '/other' }])), facts));
+  t.regex(error!.message, /a-docker: mount destinations differ .*\+\/other.*-\/extra/);
+  t.regex(error!.message, /b-runc: mount destinations differ .*\+\/other/);
+});
