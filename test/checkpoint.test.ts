@@ -132,7 +132,7 @@ test('of several named checkpoints, the first one whose baked spec fits the cont
     writeFileSync(join(root, name, 'checkpoint', 'inventory.img'), name);
     writeManifest(join(root, name), { spec: s, runc: 'runc', prebakeVersion: 'test' });
   }
-  const facts = hostFacts('criu', mkdtempSync(join(tmpdir(), 'prebake-facts-')));
+  const facts = hostFacts('criu', root);
   t.is(chooseCheckpoint(root, spec(), facts).dir, join(root, 'b-runc'));
   t.is(chooseCheckpoint(root, withMount, facts).dir, join(root, 'a-docker'));
   const error = t.throws(() => chooseCheckpoint(root, spec((s) => (s.mounts = [{ destination: '/other' }])), facts));
