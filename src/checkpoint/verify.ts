@@ -73,7 +73,7 @@ function fileIdentities(base: string, m: CheckpointManifest): string {
  * the next create of the same unchanged files pays a few lstat calls instead of hashing them all.
  */
 export function verifyFilesCached(dir: string, m: CheckpointManifest, cacheDir: string): 'cached' | 'hashed' {
-  const base = join(dir, CHECKPOINT_DIR);
+  const base = checkpointDirOf(dir);
   const key = createHash('sha256').update(JSON.stringify(m.files)).digest('hex');
   const stamp = join(cacheDir, 'verified', key);
   const ids = fileIdentities(base, m);
@@ -93,8 +93,18 @@ export function verifyFilesCached(dir: string, m: CheckpointManifest, cacheDir: 
   return 'hashed';
 }
 
-export function verifyFiles(dir: string, m: CheckpointManifest): void {
+/** checkpoint/ must be a real directory inside the image: a symlink could point at host files. */
+function checkpointDirOf(dir: string): string {
   const base = join(dir, CHECKPOINT_DIR);
+  const st = lstatSync(base, { throwIfNoEntry: false });
+  if (!st) throw new Error(`${base} does not exist`);
+  if (st.isSymbolicLink()) throw new Error(`${base} is a symlink, refused`);
+  if (!st.isDirectory()) throw new Error(`${base} is not a directory`);
+  return base;
+}
+
+export function verifyFiles(dir: string, m: CheckpointManifest): void {
+  const base = checkpointDirOf(dir);
   const listed = new Set(Object.keys(m.files));
   const walk = (rel: string) => {
     for (const e of readdirSync(join(base, rel), { withFileTypes: true })) {

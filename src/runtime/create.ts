@@ -35,7 +35,8 @@ function failureReason(runcLog: string, criuLog: string): string {
     for (const line of readFileSync(runcLog, 'utf8').split('\n')) {
       try {
         const o = JSON.parse(line) as { level?: string; msg?: string };
-        if (o.level === 'error' && o.msg) reason = o.msg;
+        // runc points at CRIU's log, which goes with the failed attempt: its errors are quoted below.
+        if (o.level === 'error' && o.msg) reason = o.msg.replace(/\s*log file: \S+$/, '');
       } catch {
         /* not a JSON line */
       }
@@ -46,8 +47,9 @@ function failureReason(runcLog: string, criuLog: string): string {
   try {
     const errors = readFileSync(criuLog, 'utf8')
       .split('\n')
-      .filter((l) => /Error|error/.test(l))
-      .slice(-2)
+      // Unprivileged-looking rlimit noise appears in every restore under a runc root; skip it.
+      .filter((l) => /Error|error/.test(l) && !/Can't setup RLIMIT_NOFILE/.test(l))
+      .slice(0, 2) // the first errors are the cause; later ones are the unwinding
       .map((l) => l.trim());
     if (errors.length) reason += `${reason ? '; ' : ''}CRIU: ${errors.join(' | ')}`;
   } catch {
@@ -62,6 +64,8 @@ interface RestorePlan {
   imagePath: string;
   stateDir: string;
   source: string;
+  /** The network namespace the container joins by path, if any. */
+  netnsPath?: string;
 }
 
 /** Works out whether and how this create can be a restore; throws with the reason if not. */
@@ -78,13 +82,29 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
   const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
   const chosen = chooseCheckpoint(root, spec, facts, cfg.stateBase);
+  const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
   return {
+    ...(netnsPath ? { netnsPath } : {}),
     id,
     bundle,
     imagePath: join(chosen.dir, CHECKPOINT_DIR),
     stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
     source: `${req.path} (${req.source})`,
   };
+}
+
+/**
+ * A restore that fails after CRIU locked the network (a checkpoint taken with its iptables or
+ * nftables lock) leaves the lock in the namespace the container joins: the cold container would
+ * start but never receive a packet. Removes CRIU's rules and tables there.
+ */
+function unlockNetwork(netnsPath: string): void {
+  const script = [
+    'for t in iptables ip6tables; do command -v $t >/dev/null || continue;',
+    '$t -w -D INPUT -j CRIU; $t -w -D OUTPUT -j CRIU; $t -w -F CRIU; $t -w -X CRIU; done;',
+    'command -v nft >/dev/null && nft list tables | while read -r _ fam name; do case $name in CRIU*) nft delete table $fam $name;; esac; done',
+  ].join(' ');
+  spawnSync('nsenter', [`--net=${netnsPath}`, 'sh', '-c', script], { stdio: 'ignore' });
 }
 
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
@@ -108,8 +128,9 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
     return null;
   }
   const reason = failureReason(runcLog, join(work, 'restore.log'));
-  // Leave nothing of the attempt: runc's state (if any) and prebake's.
+  // Leave nothing of the attempt: runc's state (if any), CRIU's network lock, prebake's state.
   spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', plan.id], { stdio: 'ignore' });
+  if (plan.netnsPath) unlockNetwork(plan.netnsPath);
   rmSync(plan.stateDir, { recursive: true, force: true });
   return reason;
 }

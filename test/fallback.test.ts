@@ -1,0 +1,428 @@
+// Fallback and refusal on real runc and CRIU: a checkpoint that is missing, damaged, incompatible,
+// turned off or fails inside CRIU costs a cold start, never the container; a checkpoint path that
+// leaves the rootfs ("..", symlinks) is refused without reading what it points at. Each variant is
+// a copy of one shared bake's checkpoint layer, changed the way the test needs.
+
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
+import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { NetnsClient } from '../src/lib/netns.ts';
+import { overlayBundle, PREBAKE, run, runtimeDirs, type TestBundle, uniqueName } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+
+/** prebake's state base (PREBAKE_STATE_DIR is not set for the runtime in these tests). */
+const STATE_BASE = '/run/prebake';
+const verifiedKeys = new Set<string>();
+
+/** The key under which prebake caches a successful verification of a layer's checkpoint files. */
+function verifiedKey(layer: string): string {
+  const m = JSON.parse(readFileSync(join(layer, '.prebake/manifest.json'), 'utf8')) as CheckpointManifest;
+  return createHash('sha256').update(JSON.stringify(m.files)).digest('hex');
+}
+
+let baked: BakedFunction;
+test.before(async () => {
+  baked = await bakeNoop();
+  verifiedKeys.add(verifiedKey(baked.layers[0]!));
+});
+test.after.always(() => {
+  baked?.cleanup();
+  // prebake remembers verified checkpoints under its state dir; forget this file's.
+  for (const key of verifiedKeys) rmSync(join(STATE_BASE, 'verified', key), { force: true });
+});
+
+/** A host directory of the test's own, removed when the test ends. */
+function tempDir(t: ExecutionContext, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `prebake-fbtest-${prefix}-`));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A copy (cp -a) of the checkpoint layer that the test may change; the layer itself is shared. */
+function copyCheckpointLayer(t: ExecutionContext): string {
+  const layer = join(tempDir(t, 'layer'), 'layer');
+  execFileSync('cp', ['-a', baked.layers[0]!, layer]);
+  return layer;
+}
+
+/** A valid-looking checkpoint on the host, outside any rootfs: `<dir>/.prebake`. */
+function hostDecoy(t: ExecutionContext): string {
+  const dir = tempDir(t, 'decoy');
+  execFileSync('cp', ['-a', join(baked.layers[0]!, '.prebake'), join(dir, '.prebake')]);
+  return dir;
+}
+
+function editManifest(layer: string, edit: (m: CheckpointManifest) => void): void {
+  const file = join(layer, '.prebake/manifest.json');
+  const m = JSON.parse(readFileSync(file, 'utf8')) as CheckpointManifest;
+  edit(m);
+  writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
+  verifiedKeys.add(verifiedKey(layer));
+}
+
+/** Removes checkpoint files and their entries in the manifest: every check passes, CRIU cannot use it. */
+function dropCheckpointFiles(layer: string, ...names: string[]): void {
+  for (const n of names) rmSync(join(layer, '.prebake/checkpoint', n));
+  editManifest(layer, (m) => {
+    for (const n of names) delete m.files[n];
+  });
+}
+
+function setCheckpointEnv(s: Spec, value: string): void {
+  s.process!.env = [...s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT=')), `PREBAKE_CHECKPOINT=${value}`];
+}
+
+/** The network namespace's iptables rules ('' when iptables-save is not there). */
+function firewall(netns: string): string {
+  try {
+    return execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return '';
+  }
+}
+
+/** Processes in the network namespace that run the function. */
+function functionPids(netns: string): number[] {
+  const pids = execFileSync('ip', ['netns', 'pids', netns], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  return pids.filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('/app/function.py');
+    } catch {
+      return false;
+    }
+  });
+}
+
+async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what())), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function served(client: NetnsClient): Promise<number> {
+  const r = await client.request({ port: PORT, path: '/', timeoutMs: 10_000 });
+  return (JSON.parse(r.body) as { served: number }).served;
+}
+
+interface Container {
+  b: TestBundle;
+  rt: ReturnType<typeof runtimeDirs>;
+  id: string;
+  client: NetnsClient;
+  create: Awaited<ReturnType<typeof run>>;
+}
+
+/** Makes a bundle over `layers`, lets the test shape it, and runs `prebake create` on it. */
+async function prebakeCreate(
+  t: ExecutionContext,
+  layers: string[],
+  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void },
+): Promise<Container> {
+  const b = overlayBundle(layers);
+  const rt = runtimeDirs();
+  const id = uniqueName(opts.prefix);
+  t.teardown(async () => {
+    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
+    b.cleanup();
+    rt.cleanup();
+    rmSync(dirname(rt.state), { recursive: true, force: true });
+  });
+  opts.rootfs?.(b.rootfs, b);
+  b.writeSpec(baked.spec(b.netnsPath, (s) => opts.spec?.(s, b)));
+  const client = await NetnsClient.start(b.netns);
+  t.teardown(() => client.close());
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id]);
+  t.teardown(() => create.close());
+  t.is(create.code, 0, create.output);
+  return { b, rt, id, client, create };
+}
+
+/**
+ * Checks that the container was created cold (runc's `created`, no prebake state), that it
+ * serves its first request after `prebake start`, and deletes it leaving no state behind.
+ */
+async function checkColdLifecycle(t: ExecutionContext, c: Container): Promise<void> {
+  const { b, rt, id, client } = c;
+  const state = JSON.parse((await run('runc', ['--root', rt.root, 'state', id])).output) as { status: string; pid: number };
+  t.is(state.status, 'created', 'a restored container would already be running');
+  t.is(Number(readFileSync(join(b.dir, 'init.pid'), 'utf8')), state.pid, 'the pid file names the container runc created');
+  t.false(existsSync(join(rt.state, id)), 'a cold container needs no prebake state');
+  const start = await run(PREBAKE, ['--root', rt.root, 'start', id]);
+  t.is(start.code, 0, start.output);
+  const first = await within(client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 }), 25_000, () => {
+    const fw = firewall(b.netns);
+    return `the container does not answer on :${PORT} in its netns${/CRIU/.test(fw) ? `; CRIU's network lock is still in place:\n${fw}` : ''}`;
+  });
+  // A restore would go on from the bake's count (probe + warm-up requests).
+  t.is((JSON.parse(first.body) as { served: number }).served, 1, first.body);
+  t.is(await served(client), 2);
+  t.deepEqual(functionPids(b.netns), [state.pid], 'the function runs once, as the cold container');
+
+  t.is((await run(PREBAKE, ['--root', rt.root, 'kill', id, 'KILL'])).code, 0);
+  for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
+    await new Promise((r) => setTimeout(r, 20));
+  const del = await run(PREBAKE, ['--root', rt.root, 'delete', id]);
+  t.is(del.code, 0, del.output);
+  t.false(existsSync(join(rt.root, id)), 'runc state removed');
+  t.false(existsSync(join(rt.state, id)), 'prebake state removed');
+  t.deepEqual(functionPids(b.netns), []);
+}
+
+/** prebake's one fallback warning for the container, checked against `reason`; no restore logged. */
+function checkWarning(t: ExecutionContext, c: Container, reason: RegExp): string {
+  const log = c.rt.logLines() as { level: string; msg: string; time: string; id?: string }[];
+  for (const l of log) t.is(typeof l.time + typeof l.level + typeof l.msg, 'stringstringstring', JSON.stringify(l));
+  t.false(
+    log.some((l) => /^restored /.test(l.msg)),
+    JSON.stringify(log),
+  );
+  const warnings = log.filter((l) => l.level === 'warning' && /^cold start: /.test(l.msg));
+  t.is(warnings.length, 1, JSON.stringify(log));
+  const w = warnings[0];
+  t.is(w?.id, c.id);
+  t.regex(w?.msg ?? '', reason);
+  t.log(w?.msg);
+  return w?.msg ?? '';
+}
+
+/** The whole fallback check: create, the logged reason, then the cold lifecycle. */
+async function expectFallback(
+  t: ExecutionContext,
+  layers: string[],
+  reason: RegExp,
+  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void },
+): Promise<Container> {
+  const c = await prebakeCreate(t, layers, opts);
+  checkWarning(t, c, reason);
+  await checkColdLifecycle(t, c);
+  return c;
+}
+
+test('a container without a checkpoint marker is created exactly like runc create', async (t) => {
+  // The image carries a checkpoint, but nothing in config.json names it.
+  const c = await prebakeCreate(t, baked.layers, {
+    prefix: 'plain',
+    spec: (s) => {
+      s.process!.env = s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT='));
+    },
+  });
+  t.deepEqual(c.rt.logLines(), [], 'prebake logs nothing for a container it only passes to runc');
+  t.false(existsSync(c.rt.state), 'no prebake state at all');
+  await checkColdLifecycle(t, c);
+});
+
+test('fallback: the checkpoint directory is missing from the rootfs', async (t) => {
+  // The image before baking, with the marker of a baked one.
+  await expectFallback(t, baked.baseLayers, /checkpoint path "\/\.prebake": .*\.prebake does not exist/, { prefix: 'missing' });
+});
+
+test('fallback: the checkpoint directory was renamed away in the writable layer', async (t) => {
+  await expectFallback(t, baked.layers, /\.prebake does not exist/, {
+    prefix: 'renamed',
+    rootfs: (rootfs) => {
+      // mv across overlay layers: a copy up (or a redirect) and a whiteout over /.prebake.
+      execFileSync('mv', [join(rootfs, '.prebake'), join(rootfs, '.prebake-gone')]);
+    },
+  });
+});
+
+test('fallback: a truncated pages image fails the size check', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  const pages = join(layer, '.prebake/checkpoint/pages-1.img');
+  const size = statSync(pages).size;
+  truncateSync(pages, Math.floor(size / 2));
+  await expectFallback(t, [layer, ...baked.baseLayers], new RegExp(`pages-1\\.img is ${Math.floor(size / 2)} bytes, the manifest says ${size}`), {
+    prefix: 'trunc',
+  });
+});
+
+test('fallback: a pages image with one byte changed fails the sha256 check', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  const pages = join(layer, '.prebake/checkpoint/pages-1.img');
+  const data = readFileSync(pages);
+  const at = data.length >> 1;
+  data[at] = data[at]! ^ 0xff;
+  writeFileSync(pages, data);
+  await expectFallback(t, [layer, ...baked.baseLayers], /pages-1\.img does not match its sha256/, { prefix: 'sha' });
+});
+
+test('fallback: a manifest written by another CRIU major version', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  editManifest(layer, (m) => {
+    m.versions.criu = '3.17';
+  });
+  await expectFallback(t, [layer, ...baked.baseLayers], /written by CRIU 3\.17, this host has CRIU \d+\./, { prefix: 'criu3' });
+});
+
+test('fallback: a mount destination the checkpoint was not baked with', async (t) => {
+  await expectFallback(t, baked.layers, /mount destinations differ .*\+\/extra/, {
+    prefix: 'mount',
+    spec: (s) => {
+      s.mounts!.push({ destination: '/extra', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=755'] });
+    },
+  });
+});
+
+test('fallback: a spec that drops the capabilities the checkpoint was baked with', async (t) => {
+  await expectFallback(t, baked.layers, /security: .*capabilities/, {
+    prefix: 'caps',
+    spec: (s) => {
+      s.process!.capabilities = { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] };
+    },
+  });
+});
+
+test('fallback: annotation io.prebake.checkpoint=off wins over PREBAKE_CHECKPOINT', async (t) => {
+  await expectFallback(t, baked.layers, /checkpoint turned off by annotation io\.prebake\.checkpoint/, {
+    prefix: 'off',
+    spec: (s) => {
+      t.true(s.process!.env!.includes('PREBAKE_CHECKPOINT=/.prebake'));
+      s.annotations = { ...(s.annotations ?? {}), [CHECKPOINT_ANNOTATION]: 'off' };
+    },
+  });
+});
+
+/** A checkpoint that passes every check and that CRIU cannot restore: the attempt leaves nothing. */
+async function failedRestore(t: ExecutionContext, layer: string, prefix: string): Promise<void> {
+  const c = await prebakeCreate(t, [layer, ...baked.baseLayers], { prefix });
+  checkWarning(t, c, new RegExp(`^cold start: restore of ${c.id} from .* failed: `));
+  // runc holds exactly the cold container, nothing of the restore; prebake's state went with it.
+  const list = JSON.parse((await run('runc', ['--root', c.rt.root, 'list', '--format', 'json'])).output) as { id: string; status: string }[];
+  t.deepEqual(
+    list.map((x) => [x.id, x.status]),
+    [[c.id, 'created']],
+  );
+  t.false(existsSync(join(c.rt.state, c.id)), 'no prebake state (CRIU work dir, runc restore log) is left');
+  t.notRegex(firewall(c.b.netns), /CRIU/, "CRIU's network lock is left in the container's network namespace");
+  await checkColdLifecycle(t, c);
+}
+
+test('fallback: restore fails inside CRIU before the process tree exists (pstree.img gone, manifest consistent)', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  dropCheckpointFiles(layer, 'pstree.img');
+  await failedRestore(t, layer, 'nopstree');
+});
+
+test('fallback: restore fails inside CRIU after the processes were made (pages-1.img gone, manifest consistent)', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  dropCheckpointFiles(layer, 'pages-1.img');
+  await failedRestore(t, layer, 'nopages');
+});
+
+const hasCrit = (() => {
+  try {
+    execFileSync('crit', ['-h'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/** Rewrites the checkpoint's inventory.img with another network lock method (CRIU's enum: 0 iptables, 1 nftables, 2 skip), digest updated. */
+function setNetworkLockMethod(t: ExecutionContext, layer: string, method: number): void {
+  const inventory = join(layer, '.prebake/checkpoint/inventory.img');
+  const json = join(tempDir(t, 'crit'), 'inventory.json');
+  execFileSync('crit', ['decode', '-i', inventory, '-o', json]);
+  const img = JSON.parse(readFileSync(json, 'utf8')) as { entries: { network_lock_method?: number }[] };
+  img.entries[0]!.network_lock_method = method;
+  writeFileSync(json, JSON.stringify(img));
+  execFileSync('crit', ['encode', '-i', json, '-o', inventory]);
+  const data = readFileSync(inventory);
+  editManifest(layer, (m) => {
+    m.files['inventory.img'] = { size: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+  });
+}
+
+// bake() checkpoints with `network-lock skip`; checkpoints taken with CRIU's default (iptables) lock
+// make CRIU drop every packet in the container's network namespace until the restore unlocks it.
+(hasCrit ? test : test.skip)("fallback: a failed restore of a checkpoint taken with CRIU's iptables network lock leaves no lock behind", async (t) => {
+  const layer = copyCheckpointLayer(t);
+  setNetworkLockMethod(t, layer, 0);
+  dropCheckpointFiles(layer, 'pages-1.img');
+  await failedRestore(t, layer, 'iptlock');
+});
+
+// Refusals: the path is resolved inside the rootfs only. Where it could reach a valid checkpoint
+// outside the rootfs, a restore (served > 1) would show that prebake followed it.
+
+for (const value of ['../../etc', '/../../etc', '/../decoy/.prebake', '/.prebake/../../decoy/.prebake']) {
+  test(`refused: PREBAKE_CHECKPOINT=${value} leaves the rootfs`, async (t) => {
+    await expectFallback(t, baked.layers, /leaves the rootfs \("\.\."\)/, {
+      prefix: 'dotdot',
+      spec: (s) => setCheckpointEnv(s, value),
+      // <bundle>/decoy/.prebake, one level above the rootfs: a checkpoint that would restore.
+      rootfs: (_rootfs, b) => {
+        mkdirSync(join(b.dir, 'decoy'));
+        execFileSync('cp', ['-a', join(baked.layers[0]!, '.prebake'), join(b.dir, 'decoy/.prebake')]);
+      },
+    });
+  });
+}
+
+test('refused: /.prebake is a symlink to a checkpoint on the host', async (t) => {
+  const decoy = hostDecoy(t);
+  const layer = copyCheckpointLayer(t);
+  rmSync(join(layer, '.prebake'), { recursive: true });
+  symlinkSync(join(decoy, '.prebake'), join(layer, '.prebake'));
+  await expectFallback(t, [layer, ...baked.baseLayers], /\.prebake is a symlink, refused/, { prefix: 'symlink' });
+});
+
+test('refused: a symlink in the middle of the path (/link -> /)', async (t) => {
+  const layer = copyCheckpointLayer(t);
+  symlinkSync('/', join(layer, 'link'));
+  await expectFallback(t, [layer, ...baked.baseLayers], /link is a symlink, refused/, {
+    prefix: 'midlink',
+    spec: (s) => setCheckpointEnv(s, '/link/.prebake'),
+  });
+});
+
+test('refused: a symlink in the middle of the path to a host directory holding a checkpoint', async (t) => {
+  const decoy = hostDecoy(t);
+  const layer = copyCheckpointLayer(t);
+  symlinkSync(decoy, join(layer, 'link'));
+  await expectFallback(t, [layer, ...baked.baseLayers], /link is a symlink, refused/, {
+    prefix: 'hostlink',
+    spec: (s) => setCheckpointEnv(s, '/link/.prebake'),
+  });
+});
+
+test('refused: /.prebake/checkpoint is a symlink to checkpoint images on the host', async (t) => {
+  // The manifest in the rootfs is genuine and matches the host files it would be pointed at.
+  const decoy = hostDecoy(t);
+  const layer = copyCheckpointLayer(t);
+  rmSync(join(layer, '.prebake/checkpoint'), { recursive: true });
+  symlinkSync(join(decoy, '.prebake/checkpoint'), join(layer, '.prebake/checkpoint'));
+  await expectFallback(t, [layer, ...baked.baseLayers], /symlink|symbolic link/, { prefix: 'cplink' });
+});
+
+test('refused: /.prebake/manifest.json is a symlink to a manifest on the host', async (t) => {
+  const decoy = hostDecoy(t);
+  const layer = copyCheckpointLayer(t);
+  rmSync(join(layer, '.prebake/manifest.json'));
+  symlinkSync(join(decoy, '.prebake/manifest.json'), join(layer, '.prebake/manifest.json'));
+  await expectFallback(t, [layer, ...baked.baseLayers], /symlink|symbolic link/, { prefix: 'mflink' });
+});
+
+// Guard against a test bake that would make every fallback look like a cold start.
+test('the shared bake restores when nothing is wrong (served goes on from the bake)', async (t) => {
+  const c = await prebakeCreate(t, baked.layers, { prefix: 'control' });
+  t.true(
+    c.rt.logLines().some((l) => l.level === 'info' && /^restored /.test(l.msg)),
+    JSON.stringify(c.rt.logLines()),
+  );
+  t.is((await run(PREBAKE, ['--root', c.rt.root, 'start', c.id])).code, 0);
+  t.is(await served(c.client), WARMUP + 2);
+  const del = await run(PREBAKE, ['--root', c.rt.root, 'delete', '--force', c.id]);
+  t.is(del.code, 0, del.output);
+  t.false(existsSync(join(c.rt.root, c.id)));
+  t.false(existsSync(join(c.rt.state, c.id)));
+});
