@@ -13,4 +13,12 @@ execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebak
   stdio: 'inherit',
   env: { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' },
 });
-await build({ ...common, entryPoints: ['src/build/entry.ts'], outfile: 'dist/prebake-build.cjs', format: 'cjs' });
+await build({
+  ...common,
+  entryPoints: ['src/build/entry.ts'],
+  outfile: 'dist/prebake-build.cjs',
+  format: 'cjs',
+  // The CLI finds bin/prebake from its own location.
+  banner: { js: 'const __import_meta_url = require("url").pathToFileURL(__filename).href;' },
+  define: { ...common.define, 'import.meta.url': '__import_meta_url' },
+});

@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
@@ -138,7 +139,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
 
 /** The repository (or installed package) root: bin/prebake is verified through. */
 function packageRoot(): string {
-  let dir = typeof __dirname === 'string' ? __dirname : dirname(new URL(import.meta.url).pathname);
+  let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'bin/prebake'))) {
     const up = dirname(dir);
     if (up === dir) throw new Error('cannot find bin/prebake beside prebake-build');
