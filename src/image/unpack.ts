@@ -3,8 +3,8 @@
 // absolute paths, `..`, links that leave it and writes through a symlink are refused.
 
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, type Stats } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import { chmodSync, closeSync, createReadStream, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, rmSync, type Stats, symlinkSync, writeSync } from 'node:fs';
+import { lutimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -46,18 +46,18 @@ function memberPath(name: string, refuse: Refuse): string {
  * non-directory is refused (so nothing is ever written through a symlink); a missing one is
  * created (root-owned, 0755) when `create`, else the result is undefined.
  */
-async function parentDir(rootfs: string, rel: string, create: boolean, refuse: Refuse): Promise<string | undefined> {
+function parentDir(rootfs: string, rel: string, create: boolean, refuse: Refuse): string | undefined {
   let host = rootfs;
   const parts = rel.split('/').slice(0, -1);
   for (const [i, part] of parts.entries()) {
     host = join(host, part);
-    const st = await lstat(host).catch(() => undefined);
+    const st = lstatSync(host, { throwIfNoEntry: false });
     const shown = JSON.stringify(parts.slice(0, i + 1).join('/'));
     if (st?.isSymbolicLink()) refuse(`passes through the symlink ${shown}`);
     if (st && !st.isDirectory()) refuse(`is below ${shown}, which is not a directory`);
     if (!st) {
       if (!create) return undefined;
-      await mkdir(host, { mode: 0o755 });
+      mkdirSync(host, { mode: 0o755 });
     }
   }
   return host;
@@ -78,6 +78,19 @@ async function tarStream(layer: ImageLayer, what: string): Promise<{ streams: Re
   return { streams: compression === 'gzip' ? [file, createGunzip()] : [file], done: Promise.resolve() };
 }
 
+/**
+ * Writes a file member's content with synchronous writes: per-entry round trips through the
+ * thread pool made unpacking a Python image four times slower than GNU tar.
+ */
+async function writeEntry(entry: Member, path: string): Promise<void> {
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    for await (const chunk of entry as AsyncIterable<Buffer>) writeSync(fd, chunk);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 async function applyMember(rootfs: string, entry: Member, state: LayerState, what: string): Promise<void> {
   const h = entry.header;
   const refuse: Refuse = (why) => {
@@ -91,46 +104,46 @@ async function applyMember(rootfs: string, entry: Member, state: LayerState, wha
   if (rel === '') return; // the root directory itself
 
   if (base.startsWith(WHITEOUT)) {
-    const parent = await parentDir(rootfs, rel, false, refuse);
+    const parent = parentDir(rootfs, rel, false, refuse);
     if (parent === undefined) return;
     if (base === OPAQUE) {
       // Empty the directory of what lower layers put there; this layer's own entries stay.
-      for (const child of await readdir(parent)) {
-        if (!state.written.has(relParent ? `${relParent}/${child}` : child)) await rm(join(parent, child), { recursive: true, force: true });
+      for (const child of readdirSync(parent)) {
+        if (!state.written.has(relParent ? `${relParent}/${child}` : child)) rmSync(join(parent, child), { recursive: true, force: true });
       }
       return;
     }
     const victim = base.slice(WHITEOUT.length);
     if (victim === '' || victim === '.' || victim === '..') refuse('is a whiteout of no file');
-    await rm(join(parent, victim), { recursive: true, force: true });
+    rmSync(join(parent, victim), { recursive: true, force: true });
     return;
   }
 
-  const parent = (await parentDir(rootfs, rel, true, refuse))!;
+  const parent = parentDir(rootfs, rel, true, refuse)!;
   const path = join(parent, base);
   // An existing entry is replaced (never followed), except a directory by a directory.
-  const existing = await lstat(path).catch(() => undefined);
-  if (existing && !(existing.isDirectory() && h.type === 'directory')) await rm(path, { recursive: true, force: true });
+  const existing = lstatSync(path, { throwIfNoEntry: false });
+  if (existing && !(existing.isDirectory() && h.type === 'directory')) rmSync(path, { recursive: true, force: true });
 
   switch (h.type) {
     case 'directory':
-      if (!existing?.isDirectory()) await mkdir(path);
+      if (!existing?.isDirectory()) mkdirSync(path);
       break;
     case 'file':
     case 'contiguous-file':
-      await pipeline(entry, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+      await writeEntry(entry, path);
       break;
     case 'symlink':
-      await symlink(h.linkname ?? '', path);
+      symlinkSync(h.linkname ?? '', path);
       break;
     case 'link': {
       // A hardlink names another member of the image; it must exist and stay inside the rootfs.
       const refuseLink: Refuse = (why) => refuse(`links to ${JSON.stringify(h.linkname)}, which ${why}`);
       const target = memberPath(h.linkname ?? '', refuseLink);
-      const targetParent = await parentDir(rootfs, target, false, refuseLink);
-      const st: Stats | undefined = targetParent && target ? await lstat(join(rootfs, target)).catch(() => undefined) : undefined;
+      const targetParent = parentDir(rootfs, target, false, refuseLink);
+      const st: Stats | undefined = targetParent && target ? lstatSync(join(rootfs, target), { throwIfNoEntry: false }) : undefined;
       if (!st || st.isDirectory()) refuse(`links to ${JSON.stringify(h.linkname)}, which is not an existing file in the rootfs`);
-      await link(join(rootfs, target), path);
+      linkSync(join(rootfs, target), path);
       markWritten(state, rel);
       return; // a hardlink shares its target's owner, mode and times
     }
@@ -144,12 +157,12 @@ async function applyMember(rootfs: string, entry: Member, state: LayerState, wha
     default:
       refuse(`has type ${h.type}, which is not supported`);
   }
-  await lchown(path, h.uid ?? 0, h.gid ?? 0);
+  lchownSync(path, h.uid ?? 0, h.gid ?? 0);
   // chmod after chown: chown clears the setuid and setgid bits.
-  if (h.type !== 'symlink') await chmod(path, (h.mode ?? 0o644) & 0o7777);
+  if (h.type !== 'symlink') chmodSync(path, (h.mode ?? 0o644) & 0o7777);
   const mtime = h.mtime ?? new Date(0);
   if (h.type === 'directory') state.dirTimes.push([path, mtime]);
-  else await lutimes(path, mtime, mtime);
+  else lutimesSync(path, mtime, mtime);
   markWritten(state, rel);
 }
 
@@ -184,6 +197,6 @@ async function unpackLayer(layer: ImageLayer, index: number, rootfs: string): Pr
 
 /** Applies `layers` (lowest first) onto `rootfsDir`, creating it; each layer's diffID is checked. */
 export async function unpackLayers(layers: readonly ImageLayer[], rootfsDir: string): Promise<void> {
-  await mkdir(rootfsDir, { recursive: true });
+  mkdirSync(rootfsDir, { recursive: true });
   for (const [i, layer] of layers.entries()) await unpackLayer(layer, i, rootfsDir);
 }
