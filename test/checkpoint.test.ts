@@ -51,7 +51,12 @@ test('user, groups, noNewPrivileges, seccomp, LSM labels and readonly rootfs are
   t.regex(mismatch(spec(), spec((s) => (s.process!.apparmorProfile = 'docker-default')))!, /AppArmor/);
   t.regex(mismatch(spec(), spec((s) => (s.process!.selinuxLabel = 'system_u:system_r:container_t:s0')))!, /SELinux/);
   t.regex(mismatch(spec(), spec((s) => (s.root!.readonly = true)))!, /readonly rootfs/);
-  t.regex(mismatch(spec(), spec((s) => (s.linux!.maskedPaths = [])))!, /masked paths/);
+  // Masks and readonly paths: the baked ones stay after a restore; asking for fewer is fine.
+  t.is(mismatch(spec(), spec((s) => (s.linux!.maskedPaths = []))), null);
+  t.regex(mismatch(spec((s) => (s.linux!.maskedPaths = [])), spec())!, /masked paths \/proc\/kcore asked for were not masked/);
+  t.regex(mismatch(spec(), spec((s) => (s.linux!.readonlyPaths = ['/proc/sys'])))!, /readonly paths \/proc\/sys asked for/);
+  t.is(mismatch(spec((s) => (s.linux!.readonlyPaths = ['/proc/sys'])), spec((s) => (s.linux!.readonlyPaths = ['/proc/sys']))), null);
+  t.is(mismatch(spec(), spec((s) => (s.linux!.readonlyPaths = ['/proc/kcore']))), null);
 });
 
 test('rlimits: the baked limit may be lower than asked for, not higher', (t) => {

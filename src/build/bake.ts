@@ -121,12 +121,12 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     piped = spawnPiped(runc, ['run', '--detach', ...(opts.consoleSocket ? ['--console-socket', opts.consoleSocket] : []), '--bundle', opts.bundle, opts.id]);
     piped.output.on('data', (d: Buffer) => out.add(d));
     const code = await piped.exit;
-    if (code !== 0) throw new Error(`runc run of ${opts.id} failed (exit ${code}): ${out.tail(3)}`);
+    if (code !== 0) throw new Error(`runc run of ${opts.id} failed (exit ${code}): ${out.tail(3).replace(/\n/g, ' | ')}`);
     lap('start');
     try {
       await waitReady(opts.ready, client, out, opts.readyTimeoutMs ?? 30000);
     } catch (e) {
-      throw new Error(`${probeText(opts.ready)} never became ready: ${(e as Error).message}; last output:\n${out.tail()}`);
+      throw new Error(`${probeText(opts.ready)} never became ready: ${(e as Error).message}; last output: ${out.tail(3).replace(/\n/g, ' | ')}`);
     }
     lap('ready');
     if (opts.warmup) {

@@ -305,18 +305,19 @@ async function verifyRestore(target: Target, image: SourceImage, lower: string, 
   const prebake = join(packageRoot(), 'bin/prebake');
   const g = ['--root', root, '--log', log, '--log-format', 'json'];
   const client = await NetnsClient.start(netns);
-  const created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, id]);
+  // The verify run keeps its runtime state in the build's temp dir, gone with it.
+  const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state') };
+  const created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, id], env);
   const done = () => {
     client.close();
     try {
-      execFileSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
+      execFileSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore', env });
     } catch {
       /* never created */
     }
     created.close();
     unmount();
     deleteNetns(netns);
-    rmSync(join('/run/prebake', root), { recursive: true, force: true });
   };
   cleanups.push(done);
   try {
@@ -327,7 +328,7 @@ async function verifyRestore(target: Target, image: SourceImage, lower: string, 
     if (code !== 0) throw new Error(`verify: prebake create exited ${code}: ${lines.at(-1)?.msg ?? ''}`);
     const restored = lines.find((l) => /^restored /.test(l.msg));
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
-    execFileSync(prebake, ['--root', root, 'start', id]);
+    execFileSync(prebake, ['--root', root, 'start', id], { env });
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);
   } finally {

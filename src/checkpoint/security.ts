@@ -76,7 +76,6 @@ export function bakedSpecOf(spec: Spec): BakedSpec {
 }
 
 const subset = (a: readonly (string | number)[], b: readonly (string | number)[]) => a.every((x) => b.includes(x));
-const sameSet = (a: readonly string[], b: readonly string[]) => subset(a, b) && subset(b, a);
 
 /**
  * Why a process baked with `baked` may not be restored where `wanted` is asked for, or null
@@ -103,8 +102,11 @@ export function securityMismatch(baked: SecurityContext, wanted: SecurityContext
     return `SELinux label "${baked.selinuxLabel}" was baked, the container asks for "${wanted.selinuxLabel}"`;
   if (baked.readonlyRootfs !== wanted.readonlyRootfs)
     return `readonly rootfs ${baked.readonlyRootfs} was baked, the container asks for ${wanted.readonlyRootfs}`;
-  if (!sameSet(baked.maskedPaths, wanted.maskedPaths)) return 'masked paths differ from the baked ones';
-  if (!sameSet(baked.readonlyPaths, wanted.readonlyPaths)) return 'readonly paths differ from the baked ones';
+  // The restored mount table is the baked one: its masks stay, whatever the new spec lists.
+  const unmasked = wanted.maskedPaths.filter((p) => !baked.maskedPaths.includes(p));
+  if (unmasked.length) return `masked paths ${unmasked.join(',')} asked for were not masked at bake time`;
+  const writable = wanted.readonlyPaths.filter((p) => !baked.readonlyPaths.includes(p) && !baked.maskedPaths.includes(p));
+  if (writable.length) return `readonly paths ${writable.join(',')} asked for were neither readonly nor masked at bake time`;
   for (const [type, w] of Object.entries(wanted.rlimits)) {
     const b = baked.rlimits[type];
     if (!b || b.soft > w.soft || b.hard > w.hard)

@@ -1,0 +1,311 @@
+// prebake-build end to end on real runc and CRIU: the noop function image baked into oci: and
+// docker-archive: images that skopeo and umoci accept and that the runtime restores; bad input
+// and hostile layers stop it with one line naming the problem, leaving nothing behind.
+
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { layerMediaType, sha256 } from '../src/image/blob.ts';
+import { packLayer } from '../src/image/pack.ts';
+import { readImage } from '../src/image/read.ts';
+import { scratchImage, writeImage } from '../src/image/write.ts';
+import { createNetns, deleteNetns, NetnsClient } from '../src/lib/netns.ts';
+import { PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { NOOP_PORT, noopImage } from './helpers/images.ts';
+
+const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
+
+let image: string;
+let source: string;
+test.before(async () => {
+  image = await noopImage();
+  source = `oci:${image}:latest`;
+});
+
+function tempDir(t: ExecutionContext, name = 'prebake-btest-'): string {
+  const dir = mkdtempSync(join(tmpdir(), name));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * A TMPDIR of the test's own for prebake-build runs: their temp dirs, mounts and the runtime state
+ * of the verify run (under /run/prebake/<TMPDIR>/…) are told apart from those of other bakes on
+ * the host (another test file, another user), and removed afterwards.
+ */
+function ownTmp(t: ExecutionContext, dir: string): NodeJS.ProcessEnv {
+  const tmp = join(dir, 'tmp');
+  mkdirSync(tmp);
+  t.teardown(() => rmSync(join('/run/prebake', dir), { recursive: true, force: true }));
+  return { ...process.env, TMPDIR: tmp };
+}
+
+const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+interface BuildRun {
+  /** prebake-build's pid (bin/prebake-build execs node), which its netns and container names carry. */
+  pid: number;
+  tmp: string;
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs prebake-build with stdout and stderr apart (the containers it runs get pipes of their own). */
+function prebakeBuild(args: string[], env: NodeJS.ProcessEnv): Promise<BuildRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PREBAKE_BUILD, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let [stdout, stderr] = ['', ''];
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ pid: child.pid!, tmp: env.TMPDIR ?? tmpdir(), code: code ?? -1, stdout, stderr }));
+  });
+}
+
+/**
+ * What the run left on the host: network namespaces, runc containers (under runc's default root,
+ * as prebake-build runs them), mounts and dirs under its TMPDIR, prebake runtime state.
+ */
+function leftovers({ pid, tmp }: BuildRun): string[] {
+  const ours = (name: string) => new RegExp(`^prebake-(build|verify)-${pid}-`).test(name);
+  const netns = sh('ip', ['netns', 'list'])
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter(ours)
+    .map((n) => `netns ${n}`);
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m.startsWith(join(tmp, 'prebake-build-')))
+    .map((m) => `mount ${m}`);
+  const dirs = readdirSync(tmp)
+    .filter((d) => d.startsWith('prebake-build-'))
+    .map((d) => `dir ${join(tmp, d)}`);
+  const containers = sh('runc', ['list', '-q'])
+    .split('\n')
+    .filter(ours)
+    .map((c) => `runc container ${c}`);
+  const stateDir = join('/run/prebake', tmp);
+  const state = existsSync(stateDir)
+    ? sh('find', [stateDir, '-mindepth', '1'])
+        .split('\n')
+        .filter(Boolean)
+        .map((f) => `runtime state ${f}`)
+    : [];
+  return [...netns, ...mounts, ...dirs, ...containers, ...state];
+}
+
+/** Checks a failed run: exit status, the one line that names the problem, no DEST, nothing left. */
+function assertFailed(t: ExecutionContext, r: BuildRun, o: { code: number; message: RegExp; dest: string; usage?: boolean }) {
+  t.is(r.code, o.code, r.stderr);
+  const parent = join(o.dest, '..');
+  const base = o.dest.slice(parent.length + 1);
+  t.false(existsSync(o.dest), 'DEST is not created');
+  t.deepEqual(readdirSync(parent).filter((f) => f.startsWith(`${base}.tmp-`)), [], 'no temp DEST beside it');
+  t.deepEqual(leftovers(r), []);
+  t.is(r.stdout, '');
+  const [first, ...rest] = r.stderr.trimEnd().split('\n');
+  t.regex(first ?? '', /^prebake-build: /);
+  t.regex(first ?? '', o.message);
+  // A usage error is followed by the usage; any other failure is that one line.
+  if (o.usage) t.regex(rest.join('\n'), /^\nusage: prebake-build /);
+  else t.deepEqual(rest, [], `the error is one line: ${JSON.stringify(r.stderr)}`);
+}
+
+interface Member extends Partial<tar.Header> {
+  name: string;
+  content?: string;
+}
+
+/** A gzip'd layer made member by member with tar-stream, hostile ones included. */
+async function tarLayer(dir: string, members: Member[]) {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const collecting = (async () => {
+    for await (const c of pack) chunks.push(c as Buffer);
+  })();
+  for (const { content, ...header } of members)
+    await new Promise<void>((resolve, reject) => pack.entry({ type: 'file', mode: 0o644, mtime: new Date(0), ...header }, content ?? '', (e) => (e ? reject(e) : resolve())));
+  pack.finalize();
+  await collecting;
+  const tarBytes = Buffer.concat(chunks);
+  const blob = gzipSync(tarBytes);
+  const path = join(dir, `layer-${sha256(blob).slice(7, 19)}`);
+  writeFileSync(path, blob);
+  return { digest: sha256(blob), diffId: sha256(tarBytes), mediaType: layerMediaType('gzip'), size: blob.length, path };
+}
+
+// Bad input. Serial (ava runs these before the concurrent tests): they are short, and the full
+// bakes below would only compete with them for the CPU.
+
+test.serial('bad input: an unknown transport is a usage error naming the reference', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const r = await prebakeBuild(['--quiet', 'foo:bar', `oci:${dest}:baked`], ownTmp(t, dir));
+  assertFailed(t, r, { code: 2, message: /image reference "foo:bar": unknown transport "foo"/, dest, usage: true });
+});
+
+test.serial('bad input: a missing source directory is named', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const missing = join(dir, 'no-such-layout');
+  const r = await prebakeBuild(['--quiet', `oci:${missing}:latest`, `oci:${dest}:baked`], ownTmp(t, dir));
+  assertFailed(t, r, { code: 1, message: new RegExp(`${missing}.*is not an OCI image layout`), dest });
+});
+
+test.serial('bad input: a probe that never succeeds gives up after --ready-timeout with the container\'s last output', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const t0 = Date.now();
+  const r = await prebakeBuild(['--quiet', '--ready', 'tcp:9999', '--ready-timeout', '1500', source, `oci:${dest}:baked`], ownTmp(t, dir));
+  t.log(`failed after ${Date.now() - t0} ms`);
+  assertFailed(t, r, { code: 1, message: /tcp:9999 never became ready: not ready after 1500 ms/, dest });
+  t.regex(r.stderr.split('\n')[0]!, /noop listening on 8080/, 'the message carries the container\'s last output line');
+});
+
+test.serial('bad input: an image without Entrypoint or Cmd says there is nothing to run', async (t) => {
+  const dir = tempDir(t);
+  const src = await readImage(source);
+  t.teardown(() => src.cleanup());
+  const { Cmd: _cmd, Entrypoint: _entrypoint, ...config } = src.config.config ?? {};
+  t.deepEqual(_cmd, ['python3', '/app/function.py']);
+  const empty = join(dir, 'empty');
+  mkdirSync(empty);
+  const layer = await packLayer(empty, '/');
+  t.teardown(() => layer.cleanup());
+  await writeImage(`oci:${dir}/nocmd:latest`, { source: { ...src, config: { ...src.config, config } }, addLayer: layer });
+  const dest = join(dir, 'out');
+  const r = await prebakeBuild(['--quiet', `oci:${dir}/nocmd:latest`, `oci:${dest}:baked`], ownTmp(t, dir));
+  assertFailed(t, r, { code: 1, message: /neither Entrypoint nor Cmd/, dest });
+});
+
+test.serial('bad input: --warmup abc is a usage error naming the option', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const r = await prebakeBuild(['--quiet', '--warmup', 'abc', source, `oci:${dest}:baked`], ownTmp(t, dir));
+  assertFailed(t, r, { code: 2, message: /--warmup abc: expected an integer >= 0/, dest, usage: true });
+});
+
+test.serial('a hostile source layer stops prebake-build naming the entry; nothing is written outside', async (t) => {
+  const dir = tempDir(t);
+  // prebake-build's temp dir (and the rootfs in it) goes under a TMPDIR of the test's own.
+  const env = ownTmp(t, dir);
+  const tmp = env.TMPDIR!;
+  for (const name of ['../escape', '../../escape']) {
+    const layer = await tarLayer(dir, [{ name: 'ok/file', content: 'fine\n' }, { name, content: 'pwned\n' }]);
+    const src = `oci:${dir}/hostile:latest`;
+    await writeImage(src, { source: scratchImage({ Cmd: ['/bin/true'] }), addLayer: layer });
+    const dest = join(dir, 'out');
+    const r = await prebakeBuild(['--quiet', src, `oci:${dest}:baked`], env);
+    const quoted = JSON.stringify(name).replace(/[.]/g, '\\.');
+    assertFailed(t, r, { code: 1, message: new RegExp(`layer 0 \\(sha256:[0-9a-f]{64}\\): entry ${quoted} has a "\\.\\." path component, refused`), dest });
+    t.deepEqual(readdirSync(tmp), [], `${name}: prebake-build's temp dir is gone and nothing was written beside it`);
+    t.false(existsSync(join(dir, 'escape')), `${name}: nothing written outside`);
+  }
+  t.deepEqual(readdirSync(dir).filter((f) => !f.startsWith('layer-')).sort(), ['hostile', 'tmp']);
+});
+
+// Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
+
+test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'baked');
+  const r = await prebakeBuild([source, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /prebake-build: wrote oci:.*:baked \(checkpoint layer [\d.]+ MB, sha256:[0-9a-f]{64}\)\n$/);
+
+  const inspect = JSON.parse(sh('skopeo', ['inspect', `oci:${out}:baked`])) as { Layers: string[]; Env: string[]; Labels: Record<string, string> };
+  t.is(inspect.Layers.length, 3);
+  t.true(inspect.Env.includes('PREBAKE_CHECKPOINT=/.prebake'), JSON.stringify(inspect.Env));
+  t.is(inspect.Labels['io.prebake.probe'], `http:${NOOP_PORT}/`);
+
+  const bundle = join(dir, 'bundle');
+  sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
+  t.true(existsSync(join(bundle, 'rootfs/.prebake/manifest.json')));
+  const netns = uniqueName('pbb');
+  const netnsPath = createNetns(netns);
+  const rt = runtimeDirs();
+  const id = uniqueName('umoci');
+  let client: NetnsClient | undefined;
+  t.teardown(async () => {
+    client?.close();
+    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
+    deleteNetns(netns);
+    rt.cleanup();
+  });
+  const configPath = join(bundle, 'config.json');
+  const spec = JSON.parse(readFileSync(configPath, 'utf8')) as Spec;
+  spec.process!.terminal = false;
+  spec.linux!.namespaces = spec.linux!.namespaces!.map((ns) => (ns.type === 'network' ? { type: 'network', path: netnsPath } : ns));
+  writeFileSync(configPath, JSON.stringify(spec, null, 2));
+
+  client = await NetnsClient.start(netns);
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', bundle, id]);
+  t.is(create.code, 0, create.output);
+  const start = await run(PREBAKE, ['--root', rt.root, 'start', id]);
+  t.is(start.code, 0, start.output);
+  // Served either way (a cold start too), so the log says which it was.
+  const answer = await client.waitHttp({ port: NOOP_PORT, path: '/', timeoutMs: 10000 });
+  const served = (JSON.parse(answer.body) as { served: number }).served;
+  const log = rt.logLines();
+  t.log(`served ${served}; log: ${JSON.stringify(log)}`);
+  const restored = log.find((l) => l.level === 'info' && /^restored /.test(l.msg));
+  t.truthy(restored, `not restored: ${log.find((l) => l.level === 'warning')?.msg ?? JSON.stringify(log)}`);
+  t.true(served > 1, `served ${served}: the process was baked after its probe and warm-up requests`);
+});
+
+test('oci → docker-archive: skopeo inspects the archive; the bake leaves nothing behind', async (t) => {
+  const dir = tempDir(t);
+  const file = join(dir, 'noop.tar');
+  const r = await prebakeBuild(['--quiet', source, `docker-archive:${file}:prebake-test/noop:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stderr, '', '--quiet');
+  const inspect = JSON.parse(sh('skopeo', ['inspect', `docker-archive:${file}`])) as { Layers: string[]; Env: string[]; Labels: Record<string, string>; RepoTags?: string[] };
+  t.is(inspect.Layers.length, 3);
+  t.true(inspect.Env.includes('PREBAKE_CHECKPOINT=/.prebake'), JSON.stringify(inspect.Env));
+  t.is(inspect.Labels['io.prebake.checkpoint'], '/.prebake');
+  const tagged = JSON.parse(sh('skopeo', ['inspect', `docker-archive:${file}:prebake-test/noop:baked`])) as { Layers: string[] };
+  t.deepEqual(tagged.Layers, inspect.Layers);
+  t.deepEqual(readdirSync(dir).sort(), ['noop.tar', 'tmp']);
+  t.deepEqual(readdirSync(r.tmp), [], 'no temp file left');
+  t.deepEqual(leftovers(r), []);
+});
+
+test('--json prints one JSON summary on stdout: steps, the checkpoint layer, verified', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'baked');
+  const r = await prebakeBuild(['--json', source, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  const summary = JSON.parse(r.stdout) as {
+    source: string;
+    dest: string;
+    steps: { step: string; ms: number }[];
+    checkpoint: { files: number; bytes: number };
+    layer: { digest: string; size: number };
+    verified: boolean;
+    manifestDigest: string;
+  };
+  t.is(summary.source, source);
+  t.is(summary.dest, `oci:${out}:baked`);
+  t.deepEqual(
+    summary.steps.map((s) => s.step),
+    ['read image', 'unpack', 'bake (runc)', 'verify (runc)', 'pack layer', 'write image'],
+  );
+  for (const s of summary.steps) t.true(Number.isInteger(s.ms) && s.ms >= 0, JSON.stringify(s));
+  t.regex(summary.layer.digest, /^sha256:[0-9a-f]{64}$/);
+  t.true(summary.layer.size > 0);
+  t.true(summary.checkpoint.files > 0 && summary.checkpoint.bytes > 0);
+  t.true(summary.verified);
+  // The summary describes what was written.
+  const written = await readImage(`oci:${out}:baked`);
+  t.teardown(() => written.cleanup());
+  t.is(written.layers.at(-1)!.digest, summary.layer.digest);
+  t.is(written.layers.at(-1)!.size, summary.layer.size);
+  t.is(sha256(readFileSync(join(out, 'blobs/sha256', summary.manifestDigest.slice(7)))), summary.manifestDigest);
+});
