@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
 import type { CheckpointManifest } from '../checkpoint/manifest.ts';
 import { packLayer } from '../image/pack.ts';

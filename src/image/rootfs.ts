@@ -8,20 +8,20 @@ import { join } from 'node:path';
 
 export const CACHE = process.env.PREBAKE_CACHE ?? '/var/cache/prebake';
 
-async function withLock<T>(lock: string, f: () => T): Promise<T> {
-  for (let i = 0; ; i++) {
+/** Runs `f` holding a lock directory; one left by a process that died is broken after 20 minutes. */
+export async function withLock<T>(lock: string, f: () => T | Promise<T>): Promise<T> {
+  for (;;) {
     try {
       mkdirSync(lock);
       break;
     } catch {
-      // A lock older than 20 minutes belongs to a process that died.
       const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
-      if (age > 20 * 60_000) rmdirSync(lock);
+      if (age > 20 * 60_000) rmSync(lock, { recursive: true, force: true });
       await new Promise((r) => setTimeout(r, 500));
     }
   }
   try {
-    return f();
+    return await f();
   } finally {
     rmdirSync(lock);
   }

@@ -3,37 +3,18 @@
 // keyed by the function's source and the rootfs it is built on.
 
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { packLayer } from '../../src/image/pack.ts';
 import { readImage } from '../../src/image/read.ts';
-import { CACHE, pythonRootfs } from '../../src/image/rootfs.ts';
+import { CACHE, pythonRootfs, withLock } from '../../src/image/rootfs.ts';
 import { scratchImage, writeImage } from '../../src/image/write.ts';
 import { REPO } from './bundle.ts';
 
 export const NOOP_PORT = 8080;
 export const NOOP_CMD = ['python3', '/app/function.py'];
 const PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-
-/** Runs `f` holding a lock directory; one left by a process that died is broken after 20 minutes. */
-async function withLock<T>(lock: string, f: () => Promise<T>): Promise<T> {
-  for (;;) {
-    try {
-      mkdirSync(lock);
-      break;
-    } catch {
-      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
-      if (age > 20 * 60_000) rmSync(lock, { recursive: true, force: true });
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-  try {
-    return await f();
-  } finally {
-    rmdirSync(lock);
-  }
-}
 
 /** Writes the noop image as `oci:<layout>:latest`; `layout` must not exist. */
 async function buildNoop(python: string, layout: string): Promise<void> {
