@@ -8,14 +8,17 @@ import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest } from '../checkpoint/manifest.ts';
 import { writeManifest } from '../checkpoint/write.ts';
-import { NetnsClient } from '../lib/netns.ts';
+import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../lib/pipe.ts';
 import { type Probe, probeText, type WarmupRequest } from './probe.ts';
 
 export interface BakeOptions {
   bundle: string;
   id: string;
-  /** Name of the network namespace the bundle's spec joins (see createNetns). */
+  /**
+   * Name of the network namespace the bundle's spec joins by path (see createNetns); when the
+   * spec's has no path, the name given to the container's own namespace while it is probed.
+   */
   netns: string;
   ready: Probe;
   readyTimeoutMs?: number;
@@ -109,7 +112,6 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
   let client: NetnsClient | undefined;
   let piped: PipedCommand | undefined;
   try {
-    client = await NetnsClient.start(opts.netns);
     // stdin /dev/null, stdout and stderr a pipe: what engines give, and what CRIU can re-attach.
     // CRIU locks the network with iptables while it dumps and restores, and records the method
     // in the checkpoint: unlocking alone costs ~60 ms per restore. The bake namespace is private
@@ -122,6 +124,11 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     piped.output.on('data', (d: Buffer) => out.add(d));
     const code = await piped.exit;
     if (code !== 0) throw new Error(`runc run of ${opts.id} failed (exit ${code}): ${out.tail(3).replace(/\n/g, ' | ')}`);
+    // A spec whose network namespace has no path (docker's: its hook wires it) gets a new one
+    // from runc; it is named for the probe and unnamed again before the dump.
+    const ownNetns = !spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
+    if (ownNetns) attachNetns(opts.netns, (JSON.parse(execFileSync(runc, ['state', opts.id], { encoding: 'utf8' })) as { pid: number }).pid);
+    client = await NetnsClient.start(opts.netns);
     lap('start');
     try {
       await waitReady(opts.ready, client, out, opts.readyTimeoutMs ?? 30000);
@@ -145,6 +152,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     client.close();
     client = undefined;
     await waitQuiet(opts.netns);
+    if (ownNetns) deleteNetns(opts.netns);
     mkdirSync(opts.outDir, { recursive: true });
     const imagePath = join(opts.outDir, CHECKPOINT_DIR);
     try {

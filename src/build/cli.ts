@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
 import type { CheckpointManifest } from '../checkpoint/manifest.ts';
 import { packLayer } from '../image/pack.ts';
@@ -15,12 +16,12 @@ import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
 import { compareVersions, criuVersion } from '../lib/host.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
+import { attachNetns, createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
-import { type Target, TARGETS, targetSpec } from './target.ts';
+import { engineSpec, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -40,7 +41,8 @@ containers-storage:NAME:TAG.
   --warmup-port PORT       port of the warm-up requests (default the probe's)
   --env NAME=VALUE         set in the bake run and the baked process (repeatable)
   --arg ARG                replaces the image's Cmd (repeatable)
-  --target ${TARGETS.join('|')}       the runtime spec shape to bake for (default runc; repeatable)
+  --target ${TARGETS.join('|')}   the runtime spec to bake for (default runc; repeatable);
+                           docker: the spec of the running dockerd, where prebake is registered
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
   --quiet                  no progress on stderr
@@ -220,10 +222,19 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
       const bundle = join(tmp, `bake-${target}`);
       const netns = `prebake-build-${process.pid}-${target}`;
-      const netnsPath = createNetns(netns);
+      const netnsPath = target === 'runc' ? createNetns(netns) : undefined;
       cleanups.push(() => deleteNetns(netns));
       cleanups.push(mountOverlay([lower], join(tmp, `upper-${target}`), join(tmp, `work-${target}`), join(bundle, 'rootfs')));
-      const spec = targetSpec(target, image.config.config ?? {}, lower, netnsPath, { env: opts.env, ...(opts.args ? { args: opts.args } : {}) });
+      const engine = engineSpec(target);
+      const shape = (netnsPath?: string, env: string[] = []) =>
+        targetSpec(target, engine, image!.config.config ?? {}, {
+          rootfs: 'rootfs',
+          hostRootfs: lower,
+          ...(netnsPath ? { netnsPath } : {}),
+          scratch: join(tmp, `files-${target}`),
+          overrides: { env: [...opts.env, ...env], ...(opts.args ? { args: opts.args } : {}) },
+        });
+      const spec = shape(netnsPath);
       writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
       const { manifest } = await bake({
         bundle,
@@ -240,7 +251,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       manifests.push(manifest);
       lap(`bake (${target})`);
       if (opts.verify) {
-        await verifyRestore(target, image, lower, stage, ready, opts, tmp, cleanups);
+        await verifyRestore(target, (p) => shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), lower, stage, ready, opts, tmp, cleanups);
         lap(`verify (${target})`);
       }
     }
@@ -293,41 +304,53 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
 }
 
 /** Restores the staged checkpoint once through the prebake runtime in a fresh netns and probes it. */
-async function verifyRestore(target: Target, image: SourceImage, lower: string, stage: string, ready: Probe, opts: BuildOptions, tmp: string, cleanups: Cleanup[]): Promise<void> {
+async function verifyRestore(
+  target: Target,
+  specFor: (netnsPath?: string) => Spec,
+  lower: string,
+  stage: string,
+  ready: Probe,
+  opts: BuildOptions,
+  tmp: string,
+  cleanups: Cleanup[],
+): Promise<void> {
   const id = `prebake-verify-${process.pid}-${target}`;
   const netns = `prebake-verify-${process.pid}-${target}`;
-  const netnsPath = createNetns(netns);
   const bundle = join(tmp, `verify-${target}`);
-  const unmount = mountOverlay([stage, lower], join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
   const root = join(tmp, `verify-root-${target}`);
   const log = join(tmp, `verify-${target}.log`);
+  const pidFile = join(tmp, `verify-${target}.pid`);
   const prebake = join(packageRoot(), 'bin/prebake');
   const g = ['--root', root, '--log', log, '--log-format', 'json'];
-  const client = await NetnsClient.start(netns);
   // The verify run keeps its runtime state in the build's temp dir, gone with it.
   const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state') };
-  const created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, id], env);
+  let client: NetnsClient | undefined;
+  let created: ReturnType<typeof spawnPiped> | undefined;
+  const unmount = mountOverlay([stage, lower], join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
   const done = () => {
-    client.close();
+    client?.close();
     try {
       execFileSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore', env });
     } catch {
       /* never created */
     }
-    created.close();
+    created?.close();
     unmount();
     deleteNetns(netns);
   };
   cleanups.push(done);
   try {
-    const spec = targetSpec(target, image.config.config ?? {}, lower, netnsPath, { env: [...opts.env, `${CHECKPOINT_ENV}=/.prebake`], ...(opts.args ? { args: opts.args } : {}) });
+    const spec = specFor(target === 'runc' ? createNetns(netns) : undefined);
     writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+    created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, '--pid-file', pidFile, id], env);
     const code = await created.exit;
     const lines = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string }) : [];
     if (code !== 0) throw new Error(`verify: prebake create exited ${code}: ${lines.at(-1)?.msg ?? ''}`);
     const restored = lines.find((l) => /^restored /.test(l.msg));
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
     execFileSync(prebake, ['--root', root, 'start', id], { env });
+    if (target !== 'runc') attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
+    client = await NetnsClient.start(netns);
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);
   } finally {

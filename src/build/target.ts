@@ -1,12 +1,17 @@
-// The runtime spec a baked image will meet at run time, per target engine, built from the
-// image's config (Entrypoint, Cmd, Env, WorkingDir, User) and the user's overrides.
+// The runtime spec a baked image will meet at run time, per target engine: runc's default spec, or
+// the spec docker generates (captured from the running dockerd), shaped for a bake run with the
+// image's Entrypoint, Cmd, Env, WorkingDir and User and the user's overrides.
 
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
-import { functionSpec } from './spec.ts';
+import { CAPTURE_ENV } from '../runtime/create.ts';
+import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc'] as const;
+export const TARGETS = ['runc', 'docker'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface ImageRunConfig {
@@ -22,6 +27,9 @@ export interface RunOverrides {
   /** Replaces the image's Cmd. */
   args?: string[];
 }
+
+const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export const SPEC_PROBE_IMAGE = 'prebake/spec-probe:1';
 
 function lookupId(rootfs: string, file: 'passwd' | 'group', name: string): { id: number; gid?: number } | undefined {
   try {
@@ -57,17 +65,113 @@ export function mergeEnv(base: readonly string[], overrides: readonly string[]):
   return [...out.values()];
 }
 
-export function targetSpec(target: Target, image: ImageRunConfig, rootfs: string, netnsPath: string, o: RunOverrides = {}): Spec {
-  const args = [...(image.Entrypoint ?? []), ...(o.args ?? image.Cmd ?? [])];
-  if (args.length === 0) throw new Error('the image has neither Entrypoint nor Cmd, and no --arg was given: nothing to run');
-  const env = mergeEnv(image.Env ?? [], o.env ?? []);
-  switch (target) {
-    case 'runc': {
-      const spec = functionSpec({ args, env, cwd: image.WorkingDir || '/', netns: netnsPath });
-      const hasPath = env.some((e) => e.startsWith('PATH='));
-      spec.process!.env = hasPath ? env : spec.process!.env!.slice(0, 1).concat(env);
-      spec.process!.user = resolveUser(rootfs, image.User);
-      return spec;
-    }
+function docker(args: string[], input?: Buffer): string {
+  try {
+    return execFileSync('docker', args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], ...(input ? { input } : {}) });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`docker ${args.join(' ')}: ${(err.stderr || err.message).trim().split('\n').at(-1)}`);
   }
+}
+
+/** A one-file image (busybox) to run the probe container from; imported once per dockerd. */
+function ensureSpecProbeImage(): void {
+  try {
+    docker(['image', 'inspect', SPEC_PROBE_IMAGE]);
+    return;
+  } catch {
+    /* not there yet */
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-probe-image-'));
+  try {
+    mkdirSync(join(dir, 'bin'));
+    copyFileSync('/bin/busybox', join(dir, 'bin/busybox'));
+    symlinkSync('busybox', join(dir, 'bin/true'));
+    const tar = execFileSync('tar', ['-C', dir, '-c', '.']);
+    docker(['import', '-', SPEC_PROBE_IMAGE], tar);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The spec dockerd generates for `docker run IMAGE`: a probe container runs once under the prebake
+ * runtime, which copies its config.json (see CAPTURE_ENV). Needs prebake registered with dockerd.
+ */
+export function captureDockerSpec(stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Spec {
+  const runtimes = docker(['info', '--format', '{{json .Runtimes}}']);
+  if (!/"prebake"/.test(runtimes)) throw new Error('--target docker: the prebake runtime is not registered with dockerd (runtimes.prebake in /etc/docker/daemon.json)');
+  ensureSpecProbeImage();
+  const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
+  const file = join(stateBase, 'captures', `${token}.json`);
+  try {
+    docker(['run', '--rm', '--runtime=prebake', '-e', `${CAPTURE_ENV}=${token}`, SPEC_PROBE_IMAGE, '/bin/true']);
+    return JSON.parse(readFileSync(file, 'utf8')) as Spec;
+  } catch (e) {
+    throw new Error(`--target docker: could not capture dockerd's spec: ${(e as Error).message}`);
+  } finally {
+    rmSync(file, { force: true });
+  }
+}
+
+/** The engine's spec for a plain `run` of an image, before the image's own settings. */
+export function engineSpec(target: Target): Spec {
+  return target === 'docker' ? captureDockerSpec() : runcDefaultSpec();
+}
+
+export interface BakeSpecOptions {
+  /** root.path as written into config.json. */
+  rootfs: string;
+  /** The unpacked image on the host, to resolve its User. */
+  hostRootfs: string;
+  /** For the runc target: the network namespace to join. docker's has no path (its hook sets it up). */
+  netnsPath?: string;
+  /** A directory for the files engines bind-mount (/etc/hosts, /etc/hostname, /etc/resolv.conf). */
+  scratch: string;
+  overrides?: RunOverrides;
+}
+
+/**
+ * The engine's spec made runnable by runc for a bake or a verify run: the image's process, a
+ * rootfs of ours, engine-owned bind sources replaced by our files, no hooks, no engine cgroup.
+ * Everything a restore is checked against (mount destinations, capabilities, seccomp, masks) stays.
+ */
+export function targetSpec(target: Target, engine: Spec, image: ImageRunConfig, o: BakeSpecOptions): Spec {
+  const spec = structuredClone(engine);
+  const args = [...(image.Entrypoint ?? []), ...(o.overrides?.args ?? image.Cmd ?? [])];
+  if (args.length === 0) throw new Error('the image has neither Entrypoint nor Cmd, and no --arg was given: nothing to run');
+  let env = mergeEnv(image.Env ?? [], o.overrides?.env ?? []);
+  if (!env.some((e) => e.startsWith('PATH='))) env = [DEFAULT_PATH, ...env];
+  const user = resolveUser(o.hostRootfs, image.User);
+  spec.process = {
+    ...spec.process!,
+    terminal: false,
+    args,
+    env: target === 'docker' ? [...env.filter((e) => !e.startsWith('HOSTNAME=')), 'HOSTNAME=prebake'] : env,
+    cwd: image.WorkingDir || '/',
+    user: { ...spec.process!.user, ...user },
+  };
+  // runc's own default is a readonly rootfs; engines (and umoci) give a writable one.
+  spec.root = { path: o.rootfs, readonly: target === 'runc' ? false : (spec.root?.readonly ?? false) };
+  if (target === 'docker') spec.hostname = 'prebake';
+  delete spec.hooks;
+  spec.annotations = null;
+  if (spec.linux) {
+    delete spec.linux.cgroupsPath;
+    spec.linux.namespaces = (spec.linux.namespaces ?? []).map((ns) => (ns.type === 'network' ? (o.netnsPath ? { type: 'network', path: o.netnsPath } : { type: 'network' }) : ns));
+  }
+  const files: Record<string, string> = {
+    '/etc/hosts': '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n',
+    '/etc/hostname': 'prebake\n',
+    '/etc/resolv.conf': '',
+  };
+  mkdirSync(o.scratch, { recursive: true });
+  spec.mounts = (spec.mounts ?? []).map((m) => {
+    const content = files[m.destination];
+    if (content === undefined || m.type !== 'bind') return m;
+    const source = join(o.scratch, m.destination.slice(1).replace(/\//g, '_'));
+    writeFileSync(source, content);
+    return { ...m, source };
+  });
+  return spec;
 }

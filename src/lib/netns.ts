@@ -15,6 +15,11 @@ export function createNetns(name: string): string {
   return netnsPath(name);
 }
 
+/** Names the network namespace of a running process (`ip netns attach`), so clients can enter it. */
+export function attachNetns(name: string, pid: number): void {
+  execFileSync('ip', ['netns', 'attach', name, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
 export function deleteNetns(name: string): void {
   try {
     execFileSync('ip', ['netns', 'delete', name], { stdio: 'ignore' });

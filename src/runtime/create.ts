@@ -107,6 +107,21 @@ function unlockNetwork(netnsPath: string): void {
   spawnSync('nsenter', [`--net=${netnsPath}`, 'sh', '-c', script], { stdio: 'ignore' });
 }
 
+export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
+
+/**
+ * prebake-build learns the exact spec an engine generates (mounts, capabilities, seccomp profile)
+ * by running a probe container whose env holds PREBAKE_CAPTURE_SPEC=<token>: the spec is copied
+ * to <state>/captures/<token>.json. The token names the file and nothing else.
+ */
+function captureSpec(spec: Spec, cfg: RuntimeConfig): void {
+  const prefix = `${CAPTURE_ENV}=`;
+  const token = spec.process?.env?.find((e) => e.startsWith(prefix))?.slice(prefix.length);
+  if (!token || !/^[A-Za-z0-9_-]{1,64}$/.test(token)) return;
+  mkdirSync(join(cfg.stateBase, 'captures'), { recursive: true, mode: 0o700 });
+  writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify(spec));
+}
+
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
 function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
   rmSync(plan.stateDir, { recursive: true, force: true });
@@ -156,6 +171,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     } catch {
       return coldCreate(argv, createArgs, cfg); // runc reports the unreadable bundle itself
     }
+    captureSpec(spec, cfg);
     plan = planRestore(call, createArgs, cfg, spec, bundle);
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
