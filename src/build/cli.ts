@@ -16,7 +16,7 @@ import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
 import { compareVersions, criuVersion } from '../lib/host.ts';
-import { attachNetns, createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
+import { attachNetns, createNetns, deleteNetns, loopbackUp, NetnsClient } from '../lib/netns.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
@@ -349,7 +349,12 @@ async function verifyRestore(
     const restored = lines.find((l) => /^restored /.test(l.msg));
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
     execFileSync(prebake, ['--root', root, 'start', id], { env });
-    if (target !== 'runc') attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
+    if (target !== 'runc') {
+      // runc restores an engine's path-less network namespace empty; the engine's hook then
+      // wires it (docker's brings up lo and eth0). Stand in for the hook: loopback only.
+      attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
+      loopbackUp(netns);
+    }
     client = await NetnsClient.start(netns);
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);

@@ -87,7 +87,7 @@ function ensureSpecProbeImage(): void {
     mkdirSync(join(dir, 'bin'));
     copyFileSync('/bin/busybox', join(dir, 'bin/busybox'));
     symlinkSync('busybox', join(dir, 'bin/true'));
-    const tar = execFileSync('tar', ['-C', dir, '-c', '.']);
+    const tar = execFileSync('tar', ['-C', dir, '-c', '.'], { maxBuffer: 64 << 20 });
     docker(['import', '-', SPEC_PROBE_IMAGE], tar);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -11,8 +11,12 @@ export function netnsPath(name: string): string {
 /** Creates a named network namespace with loopback up. */
 export function createNetns(name: string): string {
   execFileSync('ip', ['netns', 'add', name], { stdio: ['ignore', 'ignore', 'pipe'] });
-  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  loopbackUp(name);
   return netnsPath(name);
+}
+
+export function loopbackUp(name: string): void {
+  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 /** Names the network namespace of a running process (`ip netns attach`), so clients can enter it. */
