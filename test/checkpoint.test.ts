@@ -144,3 +144,22 @@ test('of several named checkpoints, the first one whose baked spec fits the cont
   t.regex(error!.message, /a-docker: mount destinations differ .*\+\/other.*-\/extra/);
   t.regex(error!.message, /b-runc: mount destinations differ .*\+\/other/);
 });
+
+test('a container running another command, directory or environment than the baked one is not restored', async (t) => {
+  const { bakedProcessOf, processMismatch } = await import('../src/checkpoint/security.ts');
+  const proc = (change: (s: Spec) => void = () => {}) =>
+    bakedProcessOf(
+      spec((s) => {
+        s.process!.args = ['python3', '/app/function.py'];
+        s.process!.env = ['PATH=/bin', 'PORT=8080', 'HOSTNAME=abc', 'PREBAKE_CHECKPOINT=/.prebake'];
+        change(s);
+      }),
+    );
+  t.is(processMismatch(proc(), proc()), null);
+  // Engines set HOSTNAME per container; PREBAKE_* are prebake's own.
+  t.is(processMismatch(proc(), proc((s) => (s.process!.env = ['PORT=8080', 'PATH=/bin', 'HOSTNAME=other']))), null);
+  t.regex(processMismatch(proc(), proc((s) => (s.process!.args = ['python3', '-c', 'print(1)'])))!, /the container runs \["python3","-c","print\(1\)"\]/);
+  t.regex(processMismatch(proc(), proc((s) => (s.process!.cwd = '/tmp')))!, /working directory is \/tmp/);
+  t.regex(processMismatch(proc(), proc((s) => s.process!.env!.push('DEBUG=1')))!, /environment differs .*\+DEBUG/);
+  t.regex(processMismatch(proc(), proc((s) => (s.process!.env = ['PATH=/bin'])))!, /environment differs .*-PORT/);
+});

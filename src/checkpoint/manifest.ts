@@ -59,6 +59,9 @@ export function parseManifest(text: string): CheckpointManifest {
   const spec = m.spec;
   if (!isObject(spec) || !isObject(spec.security) || !isStringArray(spec.mounts) || typeof spec.terminal !== 'boolean')
     fail('spec.security, spec.mounts and spec.terminal are required');
+  const proc = spec.process;
+  if (!isObject(proc) || !isStringArray(proc.args) || typeof proc.cwd !== 'string' || !isStringArray(proc.env))
+    fail('spec.process.args, spec.process.cwd and spec.process.env are required');
   if (!isObject(m.files) || Object.keys(m.files).length === 0) fail('files must list the checkpoint files');
   for (const [name, d] of Object.entries(m.files)) {
     if (!isContainedRelativePath(name)) fail(`file ${JSON.stringify(name)} is outside the checkpoint directory`);

@@ -26,6 +26,33 @@ export interface BakedSpec {
   /** Mount destinations, sorted. */
   mounts: string[];
   terminal: boolean;
+  /** The process that was baked: a container asking for another command or environment is not it. */
+  process: BakedProcess;
+}
+
+export interface BakedProcess {
+  args: string[];
+  cwd: string;
+  /** Sorted; without HOSTNAME (engines set it per container) and PREBAKE_* (prebake's own). */
+  env: string[];
+}
+
+const ENV_IGNORED = /^(HOSTNAME|PREBAKE_[A-Z_]*)=/;
+
+export function bakedProcessOf(spec: Spec): BakedProcess {
+  const p = spec.process;
+  return { args: p?.args ?? [], cwd: p?.cwd ?? '/', env: [...new Set((p?.env ?? []).filter((e) => !ENV_IGNORED.test(e)))].sort() };
+}
+
+/** Why the baked process is not the one the container asks for, or null. */
+export function processMismatch(baked: BakedProcess, wanted: BakedProcess): string | null {
+  if (JSON.stringify(baked.args) !== JSON.stringify(wanted.args))
+    return `the container runs ${JSON.stringify(wanted.args)}, the checkpoint is of ${JSON.stringify(baked.args)}`;
+  if (baked.cwd !== wanted.cwd) return `the container's working directory is ${wanted.cwd}, the checkpoint's ${baked.cwd}`;
+  const added = wanted.env.filter((e) => !baked.env.includes(e)).map((e) => e.split('=')[0]);
+  const dropped = baked.env.filter((e) => !wanted.env.includes(e)).map((e) => e.split('=')[0]);
+  if (added.length || dropped.length) return `the environment differs from the baked one (${[...added.map((n) => `+${n}`), ...dropped.map((n) => `-${n}`)].join(' ')})`;
+  return null;
 }
 
 export function canonicalJson(value: unknown): string {
@@ -72,6 +99,7 @@ export function bakedSpecOf(spec: Spec): BakedSpec {
     },
     mounts: sorted((spec.mounts ?? []).map((m) => m.destination)),
     terminal: p?.terminal ?? false,
+    process: bakedProcessOf(spec),
   };
 }
 
