@@ -1,0 +1,135 @@
+// docker run --runtime=prebake against a real dockerd (and containerd) started by the test: an
+// image baked by prebake-build --target docker is restored, serves on a published port, logs,
+// stops with its exit status, and falls back to a cold start when the container does not fit.
+
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PREBAKE, REPO } from './helpers/bundle.ts';
+import { type Containerd, type Dockerd, startContainerd, startDockerd } from './helpers/engines.ts';
+import { noopImage } from './helpers/images.ts';
+
+const IMAGE = 'prebake/noop:baked';
+let ctd: Containerd;
+let dk: Dockerd;
+let dir: string;
+let argvLog: string;
+let port = 18100 + (process.pid % 400);
+
+test.before(async (t) => {
+  dir = mkdtempSync(join(tmpdir(), 'prebake-docker-test-'));
+  // The runtime dockerd calls: prebake itself, behind a line that records each argv.
+  argvLog = join(dir, 'argv.log');
+  const wrapper = join(dir, 'prebake');
+  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  ctd = await startContainerd();
+  dk = await startDockerd(ctd, { runtimePath: wrapper });
+  const image = await noopImage();
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'docker', `oci:${image}:latest`, `docker-daemon:${IMAGE}`], { env: dk.env, encoding: 'utf8' });
+  t.log(r.stderr.trim());
+  if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
+});
+
+test.after.always(async (t) => {
+  try {
+    // Each distinct call shape once, with the container id as $ID and its bundle dir as $B.
+    const shapes = readFileSync(argvLog, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.replace(/\S*\/([0-9a-f]{64})(?=[/\s])/g, '$B').replace(/[0-9a-f]{64}/g, '$ID').replace(/\/tmp\/\S+?(\d+)(?=[\s.])/g, '<tmp>'));
+    t.log(`argv dockerd sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
+  } catch {
+    /* no call logged */
+  }
+  await dk?.stop();
+  await ctd?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function httpGet(p: number, timeoutMs = 20000): Promise<{ served: number }> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < end) {
+    const c = spawnSync('curl', ['-s', '-m', '2', `http://127.0.0.1:${p}/`], { encoding: 'utf8' });
+    if (c.status === 0 && c.stdout) return JSON.parse(c.stdout) as { served: number };
+    last = c.stderr || `curl exit ${c.status}`;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no HTTP answer on 127.0.0.1:${p}: ${last}`);
+}
+
+/** prebake's log for a running container: dockerd's bundle dir in containerd's state. */
+function prebakeLog(id: string): { level: string; msg: string }[] {
+  const file = join(ctd.state, 'io.containerd.runtime.v2.task/moby', id, 'log.json');
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"msg"'))
+    .map((l) => JSON.parse(l));
+}
+
+async function runDetached(args: string[]): Promise<{ id: string; port: number }> {
+  const p = port++;
+  const id = (await dk.docker(['run', '-d', '--runtime=prebake', '-p', `127.0.0.1:${p}:8080`, ...args])).trim();
+  return { id, port: p };
+}
+
+test.serial('docker run -d restores the baked function: HTTP on the published port, docker logs after the restore', async (t) => {
+  const { id, port: p } = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', id]));
+  const first = await httpGet(p);
+  t.true(first.served > 1, `served ${first.served}: a cold start would say 1`);
+  t.true(prebakeLog(id).some((l) => /^restored /.test(l.msg)));
+  const logs = await dk.docker(['logs', id]);
+  t.regex(logs, new RegExp(`request ${first.served} GET /`), 'output written after the restore reaches docker logs');
+  const inspect = JSON.parse(await dk.docker(['inspect', id]))[0];
+  t.is(inspect.State.Status, 'running');
+  t.regex(inspect.NetworkSettings.IPAddress, /^\d+\.\d+\.\d+\.\d+$/);
+});
+
+test.serial('two containers of the image at once are both restored, each with its own address', async (t) => {
+  const a = await runDetached([IMAGE]);
+  const b = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', a.id, b.id]));
+  const [ra, rb] = [await httpGet(a.port), await httpGet(b.port)];
+  t.true(ra.served > 1 && rb.served > 1);
+  t.is(ra.served, rb.served, 'both continue from the same checkpoint');
+  const ips = await Promise.all([a, b].map(async (c) => JSON.parse(await dk.docker(['inspect', c.id]))[0].NetworkSettings.IPAddress));
+  t.not(ips[0], ips[1]);
+});
+
+test.serial('exec, top, pause and unpause work on a restored container; stop hands its exit status to docker', async (t) => {
+  const { id, port: p } = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', id]));
+  t.true((await httpGet(p)).served > 1);
+  t.is((await dk.docker(['exec', id, 'python3', '-c', 'print(6*7)'])).trim(), '42');
+  t.regex(await dk.docker(['top', id]), /function\.py/);
+  await dk.docker(['pause', id]);
+  t.is(JSON.parse(await dk.docker(['inspect', id]))[0].State.Status, 'paused');
+  await dk.docker(['unpause', id]);
+  t.true((await httpGet(p)).served > 2);
+  await dk.docker(['stop', '-t', '5', id]);
+  const state = JSON.parse(await dk.docker(['inspect', id]))[0].State;
+  t.is(state.Status, 'exited');
+  t.is(state.ExitCode, 0, 'the function exits 0 on SIGTERM');
+  t.is((await dk.docker(['wait', id])).trim(), '0');
+});
+
+test.serial('a container that drops capabilities, or runs another command, starts cold and says why', async (t) => {
+  const { id, port: p } = await runDetached(['--cap-drop', 'ALL', IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', id]));
+  t.is((await httpGet(p)).served, 1);
+  const warning = prebakeLog(id).find((l) => l.level === 'warning');
+  t.regex(warning?.msg ?? '', /cold start: security: baked bounding capabilities .*CAP_CHOWN/);
+  const out = await dk.docker(['run', '--rm', '--runtime=prebake', IMAGE, 'python3', '-c', 'print("asked for")']);
+  t.is(out.trim(), 'asked for');
+});
+
+test.serial('an image that is not prebaked runs through prebake as through runc', async (t) => {
+  const out = await dk.docker(['run', '--rm', '--runtime=prebake', 'prebake/spec-probe:1', '/bin/busybox', 'echo', 'plain']);
+  t.is(out.trim(), 'plain');
+  const r = spawnSync('docker', ['run', '--rm', '--runtime=prebake', 'prebake/spec-probe:1', '/bin/busybox', 'sh', '-c', 'exit 3'], { env: dk.env });
+  t.is(r.status, 3);
+});
