@@ -33,11 +33,16 @@ export interface BakedSpec {
 export interface BakedProcess {
   args: string[];
   cwd: string;
-  /** Sorted; without HOSTNAME (engines set it per container) and PREBAKE_* (prebake's own). */
+  /** Sorted; without what engines add on their own (ENGINE_ENV) and PREBAKE_* (prebake's own). */
   env: string[];
 }
 
-const ENV_IGNORED = /^(HOSTNAME|PREBAKE_[A-Z_]*)=/;
+/**
+ * Variables engines set by themselves rather than from the image or the user: docker HOSTNAME,
+ * podman and umoci also HOME, TERM and container. A restored process keeps its baked values.
+ */
+export const ENGINE_ENV = ['HOSTNAME', 'HOME', 'TERM', 'container'];
+const ENV_IGNORED = new RegExp(`^(${ENGINE_ENV.join('|')}|PREBAKE_[A-Z_]*)=`);
 
 export function bakedProcessOf(spec: Spec): BakedProcess {
   const p = spec.process;
