@@ -39,7 +39,11 @@ test('unknown flags and missing values are errors that name the flag', (t) => {
 });
 
 test("bin/prebake's sh dispatcher knows exactly the global flags of the table", (t) => {
-  const sh = readFileSync(join(REPO, 'bin/prebake'), 'utf8');
+  const file = readFileSync(join(REPO, 'bin/prebake'), 'utf8');
+  // The global-flag loop: from the first `for a in "$@"` to its `done`.
+  const from = file.indexOf('for a in "$@"; do');
+  const sh = file.slice(from, file.indexOf('\ndone\n', from));
+  t.true(from > 0 && sh.length > 0, 'bin/prebake has a global-flag loop');
   const casePatterns = [...sh.matchAll(/^\s+((?:-[-\w]+(?:=\*)?\|?)+)\)/gm)].map((m) => m[1]!.split('|'));
   const valueFlags = new Set<string>();
   const boolFlags = new Set<string>();
@@ -62,4 +66,31 @@ test("bin/prebake's sh dispatcher knows exactly the global flags of the table", 
   }
   const known = new Set(GLOBAL_FLAGS.flatMap((f) => [f.name, ...(f.aliases ?? [])]));
   for (const n of [...valueFlags, ...boolFlags]) t.true(known.has(n), `bin/prebake flag ${n} is in GLOBAL_FLAGS`);
+});
+
+test("bin/prebake's create finds the bundle in every spelling and skips the values of create's flags", async (t) => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { execFileSync } = await import('node:child_process');
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // A stand-in runc that says it was called; the Node path would say "node".
+  const fake = join(dir, 'runc');
+  writeFileSync(fake, '#!/bin/sh\necho runc\n', { mode: 0o755 });
+  const marked = join(dir, 'marked');
+  const plain = join(dir, 'plain');
+  for (const [d, env] of [[marked, 'PREBAKE_CHECKPOINT=/.prebake'], [plain, 'A=1']] as const) {
+    execFileSync('mkdir', [d]);
+    writeFileSync(join(d, 'config.json'), JSON.stringify({ process: { env: [env] } }));
+  }
+  const env = { ...process.env, PREBAKE_RUNC: fake, PREBAKE_NODE: join(dir, 'node') };
+  writeFileSync(join(dir, 'node'), '#!/bin/sh\necho node\n', { mode: 0o755 });
+  const who = (args: string[]) => execFileSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' }).trim();
+  t.is(who(['--root', '/r', 'create', '--bundle', plain, 'id']), 'runc');
+  t.is(who(['--root', '/r', 'create', '--bundle', marked, 'id']), 'node');
+  t.is(who(['create', `--bundle=${marked}`, 'id']), 'node');
+  t.is(who(['create', '-b', marked, 'id']), 'node');
+  t.is(who(['create', '--pid-file', 'marked', '--bundle', plain, 'id']), 'runc');
+  t.is(who(['create', '--console-socket', plain, 'marked']), 'runc', 'the bundle defaults to the current directory');
+  t.is(who(['--log', 'create', 'create', '-b', marked, 'id']), 'node');
 });
