@@ -4,8 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
@@ -16,7 +15,8 @@ import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
 import { compareVersions, criuVersion } from '../lib/host.ts';
-import { attachNetns, createNetns, deleteNetns, loopbackUp, NetnsClient } from '../lib/netns.ts';
+import { attachNetns, createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
+import { PREBAKE_BIN } from '../lib/paths.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
@@ -138,17 +138,6 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   return opts;
 }
 
-/** The repository (or installed package) root: bin/prebake is verified through. */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'bin/prebake'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find bin/prebake beside prebake-build');
-    dir = up;
-  }
-  return dir;
-}
-
 export interface BuildResult {
   source: string;
   dest: string;
@@ -225,7 +214,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       const netnsPath = target === 'runc' ? createNetns(netns) : undefined;
       cleanups.push(() => deleteNetns(netns));
       cleanups.push(mountOverlay([lower], join(tmp, `upper-${target}`), join(tmp, `work-${target}`), join(bundle, 'rootfs')));
-      const engine = engineSpec(target);
+      const engine = await engineSpec(target);
       const shape = (netnsPath?: string, env: string[] = []) =>
         targetSpec(target, engine, image!.config.config ?? {}, {
           rootfs: 'rootfs',
@@ -320,7 +309,7 @@ async function verifyRestore(
   const root = join(tmp, `verify-root-${target}`);
   const log = join(tmp, `verify-${target}.log`);
   const pidFile = join(tmp, `verify-${target}.pid`);
-  const prebake = join(packageRoot(), 'bin/prebake');
+  const prebake = PREBAKE_BIN();
   const g = ['--root', root, '--log', log, '--log-format', 'json'];
   // The verify run keeps its runtime state in the build's temp dir, gone with it.
   const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state') };
@@ -349,12 +338,8 @@ async function verifyRestore(
     const restored = lines.find((l) => /^restored /.test(l.msg));
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
     execFileSync(prebake, ['--root', root, 'start', id], { env });
-    if (target !== 'runc') {
-      // runc restores an engine's path-less network namespace empty; the engine's hook then
-      // wires it (docker's brings up lo and eth0). Stand in for the hook: loopback only.
-      attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
-      loopbackUp(netns);
-    }
+    // An engine's network namespace has no path: name the restored one to probe it.
+    if (target !== 'runc') attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
     client = await NetnsClient.start(netns);
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);

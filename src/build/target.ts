@@ -1,5 +1,5 @@
 // The runtime spec a baked image will meet at run time, per target engine: runc's default spec, or
-// the spec docker generates (captured from the running dockerd), shaped for a bake run with the
+// the spec an engine generates (captured from the running dockerd or containerd), shaped for a bake run with the
 // image's Entrypoint, Cmd, Env, WorkingDir and User and the user's overrides.
 
 import { execFileSync } from 'node:child_process';
@@ -8,10 +8,13 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
+import { packLayer } from '../image/pack.ts';
+import { scratchImage, writeImage } from '../image/write.ts';
+import { PREBAKE_BIN } from '../lib/paths.ts';
 import { CAPTURE_ENV } from '../runtime/create.ts';
 import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc', 'docker'] as const;
+export const TARGETS = ['runc', 'docker', 'containerd'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface ImageRunConfig {
@@ -65,19 +68,40 @@ export function mergeEnv(base: readonly string[], overrides: readonly string[]):
   return [...out.values()];
 }
 
-function docker(args: string[], input?: Buffer): string {
+function cli(cmd: string, args: string[]): string {
   try {
-    return execFileSync('docker', args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], ...(input ? { input } : {}) });
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`docker ${args.join(' ')}: ${(err.stderr || err.message).trim().split('\n').at(-1)}`);
+    const err = e as { stderr?: string; message: string; code?: string };
+    if (err.code === 'ENOENT') throw new Error(`${cmd} is not installed`);
+    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr || err.message).trim().split('\n').at(-1)}`);
   }
 }
 
-/** A one-file image (busybox) to run the probe container from; imported once per dockerd. */
-function ensureSpecProbeImage(): void {
+/** How each engine target runs a one-off container under the prebake runtime, and its probe image. */
+const ENGINES = {
+  docker: {
+    image: `docker-daemon:${SPEC_PROBE_IMAGE}`,
+    present: () => cli('docker', ['image', 'inspect', SPEC_PROBE_IMAGE]),
+    check: () => {
+      if (!/"prebake"/.test(cli('docker', ['info', '--format', '{{json .Runtimes}}'])))
+        throw new Error('the prebake runtime is not registered with dockerd (runtimes.prebake in /etc/docker/daemon.json)');
+    },
+    run: (env: string) => cli('docker', ['run', '--rm', '--runtime=prebake', '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
+  },
+  containerd: {
+    image: `containerd:${SPEC_PROBE_IMAGE}`,
+    present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
+    check: () => void cli('ctr', ['version']),
+    run: (env: string) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']),
+  },
+} as const;
+
+/** A one-file image (busybox) to run the probe container from; written to the engine once. */
+async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void> {
+  const engine = ENGINES[target];
   try {
-    docker(['image', 'inspect', SPEC_PROBE_IMAGE]);
+    engine.present();
     return;
   } catch {
     /* not there yet */
@@ -87,36 +111,40 @@ function ensureSpecProbeImage(): void {
     mkdirSync(join(dir, 'bin'));
     copyFileSync('/bin/busybox', join(dir, 'bin/busybox'));
     symlinkSync('busybox', join(dir, 'bin/true'));
-    const tar = execFileSync('tar', ['-C', dir, '-c', '.'], { maxBuffer: 64 << 20 });
-    docker(['import', '-', SPEC_PROBE_IMAGE], tar);
+    const layer = await packLayer(dir, '/');
+    try {
+      await writeImage(engine.image, { source: scratchImage(), addLayer: layer, createdBy: 'prebake spec probe: busybox' });
+    } finally {
+      await layer.cleanup();
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
 /**
- * The spec dockerd generates for `docker run IMAGE`: a probe container runs once under the prebake
- * runtime, which copies its config.json (see CAPTURE_ENV). Needs prebake registered with dockerd.
+ * The spec an engine generates for a plain run of an image: a probe container runs once under the
+ * prebake runtime, which copies its config.json (see CAPTURE_ENV).
  */
-export function captureDockerSpec(stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Spec {
-  const runtimes = docker(['info', '--format', '{{json .Runtimes}}']);
-  if (!/"prebake"/.test(runtimes)) throw new Error('--target docker: the prebake runtime is not registered with dockerd (runtimes.prebake in /etc/docker/daemon.json)');
-  ensureSpecProbeImage();
+export async function captureEngineSpec(target: keyof typeof ENGINES, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
+  const engine = ENGINES[target];
   const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
   const file = join(stateBase, 'captures', `${token}.json`);
   try {
-    docker(['run', '--rm', '--runtime=prebake', '-e', `${CAPTURE_ENV}=${token}`, SPEC_PROBE_IMAGE, '/bin/true']);
+    engine.check();
+    await ensureSpecProbeImage(target);
+    engine.run(`${CAPTURE_ENV}=${token}`);
     return JSON.parse(readFileSync(file, 'utf8')) as Spec;
   } catch (e) {
-    throw new Error(`--target docker: could not capture dockerd's spec: ${(e as Error).message}`);
+    throw new Error(`--target ${target}: could not capture the engine's spec: ${(e as Error).message}`);
   } finally {
     rmSync(file, { force: true });
   }
 }
 
 /** The engine's spec for a plain `run` of an image, before the image's own settings. */
-export function engineSpec(target: Target): Spec {
-  return target === 'docker' ? captureDockerSpec() : runcDefaultSpec();
+export async function engineSpec(target: Target): Promise<Spec> {
+  return target === 'runc' ? runcDefaultSpec() : captureEngineSpec(target);
 }
 
 export interface BakeSpecOptions {

@@ -122,6 +122,25 @@ function captureSpec(spec: Spec, cfg: RuntimeConfig): void {
   writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify(spec));
 }
 
+/**
+ * runc brings up loopback in a network namespace it creates; a restore into a new namespace
+ * leaves it down (engines with a network hook, like docker's, bring it up themselves). Do what
+ * runc create would have done.
+ */
+function loopbackUp(call: RuntimeCall, plan: RestorePlan, pidFile: string | undefined, cfg: RuntimeConfig): void {
+  let pid: string | undefined;
+  try {
+    pid = pidFile ? readFileSync(pidFile, 'utf8').trim() : undefined;
+  } catch {
+    /* fall back to runc state */
+  }
+  if (!pid) {
+    const st = spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'state', plan.id], { encoding: 'utf8' });
+    pid = String((JSON.parse(st.stdout || '{}') as { pid?: number }).pid ?? '');
+  }
+  if (/^\d+$/.test(pid)) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+}
+
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
 function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
   rmSync(plan.stateDir, { recursive: true, force: true });
@@ -140,6 +159,7 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
   if (status === 0) {
     writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
+    if (!plan.netnsPath) loopbackUp(call, plan, pidFile, cfg);
     return null;
   }
   const reason = failureReason(runcLog, join(work, 'restore.log'));
