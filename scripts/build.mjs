@@ -22,3 +22,12 @@ await build({
   banner: { js: 'const __import_meta_url = require("url").pathToFileURL(__filename).href;' },
   define: { ...common.define, 'import.meta.url': '__import_meta_url' },
 });
+// prebake install/uninstall: not on any engine's hot path, so not in the snapshot.
+await build({
+  ...common,
+  entryPoints: ['src/install/main.ts'],
+  outfile: 'dist/prebake-admin.cjs',
+  format: 'cjs',
+  banner: { js: 'const __import_meta_url = require("url").pathToFileURL(__filename).href;' },
+  define: { ...common.define, 'import.meta.url': '__import_meta_url' },
+});

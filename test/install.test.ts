@@ -1,0 +1,116 @@
+// prebake install/uninstall: each engine's config merged, never rewritten; removing prebake
+// again leaves the file as it was; a malformed file stops with an error and is left alone.
+
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse } from 'smol-toml';
+import { PREBAKE } from './helpers/bundle.ts';
+
+function setup(t: import('ava').ExecutionContext, name: string, content: string | null) {
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-install-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, name);
+  if (content !== null) writeFileSync(file, content);
+  // Backups go to the test's own dir, not /var/lib/prebake.
+  const env = { ...process.env };
+  const run = (cmd: 'install' | 'uninstall', engine: string, path = '/opt/prebake/bin/prebake') => {
+    const r = spawnSync(PREBAKE, [cmd, engine, '--config', file, '--path', path], { encoding: 'utf8', env });
+    return { code: r.status, out: r.stdout + r.stderr };
+  };
+  return { file, run, read: () => readFileSync(file, 'utf8') };
+}
+
+const DOCKER = '{\n    "log-level": "warn",\n    "runtimes": { "other": { "path": "/usr/bin/other" } }\n}\n';
+const CONTAINERD = `# my containerd\nversion = 2\n\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "pause:3.9"\n`;
+const PODMAN = `[engine]\nevents_logger = "file"   # keep\n\n[engine.runtimes]\ncrun = ["/usr/bin/crun"]\n\n[network]\n`;
+
+test('docker: runtimes.prebake merged beside the runtimes there are; uninstall gives the same bytes back', (t) => {
+  const c = setup(t, 'daemon.json', DOCKER);
+  t.is(c.run('install', 'docker').code, 0);
+  const conf = JSON.parse(c.read());
+  t.deepEqual(conf.runtimes, { other: { path: '/usr/bin/other' }, prebake: { path: '/opt/prebake/bin/prebake' } });
+  t.is(conf['log-level'], 'warn');
+  const once = c.read();
+  t.regex(c.run('install', 'docker').out, /unchanged .*already registered/);
+  t.is(c.read(), once, 'a second install changes nothing');
+  t.is(c.run('uninstall', 'docker').code, 0);
+  t.is(c.read(), DOCKER);
+});
+
+test('docker: an uninstall after the user edited the file removes prebake only and keeps the edit', (t) => {
+  const c = setup(t, 'daemon.json', DOCKER);
+  c.run('install', 'docker');
+  writeFileSync(c.file, JSON.stringify({ ...JSON.parse(c.read()), debug: true }));
+  t.is(c.run('uninstall', 'docker').code, 0);
+  t.deepEqual(JSON.parse(c.read()), { 'log-level': 'warn', runtimes: { other: { path: '/usr/bin/other' } }, debug: true });
+});
+
+test('a config file that does not exist is created, and removed again', (t) => {
+  const c = setup(t, 'daemon.json', null);
+  t.is(c.run('install', 'docker').code, 0);
+  t.deepEqual(JSON.parse(c.read()), { runtimes: { prebake: { path: '/opt/prebake/bin/prebake' } } });
+  t.is(c.run('uninstall', 'docker').code, 0);
+  t.false(existsSync(c.file));
+});
+
+test('containerd: a CRI runtime handler "prebake" of type runc.v2 with BinaryName; comments kept; uninstall restores', (t) => {
+  const c = setup(t, 'config.toml', CONTAINERD);
+  t.is(c.run('install', 'containerd').code, 0);
+  const text = c.read();
+  t.true(text.startsWith(CONTAINERD), 'the existing file is kept as it was, prebake is appended');
+  const conf = parse(text) as any;
+  const rt = conf.plugins['io.containerd.grpc.v1.cri'].containerd.runtimes.prebake;
+  t.deepEqual(rt, { runtime_type: 'io.containerd.runc.v2', options: { BinaryName: '/opt/prebake/bin/prebake' } });
+  t.is(conf.plugins['io.containerd.grpc.v1.cri'].sandbox_image, 'pause:3.9');
+  t.is(c.run('uninstall', 'containerd').code, 0);
+  t.is(c.read(), CONTAINERD);
+});
+
+test('podman: prebake added to the existing [engine.runtimes] table; uninstall restores', (t) => {
+  const c = setup(t, 'containers.conf', PODMAN);
+  t.is(c.run('install', 'podman').code, 0);
+  const conf = parse(c.read()) as any;
+  t.deepEqual(conf.engine.runtimes, { crun: ['/usr/bin/crun'], prebake: ['/opt/prebake/bin/prebake'] });
+  t.is(conf.engine.events_logger, 'file');
+  t.is(c.run('uninstall', 'podman').code, 0);
+  t.is(c.read(), PODMAN);
+  const bare = setup(t, 'containers.conf', '[engine]\ncgroup_manager = "cgroupfs"\n');
+  t.is(bare.run('install', 'podman').code, 0);
+  t.deepEqual((parse(bare.read()) as any).engine.runtimes, { prebake: ['/opt/prebake/bin/prebake'] });
+});
+
+test('podman accepts the registered runtime by name', (t) => {
+  const c = setup(t, 'containers.conf', '[engine]\nruntime = "runc"\n');
+  t.is(c.run('install', 'podman', PREBAKE).code, 0);
+  // podman resolves --runtime NAME through [engine.runtimes] of the config it reads.
+  const r = spawnSync('podman', ['--runtime', 'prebake', 'info', '--format', '{{.Host.OCIRuntime.Path}}'], {
+    encoding: 'utf8',
+    env: { ...process.env, CONTAINERS_CONF: c.file },
+  });
+  if (r.status !== 0 && /cannot|permission|ulimit/i.test(r.stderr)) return t.log(`podman info could not run here: ${r.stderr.trim()}`);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), PREBAKE);
+});
+
+test('a malformed config stops install with an error naming the file, and is left as it was', (t) => {
+  for (const [engine, name, bad] of [
+    ['docker', 'daemon.json', '{ "runtimes": '],
+    ['containerd', 'config.toml', '[plugins\nversion = 2'],
+    ['podman', 'containers.conf', '[engine]\nruntime = '],
+  ] as const) {
+    const c = setup(t, name, bad);
+    const r = c.run('install', engine);
+    t.is(r.code, 1, engine);
+    t.regex(r.out, new RegExp(`${name}.* is not valid (JSON|TOML).*left as it was`), engine);
+    t.is(c.read(), bad, engine);
+  }
+});
+
+test('unknown engines and usage errors are named', (t) => {
+  const r = spawnSync(PREBAKE, ['install', 'cri-o'], { encoding: 'utf8' });
+  t.is(r.status, 2);
+  t.regex(r.stderr, /unknown engine cri-o/);
+});
