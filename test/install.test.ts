@@ -15,7 +15,7 @@ function setup(t: import('ava').ExecutionContext, name: string, content: string 
   const file = join(dir, name);
   if (content !== null) writeFileSync(file, content);
   // Backups go to the test's own dir, not /var/lib/prebake.
-  const env = { ...process.env };
+  const env = { ...process.env, PREBAKE_INSTALL_STATE: join(dir, 'state') };
   const run = (cmd: 'install' | 'uninstall', engine: string, path = '/opt/prebake/bin/prebake') => {
     const r = spawnSync(PREBAKE, [cmd, engine, '--config', file, '--path', path], { encoding: 'utf8', env });
     return { code: r.status, out: r.stdout + r.stderr };

@@ -25,7 +25,7 @@ export interface InstallOptions {
   /** The runtime binary the engine is given. */
   runtimePath: string;
   config?: string;
-  /** Where the original config is kept (default /var/lib/prebake/install). */
+  /** Where the original config is kept (default PREBAKE_INSTALL_STATE, else /var/lib/prebake/install). */
   backupDir?: string;
 }
 
@@ -114,7 +114,7 @@ function withoutPrebake(engine: Engine, text: string): string {
 }
 
 function backupFiles(o: InstallOptions) {
-  const dir = o.backupDir ?? '/var/lib/prebake/install';
+  const dir = o.backupDir ?? process.env.PREBAKE_INSTALL_STATE ?? '/var/lib/prebake/install';
   const key = sha(o.config ?? DEFAULT_CONFIG[o.engine]).slice(0, 12);
   return { dir, original: join(dir, `${o.engine}-${key}.orig`), written: join(dir, `${o.engine}-${key}.sha256`) };
 }
