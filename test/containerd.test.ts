@@ -80,3 +80,18 @@ test.serial('an image that is not prebaked runs through prebake under ctr as und
   t.is(r.stdout.trim(), 'plain');
   t.is(r.status, 3);
 });
+
+test.serial('an image baked for two targets carries both checkpoints; ctr restores the containerd one', async (t) => {
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'runc', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:multi'], { env, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const id = 'multi';
+  t.teardown(() => {
+    ctr(['task', 'kill', '-s', 'KILL', id]);
+    ctr(['task', 'delete', '-f', id]);
+    ctr(['container', 'delete', id]);
+  });
+  t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:multi', id]).status, 0);
+  t.true(get(await taskPid(id)).served > 1);
+  const log = spawnSync('cat', [join(ctd.state, 'io.containerd.runtime.v2.task/default', id, 'log.json')], { encoding: 'utf8' }).stdout;
+  t.regex(log, /"msg":"restored multi from \/\.prebake\/containerd /);
+});

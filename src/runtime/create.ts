@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
 import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
@@ -89,7 +89,8 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
     bundle,
     imagePath: join(chosen.dir, CHECKPOINT_DIR),
     stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
-    source: `${req.path} (${req.source})`,
+    // Which of several named checkpoints was chosen, if there are several.
+    source: `${req.path}${chosen.dir === root ? '' : `/${basename(chosen.dir)}`} (${req.source})`,
   };
 }
 
