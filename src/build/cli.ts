@@ -21,6 +21,7 @@ import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
+import { findSecrets } from './secrets.ts';
 import { engineSpec, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
@@ -43,6 +44,8 @@ containers-storage:NAME:TAG.
   --arg ARG                replaces the image's Cmd (repeatable)
   --target ${TARGETS.join('|')}   the runtime spec to bake for (default runc; repeatable);
                            docker: the spec of the running dockerd, where prebake is registered
+  --allow-secrets          bake even when the environment or arguments look like they hold
+                           secrets (process memory is shipped inside the image)
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
   --quiet                  no progress on stderr
@@ -63,6 +66,7 @@ export interface BuildOptions {
   env: string[];
   args?: string[];
   verify: boolean;
+  allowSecrets: boolean;
   json: boolean;
   quiet: boolean;
 }
@@ -84,6 +88,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         arg: { type: 'string', multiple: true },
         target: { type: 'string', multiple: true },
         'no-verify': { type: 'boolean' },
+        'allow-secrets': { type: 'boolean' },
         json: { type: 'boolean' },
         quiet: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -121,6 +126,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     readyTimeoutMs: int('ready-timeout', v['ready-timeout'], 1) ?? 30000,
     env: v.env ?? [],
     verify: !v['no-verify'],
+    allowSecrets: v['allow-secrets'] ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
   };
@@ -197,6 +203,11 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
   try {
     image = await readImage(opts.source);
     lap('read image');
+    const cfg = image.config.config ?? {};
+    const secrets = findSecrets([...(cfg.Env ?? []), ...opts.env], [...(cfg.Entrypoint ?? []), ...(opts.args ?? cfg.Cmd ?? [])]);
+    if (secrets.length && !opts.allowSecrets)
+      throw new Error(`the baked process's memory would carry secrets into the image: ${secrets.join('; ')}; pass --allow-secrets to bake anyway`);
+    for (const s of secrets) progress(`warning: ${s} (baked anyway: --allow-secrets)`);
     const lower = join(tmp, 'rootfs');
     await unpackLayers(image.layers, lower);
     lap('unpack');
