@@ -130,15 +130,32 @@ function bootstrapOptions(o: BootstrapOptions): Required<BootstrapOptions> {
   return { resamples, level, seed };
 }
 
-/** Medians of `resamples` resamples (with replacement) of s, drawn from rand. */
+/**
+ * Medians of `resamples` resamples (with replacement) of the sorted sample s, drawn from rand.
+ * A resample is kept as counts per index of s, already in order, so its median is found by a
+ * walk through the counts instead of a sort: O(n) per resample.
+ */
 function bootstrapMedians(s: Float64Array, resamples: number, rand: () => number): Float64Array {
   const n = s.length;
-  const r = new Float64Array(n);
+  const counts = new Uint32Array(n);
   const out = new Float64Array(resamples);
+  const h = (n - 1) / 2; // type 7 median: rank h (0-based), between ranks lo and lo + 1
+  const lo = Math.floor(h);
+  const frac = h - lo;
   for (let b = 0; b < resamples; b++) {
-    for (let i = 0; i < n; i++) r[i] = s[Math.floor(rand() * n)]!;
-    r.sort();
-    out[b] = quantileOfSorted(r, 0.5);
+    counts.fill(0);
+    for (let i = 0; i < n; i++) counts[Math.floor(rand() * n)]!++;
+    let j = 0;
+    let below = 0; // resampled values at indices < j
+    while (below + counts[j]! <= lo) below += counts[j++]!;
+    const a = s[j]!;
+    let next = a;
+    if (frac > 0 && below + counts[j]! <= lo + 1) {
+      do j++;
+      while (counts[j] === 0);
+      next = s[j]!;
+    }
+    out[b] = a + frac * (next - a);
   }
   return out;
 }

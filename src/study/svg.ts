@@ -41,6 +41,8 @@ export interface EcdfOptions extends PlotOptions {
    * beyond it are counted in a note on the figure, never dropped silently.
    */
   xMaxQuantile?: number;
+  /** A logarithmic x axis (default false); ignored when a value is not positive. */
+  log?: boolean;
 }
 
 /** Okabe-Ito colours, safe for colour-blind readers: vermillion, blue, green, orange, purple, … */
@@ -84,10 +86,39 @@ export function niceTicks(lo: number, hi: number, count = 5): Ticks {
   return { lo: ticks[0]!, hi: ticks[ticks.length - 1]!, step, ticks };
 }
 
+/**
+ * Ticks of a logarithmic axis covering [lo, hi] (both > 0): 1, 2 and 5 times powers of ten, or
+ * powers of ten alone across more than three decades. `step` is the smallest gap, for labels.
+ */
+export function logTicks(lo: number, hi: number): Ticks {
+  if (!(lo > 0) || !(hi >= lo)) throw new RangeError(`a log axis needs 0 < lo <= hi, not ${lo}, ${hi}`);
+  const kLo = Math.floor(Math.log10(lo) + 1e-9);
+  const kHi = Math.max(kLo + 1, Math.ceil(Math.log10(hi) - 1e-9));
+  const mantissas = kHi - kLo > 3 ? [1] : [1, 2, 5];
+  const all: number[] = [];
+  for (let k = kLo; k <= kHi; k++) for (const m of mantissas) all.push(Number((m * 10 ** k).toPrecision(12)));
+  const first = all.filter((v) => v <= lo * (1 + 1e-9)).pop() ?? all[0]!;
+  const last = all.find((v) => v >= hi * (1 - 1e-9)) ?? all[all.length - 1]!;
+  const ticks = all.filter((v) => v >= first && v <= last);
+  return { lo: first, hi: last, step: ticks[0]!, ticks };
+}
+
 /** A tick label with as many decimals as the step needs. */
 function tickLabel(v: number, step: number): string {
   const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
   return v.toFixed(Math.min(decimals, 10));
+}
+
+/** [min, max] of values without spreading them into arguments (which overflows on large samples). */
+function extent(values: readonly number[], fallback: [number, number]): [number, number] {
+  if (values.length === 0) return fallback;
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
 }
 
 const num = (v: number) => (Math.round(v * 100) / 100).toString();
@@ -98,14 +129,15 @@ interface TextOptions {
   weight?: 'bold';
   fill?: string;
   rotate?: number;
-  baseline?: 'middle' | 'hanging';
+  /** Centre the text vertically on y (dy, which every renderer honours, unlike dominant-baseline). */
+  middle?: boolean;
 }
 
 function text(x: number, y: number, s: string, o: TextOptions = {}): string {
   const attrs = [`x="${num(x)}"`, `y="${num(y)}"`, `font-size="${o.size ?? 12}"`, `fill="${o.fill ?? INK}"`];
   if (o.anchor && o.anchor !== 'start') attrs.push(`text-anchor="${o.anchor}"`);
   if (o.weight) attrs.push(`font-weight="${o.weight}"`);
-  if (o.baseline) attrs.push(`dominant-baseline="${o.baseline === 'middle' ? 'central' : 'hanging'}"`);
+  if (o.middle) attrs.push('dy="0.35em"');
   if (o.rotate) attrs.push(`transform="rotate(${o.rotate} ${num(x)} ${num(y)})"`);
   return `<text ${attrs.join(' ')}>${escapeXml(s)}</text>`;
 }
@@ -116,6 +148,12 @@ function line(x1: number, y1: number, x2: number, y2: number, stroke: string, wi
 
 /** Rough width of a DejaVu Sans string, enough to lay out a legend. */
 const textWidth = (s: string, size: number) => s.length * size * 0.6;
+
+/** s shortened with an ellipsis to fit about `width` pixels at `size` (bold text is wider). */
+function fit(s: string, width: number, size: number, bold = false): string {
+  const max = Math.max(1, Math.floor(width / (size * (bold ? 0.65 : 0.55))));
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}
 
 /** Colours by series label, in order of first appearance. */
 function colourMap(labels: Iterable<string>): Map<string, string> {
@@ -142,16 +180,15 @@ function header(width: number, o: PlotOptions): string[] {
   return out;
 }
 
-/** A legend: one row of swatches and labels, right-aligned at (right, y). `kind` is a box or a line swatch. */
-function legend(entries: { label: string; colour: string }[], right: number, y: number, kind: 'box' | 'line'): string[] {
+/** A legend of box swatches and labels in one row, centred on (centre, y). */
+function boxLegend(entries: { label: string; colour: string }[], centre: number, y: number): string[] {
   const size = 13;
-  const widths = entries.map((e) => 22 + textWidth(e.label, size) + 18);
-  let x = right - widths.reduce((a, b) => a + b, 0);
+  const widths = entries.map((e, i) => 22 + textWidth(e.label, size) + (i < entries.length - 1 ? 24 : 0));
+  let x = centre - widths.reduce((a, b) => a + b, 0) / 2;
   const out: string[] = [];
   entries.forEach((e, i) => {
-    if (kind === 'box') out.push(`<rect x="${num(x)}" y="${num(y - 6)}" width="14" height="12" fill="${e.colour}" fill-opacity="0.35" stroke="${e.colour}" stroke-width="1.5"/>`);
-    else out.push(line(x, y, x + 16, y, e.colour, 2.5));
-    out.push(text(x + 22, y, e.label, { size, baseline: 'middle' }));
+    out.push(`<rect x="${num(x)}" y="${num(y - 6)}" width="14" height="12" fill="${e.colour}" fill-opacity="0.35" stroke="${e.colour}" stroke-width="1.5"/>`);
+    out.push(text(x + 22, y, e.label, { size, middle: true }));
     x += widths[i]!;
   });
   return out;
@@ -160,7 +197,7 @@ function legend(entries: { label: string; colour: string }[], right: number, y: 
 // ---------------------------------------------------------------------------------------------
 // Boxplots
 
-interface BoxStats {
+export interface BoxStats {
   n: number;
   q1: number;
   median: number;
@@ -201,9 +238,9 @@ export function boxplotSvg(panels: readonly BoxplotPanel[], options: BoxplotOpti
   const zero = options.zero ?? true;
   const colours = colourMap(panels.flatMap((p) => p.series.map((s) => s.label)));
   const body = header(width, options);
-  body.push(...legend([...colours].map(([label, colour]) => ({ label, colour })), width - 16, options.subtitle ? 66 : 52, 'box'));
+  body.push(...boxLegend([...colours].map(([label, colour]) => ({ label, colour })), width / 2, options.subtitle ? 68 : 52));
 
-  const top = options.subtitle ? 88 : 74;
+  const top = options.subtitle ? 96 : 80;
   const bottom = height - 58;
   const axisTitleX = 20;
   const left = 34;
@@ -219,15 +256,14 @@ export function boxplotSvg(panels: readonly BoxplotPanel[], options: BoxplotOpti
     const areaRight = px + pw - 10;
     const stats = panel.series.map((s) => boxStats(s.values));
     const all = panel.series.flatMap((s) => s.values);
-    const lo = all.length ? Math.min(...all) : 0;
-    const hi = all.length ? Math.max(...all) : 1;
+    const [lo, hi] = extent(all, [0, 1]);
     const t = niceTicks(zero ? Math.min(0, lo) : lo, hi, 5);
     const y = (v: number) => bottom - ((v - t.lo) / (t.hi - t.lo)) * (bottom - top);
 
     for (const v of t.ticks) {
       body.push(line(axisX, y(v), areaRight, y(v), GRID));
       body.push(line(axisX - 4, y(v), axisX, y(v), INK));
-      body.push(text(axisX - 7, y(v), tickLabel(v, t.step), { size: 12, anchor: 'end', baseline: 'middle' }));
+      body.push(text(axisX - 7, y(v), tickLabel(v, t.step), { size: 12, anchor: 'end', middle: true }));
     }
     body.push(line(axisX, top, axisX, bottom, INK));
     body.push(line(axisX, bottom, areaRight, bottom, INK));
@@ -238,9 +274,9 @@ export function boxplotSvg(panels: readonly BoxplotPanel[], options: BoxplotOpti
       const cx = axisX + slot * (si + 0.5);
       const colour = colours.get(series.label)!;
       const b = stats[si];
-      body.push(text(cx, bottom + 16, series.label, { size: 11, anchor: 'middle', fill: MUTED }));
+      body.push(text(cx, bottom + 16, fit(series.label, slot + 6, 11), { size: 11, anchor: 'middle', fill: MUTED }));
       if (!b) {
-        body.push(text(cx, (top + bottom) / 2, 'no data', { size: 11, anchor: 'middle', fill: MUTED }));
+        if (all.length) body.push(text(cx, (top + bottom) / 2, 'no data', { size: 11, anchor: 'middle', fill: MUTED }));
         return;
       }
       const g = [`<g>`, `<title>${escapeXml(`${panel.label} ${series.label}: n=${b.n}, median ${b.median}`)}</title>`];
@@ -257,8 +293,10 @@ export function boxplotSvg(panels: readonly BoxplotPanel[], options: BoxplotOpti
     });
 
     const mid = (axisX + areaRight) / 2;
-    body.push(text(mid, bottom + 36, panel.label, { size: 14, weight: 'bold', anchor: 'middle' }));
-    if (panel.note) body.push(text(mid, bottom + 52, panel.note, { size: 11, anchor: 'middle', fill: MUTED }));
+    if (all.length === 0) body.push(text(mid, (top + bottom) / 2, 'no data', { size: 12, anchor: 'middle', fill: MUTED }));
+    const labelWidth = pw - 8; // labels are pw apart; the last one ends at the figure's edge
+    body.push(`<g><title>${escapeXml(panel.label)}</title>${text(mid, bottom + 36, fit(panel.label, labelWidth, 14, true), { size: 14, weight: 'bold', anchor: 'middle' })}</g>`);
+    if (panel.note) body.push(text(mid, bottom + 52, fit(panel.note, labelWidth, 11), { size: 11, anchor: 'middle', fill: MUTED }));
   });
   return svgDocument(width, height, options.title, body);
 }
@@ -281,28 +319,30 @@ export function ecdfSvg(series: readonly Series[], options: EcdfOptions): string
   const top = options.subtitle ? 64 : 50;
   const left = 70;
   const right = width - 56;
-  const bottom = height - 56;
+  const bottom = height - 70;
 
   const pooled = series.flatMap((s) => s.values);
-  const lo = pooled.length ? Math.min(...pooled) : 0;
-  const max = pooled.length ? Math.max(...pooled) : 1;
+  const [lo, max] = extent(pooled, [0, 1]);
   const hiWanted = cut < 1 && pooled.length ? quantile(pooled, cut) : max;
-  const t = niceTicks(lo, hiWanted, 6);
-  const x = (v: number) => left + ((v - t.lo) / (t.hi - t.lo)) * (right - left);
+  const log = options.log === true && lo > 0;
+  const t = log ? logTicks(lo, hiWanted) : niceTicks(lo, hiWanted, 6);
+  const x = log
+    ? (v: number) => left + (Math.log10(v / t.lo) / Math.log10(t.hi / t.lo)) * (right - left)
+    : (v: number) => left + ((v - t.lo) / (t.hi - t.lo)) * (right - left);
   const y = (p: number) => bottom - p * (bottom - top);
 
   // Grid and axes.
   for (const v of t.ticks) {
     body.push(line(x(v), top, x(v), bottom, GRID));
     body.push(line(x(v), bottom, x(v), bottom + 4, INK));
-    body.push(text(x(v), bottom + 18, tickLabel(v, t.step), { size: 12, anchor: 'middle' }));
+    body.push(text(x(v), bottom + 18, log ? String(v) : tickLabel(v, t.step), { size: 12, anchor: 'middle' }));
   }
   for (let i = 0; i <= 10; i++) {
     const p = i / 10;
     body.push(line(left, y(p), right, y(p), GRID));
     if (i % 2 === 0) {
       body.push(line(left - 4, y(p), left, y(p), INK));
-      body.push(text(left - 7, y(p), p.toFixed(1), { size: 12, anchor: 'end', baseline: 'middle' }));
+      body.push(text(left - 7, y(p), p.toFixed(1), { size: 12, anchor: 'end', middle: true }));
     }
   }
   for (const [p, name] of [
@@ -310,11 +350,11 @@ export function ecdfSvg(series: readonly Series[], options: EcdfOptions): string
     [0.9, 'p90'],
   ] as const) {
     body.push(line(left, y(p), right, y(p), '#999999', 1, ' stroke-dasharray="5 4"'));
-    body.push(text(right + 5, y(p), name, { size: 11, fill: MUTED, baseline: 'middle' }));
+    body.push(text(right + 5, y(p), name, { size: 11, fill: MUTED, middle: true }));
   }
   body.push(line(left, top, left, bottom, INK));
   body.push(line(left, bottom, right, bottom, INK));
-  body.push(text((left + right) / 2, bottom + 40, `${options.axisLabel ?? 'value'} (${options.unit})`, { size: 13, anchor: 'middle' }));
+  body.push(text((left + right) / 2, bottom + 40, `${options.axisLabel ?? 'value'} (${options.unit}${log ? ', log scale' : ''})`, { size: 13, anchor: 'middle' }));
   body.push(text(22, (top + bottom) / 2, 'fraction ≤ x', { size: 13, anchor: 'middle', rotate: -90 }));
 
   // The step lines, clipped to the plot area.
@@ -340,12 +380,12 @@ export function ecdfSvg(series: readonly Series[], options: EcdfOptions): string
   series.forEach((s, i) => {
     const ry = ly + 15 + i * 20;
     body.push(line(lx + 10, ry, lx + 28, ry, colours.get(s.label)!, 2.5));
-    body.push(text(lx + 34, ry, entries[i]!, { size: 13, baseline: 'middle' }));
+    body.push(text(lx + 34, ry, entries[i]!, { size: 13, middle: true }));
   });
   if (series.length === 0 || pooled.length === 0) body.push(text((left + right) / 2, (top + bottom) / 2, 'no data', { size: 14, fill: MUTED, anchor: 'middle' }));
 
   const beyond = pooled.filter((v) => v > t.hi).length;
   if (beyond > 0)
-    body.push(text(right, top - 8, `axis cut at the ${Math.round(cut * 1000) / 10}th percentile; ${beyond} of ${pooled.length} values beyond (max ${max.toPrecision(4)})`, { size: 11, anchor: 'end', fill: MUTED }));
+    body.push(text(right, height - 8, `axis cut at the ${Math.round(cut * 1000) / 10}th percentile; ${beyond} of ${pooled.length} values beyond (max ${max.toPrecision(4)})`, { size: 11, anchor: 'end', fill: MUTED }));
   return svgDocument(width, height, options.title, body);
 }
