@@ -66,6 +66,21 @@ interface RestorePlan {
   source: string;
   /** The network namespace the container joins by path, if any. */
   netnsPath?: string;
+  /** Sent to the restored process so it can renew what must differ per replica (seeds, ids). */
+  restoreSignal?: NodeJS.Signals;
+}
+
+export const RESTORE_SIGNAL_ANNOTATION = 'io.prebake.restore-signal';
+export const RESTORE_SIGNAL_ENV = 'PREBAKE_RESTORE_SIGNAL';
+
+/** The signal named by the annotation or env (e.g. SIGUSR2 or USR2); an unknown name is an error. */
+export function restoreSignalOf(spec: Spec): NodeJS.Signals | undefined {
+  const prefix = `${RESTORE_SIGNAL_ENV}=`;
+  const raw = spec.annotations?.[RESTORE_SIGNAL_ANNOTATION] ?? spec.process?.env?.findLast((e) => e.startsWith(prefix))?.slice(prefix.length);
+  if (!raw) return undefined;
+  const name = (raw.startsWith('SIG') ? raw : `SIG${raw}`).toUpperCase();
+  if (!(name in constants.signals) || name === 'SIGKILL' || name === 'SIGSTOP') throw new Error(`restore signal ${JSON.stringify(raw)} is not a signal a process can handle`);
+  return name as NodeJS.Signals;
 }
 
 /** Works out whether and how this create can be a restore; throws with the reason if not. */
@@ -83,8 +98,10 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
   const chosen = chooseCheckpoint(root, spec, facts, cfg.stateBase);
   const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
+  const restoreSignal = restoreSignalOf(spec);
   return {
     ...(netnsPath ? { netnsPath } : {}),
+    ...(restoreSignal ? { restoreSignal } : {}),
     id,
     bundle,
     imagePath: join(chosen.dir, CHECKPOINT_DIR),
@@ -123,12 +140,8 @@ function captureSpec(spec: Spec, cfg: RuntimeConfig): void {
   writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify(spec));
 }
 
-/**
- * runc brings up loopback in a network namespace it creates; a restore into a new namespace
- * leaves it down (engines with a network hook, like docker's, bring it up themselves). Do what
- * runc create would have done.
- */
-function loopbackUp(call: RuntimeCall, plan: RestorePlan, pidFile: string | undefined, cfg: RuntimeConfig): void {
+/** The restored init's pid, from the pid file create was given, else from runc state. */
+function restoredPid(call: RuntimeCall, plan: RestorePlan, pidFile: string | undefined, cfg: RuntimeConfig): string | undefined {
   let pid: string | undefined;
   try {
     pid = pidFile ? readFileSync(pidFile, 'utf8').trim() : undefined;
@@ -139,7 +152,7 @@ function loopbackUp(call: RuntimeCall, plan: RestorePlan, pidFile: string | unde
     const st = spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'state', plan.id], { encoding: 'utf8' });
     pid = String((JSON.parse(st.stdout || '{}') as { pid?: number }).pid ?? '');
   }
-  if (/^\d+$/.test(pid)) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+  return /^\d+$/.test(pid) ? pid : undefined;
 }
 
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
@@ -160,7 +173,9 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
   if (status === 0) {
     writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
-    if (!plan.netnsPath) loopbackUp(call, plan, pidFile, cfg);
+    const pid = restoredPid(call, plan, pidFile, cfg);
+    if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+    if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
     return null;
   }
   const reason = failureReason(runcLog, join(work, 'restore.log'));

@@ -1,7 +1,7 @@
 // A baked Python function for runtime tests: the noop function checkpointed (real runc + CRIU)
 // after it has served requests, as an image layer holding /.prebake above the app and Python layers.
 
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -26,15 +26,17 @@ export interface BakedFunction {
   cleanup(): void;
 }
 
-export async function bakeNoop(opts: { terminal?: boolean } = {}): Promise<BakedFunction> {
+/** Bakes images/noop (or `source`, a Python program serving HTTP on PORT) after WARMUP requests. */
+export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?: string[] } = {}): Promise<BakedFunction> {
   const python = await pythonRootfs();
   const tmp = mkdtempSync(join(tmpdir(), 'prebake-baked-'));
   const app = join(tmp, 'app-layer');
   mkdirSync(join(app, 'app'), { recursive: true });
-  copyFileSync(join(REPO, 'images/noop/function.py'), join(app, 'app/function.py'));
+  if (opts.source !== undefined) writeFileSync(join(app, 'app/function.py'), opts.source);
+  else copyFileSync(join(REPO, 'images/noop/function.py'), join(app, 'app/function.py'));
   const baseLayers = [app, python];
   const specFor = (netns: string, change?: (s: Spec) => void) => {
-    const s = functionSpec({ args: ['python3', '/app/function.py'], env: ['PREBAKE_CHECKPOINT=/.prebake', `PORT=${PORT}`], netns, terminal: opts.terminal ?? false });
+    const s = functionSpec({ args: ['python3', '/app/function.py'], env: ['PREBAKE_CHECKPOINT=/.prebake', `PORT=${PORT}`, ...(opts.env ?? [])], netns, terminal: opts.terminal ?? false });
     change?.(s);
     return s;
   };
