@@ -1,0 +1,74 @@
+// End to end: what a restored process holds (/proc/<pid>/status: CapEff, CapBnd, CapPrm,
+// NoNewPrivs, Seccomp, Uid) is never more than the container's spec asks for.
+
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { bakeNoop, type BakedFunction } from './helpers/baked.ts';
+import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+
+const CAPS = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
+  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
+  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
+  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE',
+];
+const DOCKER_CAPS = ['CHOWN', 'DAC_OVERRIDE', 'FSETID', 'FOWNER', 'MKNOD', 'NET_RAW', 'SETGID', 'SETUID', 'SETFCAP', 'SETPCAP', 'NET_BIND_SERVICE', 'SYS_CHROOT', 'KILL', 'AUDIT_WRITE'].map((c) => `CAP_${c}`);
+
+function capsOf(hex: string): string[] {
+  const v = BigInt(`0x${hex}`);
+  return CAPS.filter((_, i) => (v >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
+}
+
+let baked: BakedFunction;
+test.before(async () => {
+  baked = await bakeNoop();
+});
+test.after.always(() => baked?.cleanup());
+
+async function restoredStatus(t: import('ava').ExecutionContext, change: (s: Spec) => void) {
+  const b = overlayBundle(baked.layers);
+  const rt = runtimeDirs();
+  const id = uniqueName('priv');
+  t.teardown(async () => {
+    await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id]);
+    b.cleanup();
+    rt.cleanup();
+  });
+  const spec = baked.spec(b.netnsPath, change);
+  b.writeSpec(spec);
+  const pidFile = join(b.dir, 'pid');
+  const c = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', pidFile, id]);
+  t.is(c.code, 0, c.output);
+  const restored = rt.logLines().some((l) => /^restored /.test(l.msg));
+  const status = readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/status`, 'utf8');
+  const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)![1]!.trim();
+  return { spec, restored, capEff: capsOf(field('CapEff')), capBnd: capsOf(field('CapBnd')), capPrm: capsOf(field('CapPrm')), noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), uid: field('Uid').split(/\s+/) };
+}
+
+test('restored into a spec granting more capabilities, the process keeps the fewer it was baked with', async (t) => {
+  const s = await restoredStatus(t, (spec) => {
+    for (const set of ['bounding', 'effective', 'permitted'] as const) spec.process!.capabilities![set] = DOCKER_CAPS;
+    // Ambient stays as baked (runc's default keeps these three ambient).
+    spec.process!.noNewPrivileges = false;
+  });
+  t.true(s.restored);
+  const asked = s.spec.process!.capabilities!;
+  for (const c of s.capEff) t.true(asked.effective!.includes(c), `CapEff ${c} asked for`);
+  for (const c of s.capBnd) t.true(asked.bounding!.includes(c), `CapBnd ${c} asked for`);
+  for (const c of s.capPrm) t.true(asked.permitted!.includes(c), `CapPrm ${c} asked for`);
+  t.deepEqual(s.capEff.sort(), ['CAP_AUDIT_WRITE', 'CAP_KILL', 'CAP_NET_BIND_SERVICE'], 'the baked set, not the wider one asked for');
+  t.is(s.noNewPrivs, '1', 'baked with noNewPrivileges, still set: stricter than asked');
+  t.deepEqual(s.uid, ['0', '0', '0', '0']);
+});
+
+test('a spec asking for fewer capabilities than were baked gets a cold process with exactly what it asks', async (t) => {
+  const s = await restoredStatus(t, (spec) => {
+    for (const set of ['bounding', 'effective', 'permitted', 'ambient', 'inheritable'] as const) spec.process!.capabilities![set] = ['CAP_KILL'];
+  });
+  t.false(s.restored);
+  t.deepEqual(s.capEff, ['CAP_KILL']);
+  t.deepEqual(s.capBnd, ['CAP_KILL']);
+});
