@@ -2,7 +2,7 @@
 // verifies the checkpoint restores, and writes the image with the checkpoint as its top layer.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,6 +17,7 @@ import { writeImage } from '../image/write.ts';
 import { compareVersions, criuVersion } from '../lib/host.ts';
 import { attachNetns, createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
+import { mountOverlay } from '../lib/overlay.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
@@ -159,17 +160,6 @@ interface Cleanup {
   (): void;
 }
 
-function mountOverlay(lowers: string[], upper: string, work: string, target: string): Cleanup {
-  for (const d of [upper, work, target]) mkdirSync(d, { recursive: true });
-  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work}`, target]);
-  return () => {
-    try {
-      execFileSync('umount', [target], { stdio: 'ignore' });
-    } catch {
-      /* not mounted */
-    }
-  };
-}
 
 function defaultProbe(image: SourceImage): Probe {
   const ports = Object.keys(image.config.config?.ExposedPorts ?? {});

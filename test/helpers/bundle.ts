@@ -1,12 +1,12 @@
 // Test bundles: an overlay rootfs over read-only layers (as engines mount images), a spec,
 // a network namespace, and the prebake runtime driven with its own runc root.
 
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { createNetns, deleteNetns } from '../../src/lib/netns.ts';
+import { mountOverlay } from '../../src/lib/overlay.ts';
 import { spawnPiped } from '../../src/lib/pipe.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
@@ -33,8 +33,7 @@ export function overlayBundle(lowers: string[]): TestBundle {
   const rootfs = join(dir, 'rootfs');
   const upper = join(dir, 'upper');
   const work = join(dir, 'work');
-  for (const d of [rootfs, upper, work]) mkdirSync(d);
-  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work}`, rootfs]);
+  const unmount = mountOverlay(lowers, upper, work, rootfs);
   const netns = uniqueName('pbt');
   const netnsPath = createNetns(netns);
   return {
@@ -45,11 +44,7 @@ export function overlayBundle(lowers: string[]): TestBundle {
     netnsPath,
     writeSpec: (spec) => writeFileSync(join(dir, 'config.json'), JSON.stringify(spec, null, 2)),
     cleanup: () => {
-      try {
-        execFileSync('umount', [rootfs], { stdio: 'ignore' });
-      } catch {
-        /* not mounted */
-      }
+      unmount();
       deleteNetns(netns);
       rmSync(dir, { recursive: true, force: true });
     },
