@@ -1,0 +1,268 @@
+// The sample functions of the cold-start study as images (images/<name>, src/image/functions.ts):
+// each image builds once and then comes from the cache, and, unpacked and started cold under runc,
+// answers as its function should. Logs each function's cold start (spawn of `runc run` → first
+// HTTP 200) and the initialisation time the function reports itself.
+
+import test, { type ExecutionContext } from 'ava';
+import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { functionSpec } from '../src/build/spec.ts';
+import { DIGIT_EIGHT, FUNCTION_CMD, FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage, IMAGES_DIR } from '../src/image/functions.ts';
+import { readImage } from '../src/image/read.ts';
+import { unpackLayers } from '../src/image/unpack.ts';
+import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';
+import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
+import { overlayBundle, run, type RunResult, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+
+// The first build of ml debootstraps a Python with scipy and scikit-learn: minutes.
+const BUILD_TIMEOUT = 40 * 60_000;
+const NAMES = Object.keys(FUNCTIONS) as FunctionName[];
+
+/** A held-out "2" of scikit-learn's digits (sample 1600), 8x8 pixels 0-16. */
+const DIGIT_TWO = [
+  0, 2, 13, 16, 12, 0, 0, 0, 0, 9, 15, 10, 16, 3, 0, 0, 0, 5, 7, 5, 16, 3, 0, 0, 0, 0, 0, 10, 14, 0, 0, 0,
+  0, 0, 5, 16, 7, 0, 0, 0, 0, 0, 14, 16, 1, 3, 7, 1, 0, 3, 16, 12, 10, 16, 11, 1, 0, 0, 13, 16, 13, 7, 1, 0,
+];
+
+interface Status {
+  ok: boolean;
+  served: number;
+  pid: number;
+  initialised_at: number;
+  init_seconds?: number;
+  [key: string]: unknown;
+}
+
+const megabytes = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+
+/** The member names of a gzip'd tar layer, and the content of those in `read`. */
+async function layerMembers(path: string, read: string[] = []): Promise<{ names: string[]; content: Map<string, Buffer> }> {
+  const names: string[] = [];
+  const content = new Map<string, Buffer>();
+  const extract = tar.extract();
+  const piping = pipeline(createReadStream(path), createGunzip(), extract);
+  for await (const entry of extract) {
+    names.push(entry.header.name);
+    const chunks: Buffer[] = [];
+    for await (const c of entry) chunks.push(c as Buffer);
+    if (read.includes(entry.header.name)) content.set(entry.header.name, Buffer.concat(chunks));
+  }
+  await piping;
+  return { names, content };
+}
+
+/** Width and height from a JPEG's start-of-frame segment. */
+function jpegSize(jpeg: Buffer): { width: number; height: number } {
+  if (jpeg.length < 4 || jpeg.readUInt16BE(0) !== 0xffd8) throw new Error('not a JPEG: no SOI marker');
+  let i = 2;
+  while (i + 4 <= jpeg.length) {
+    if (jpeg[i] !== 0xff) throw new Error(`no marker at byte ${i}`);
+    const marker = jpeg[i + 1]!;
+    if (marker === 0xff) {
+      i += 1; // fill byte
+      continue;
+    }
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      i += 2; // a marker without a segment
+      continue;
+    }
+    // SOF0-SOF15, except DHT (C4), JPG (C8) and DAC (CC): length, precision, height, width.
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc)
+      return { height: jpeg.readUInt16BE(i + 5), width: jpeg.readUInt16BE(i + 7) };
+    if (marker === 0xda || marker === 0xd9) break; // scan data or the end, and no frame header yet
+    i += 2 + jpeg.readUInt16BE(i + 2);
+  }
+  throw new Error('no SOF marker before the scan data');
+}
+
+for (const name of NAMES) {
+  test.serial(`${name}: the image builds, and a second call takes it from the cache`, async (t) => {
+    t.timeout(BUILD_TIMEOUT, `building the ${name} image`);
+    const t0 = performance.now();
+    const dir = await functionImage(name);
+    const firstMs = performance.now() - t0;
+    const index = statSync(join(dir, 'index.json')).mtimeMs;
+    const t1 = performance.now();
+    t.is(await functionImage(name), dir);
+    const againMs = performance.now() - t1;
+    t.is(statSync(join(dir, 'index.json')).mtimeMs, index, 'the cached layout is not rewritten');
+    t.true(againMs < 2000, `a cached image is found in ${againMs.toFixed(0)} ms`);
+
+    const image = await readImage(`oci:${dir}:latest`);
+    try {
+      const config = image.config.config ?? {};
+      t.deepEqual(config.Cmd, [...FUNCTION_CMD]);
+      t.deepEqual(Object.keys(config.ExposedPorts ?? {}), [`${FUNCTION_PORT}/tcp`]);
+      t.true((config.Env ?? []).some((e) => e.startsWith('PATH=/usr/local/sbin:')), JSON.stringify(config.Env));
+      t.is(image.layers.length, 2, 'a rootfs layer and an app layer');
+      const files = FUNCTIONS[name].files.map((f) => `app/${f.split('/').pop()}`);
+      const app = await layerMembers(image.layers[1]!.path, files);
+      t.deepEqual(app.names, ['app', ...files].sort());
+      for (const f of FUNCTIONS[name].files) t.deepEqual(app.content.get(`app/${f.split('/').pop()}`), readFileSync(join(IMAGES_DIR, f)), f);
+      const [base, top] = image.layers.map((l) => l.size) as [number, number];
+      t.log(`${name}: first call ${(firstMs / 1000).toFixed(1)} s (a build unless cached), second ${againMs.toFixed(0)} ms; layers (gzip): rootfs ${megabytes(base)}, app ${(top / 1000).toFixed(1)} kB`);
+    } finally {
+      await image.cleanup();
+    }
+  });
+}
+
+interface Cold {
+  client: NetnsClient;
+  /** The status the readiness probe got (served 1). */
+  status: Status;
+  /** runc exec in the container. */
+  exec(args: string[]): Promise<RunResult>;
+  /**
+   * Waits for `lastLine` in the function's output (it prints a request's line once it has answered
+   * it), sends SIGTERM and resolves with runc run's exit status and the output once it has exited.
+   */
+  stop(lastLine: string): Promise<{ code: number; output: string }>;
+}
+
+/** Starts the function's image cold under runc from an overlay of its unpacked layers; logs the times. */
+async function startCold(t: ExecutionContext, name: FunctionName): Promise<Cold> {
+  const image = await readImage(`oci:${await functionImage(name)}:latest`);
+  const lower = mkdtempSync(join(tmpdir(), `prebake-ftest-${name}-`));
+  const config = image.config.config ?? {};
+  try {
+    await unpackLayers(image.layers, join(lower, 'rootfs'));
+  } finally {
+    await image.cleanup();
+  }
+  const b = overlayBundle([join(lower, 'rootfs')]);
+  const rt = runtimeDirs();
+  const id = uniqueName(`fn-${name}`);
+  let running: PipedCommand | undefined;
+  let client: NetnsClient | undefined;
+  t.teardown(async () => {
+    client?.close();
+    if (running) {
+      await run('runc', ['--root', rt.root, 'kill', id, 'KILL']);
+      await running.exit.catch(() => {});
+      running.close();
+    }
+    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
+    b.cleanup();
+    rt.cleanup();
+    rmSync(lower, { recursive: true, force: true });
+  });
+  b.writeSpec(functionSpec({ args: config.Cmd ?? [], env: (config.Env ?? []).filter((e) => !e.startsWith('PATH=')), netns: b.netnsPath }));
+  client = await NetnsClient.start(b.netns);
+  const [t0, wall0] = [performance.now(), Date.now()];
+  const runc = spawnPiped('runc', ['--root', rt.root, 'run', '--bundle', b.dir, id]);
+  running = runc;
+  let output = '';
+  runc.output.on('data', (d: Buffer) => (output += d.toString()));
+  const first = await client.waitHttp({ port: FUNCTION_PORT, path: '/', timeoutMs: 60_000, intervalMs: 2 });
+  const coldMs = performance.now() - t0;
+  t.is(first.status, 200, first.body);
+  const status = JSON.parse(first.body) as Status;
+  const init = status.init_seconds === undefined ? 'not reported' : `${(status.init_seconds * 1000).toFixed(0)} ms`;
+  // The container shares the host's clock: initialised_at is comparable with the spawn time.
+  t.log(`${name}: cold start ${coldMs.toFixed(0)} ms (spawn of runc run → first HTTP 200); init ${init}; spawn → initialised ${(status.initialised_at * 1000 - wall0).toFixed(0)} ms`);
+  return {
+    client,
+    status,
+    exec: (args) => run('runc', ['--root', rt.root, 'exec', id, ...args]),
+    stop: async (lastLine) => {
+      for (let i = 0; i < 500 && !output.split('\n').includes(lastLine); i++) await new Promise((r) => setTimeout(r, 10));
+      await run('runc', ['--root', rt.root, 'kill', id, 'TERM']);
+      const code = await runc.exit;
+      running = undefined;
+      await new Promise((r) => setTimeout(r, 10));
+      runc.close();
+      return { code, output };
+    },
+  };
+}
+
+const served = (r: HttpResult) => Number(r.headers['x-served']);
+
+test.serial('noop answers cold as before: its JSON status, one line per request, SIGTERM exits 0', async (t) => {
+  const f = await startCold(t, 'noop');
+  t.deepEqual(Object.keys(f.status).sort(), ['initialised_at', 'ok', 'pid', 'served']);
+  t.like(f.status, { ok: true, served: 1 });
+  const r = await f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/anything', body64: Buffer.from('x').toString('base64') });
+  t.is(r.status, 200);
+  t.is(r.headers['content-type'], 'application/json');
+  t.like(JSON.parse(r.body), { ok: true, served: 2, pid: f.status.pid, initialised_at: f.status.initialised_at });
+  t.is(served(r), 2);
+  const exit = await f.stop('request 2 POST /anything');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['noop listening on 8080', 'request 1 GET /', 'request 2 POST /anything']);
+});
+
+test.serial('markdown renders the Markdown it is sent to an HTML page', async (t) => {
+  const f = await startCold(t, 'markdown');
+  t.like(f.status, { ok: true, served: 1, function: 'markdown' });
+  t.true(f.status.init_seconds! > 0 && f.status.init_seconds! < 30);
+  const doc = '# Title\n\nSome *text* and a [link](https://example.org).\n\n- one\n- two\n';
+  const r = await f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/render', body64: Buffer.from(doc).toString('base64') });
+  t.is(r.status, 200, r.body);
+  t.is(r.headers['content-type'], 'text/html; charset=utf-8');
+  t.is(served(r), 2);
+  t.regex(r.body, /^<!DOCTYPE html>\n<html lang="en">/);
+  t.true(r.body.includes('<title>Title</title>'), r.body);
+  t.true(r.body.includes('<h1>Title</h1>'), r.body);
+  t.true(r.body.includes('<p>Some <em>text</em> and a <a href="https://example.org">link</a>.</p>'), r.body);
+  t.true(r.body.includes('<ul>\n<li>one</li>\n<li>two</li>\n</ul>'), r.body);
+  const bad = await f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/render', body64: Buffer.from([0xff, 0xfe]).toString('base64') });
+  t.is(bad.status, 400);
+  t.like(JSON.parse(bad.body), { ok: false, served: 3 });
+  const exit = await f.stop('request 3 POST /render');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['markdown listening on 8080', 'request 1 GET /', 'request 2 POST /render', 'request 3 POST /render']);
+});
+
+test.serial('resize shrinks the 1 MB JPEG it holds to 10% of its width and height', async (t) => {
+  const f = await startCold(t, 'resize');
+  const { width, height, source_bytes: bytes, source_sha256: digest } = f.status as Status & { width: number; height: number; source_bytes: number; source_sha256: string };
+  t.deepEqual([width, height], [1600, 1200]);
+  t.true(bytes > 750_000 && bytes < 1_250_000, `the source JPEG is about 1 MB: ${bytes} bytes`);
+  const r = await f.client.request({ port: FUNCTION_PORT, path: '/resize' });
+  t.is(r.status, 200, r.body);
+  t.is(r.headers['content-type'], 'image/jpeg');
+  t.is(served(r), 2);
+  const jpeg = Buffer.from(r.body, 'latin1');
+  t.deepEqual(jpegSize(jpeg), { width: width / 10, height: height / 10 });
+  const again = await f.client.request({ port: FUNCTION_PORT, path: '/resize' });
+  t.true(Buffer.from(again.body, 'latin1').equals(jpeg), 'the same picture every time');
+  // Another process draws the same source, byte for byte: it is made from a fixed seed.
+  const other = await f.exec(['python3', '-c', 'import hashlib, sys; sys.path.insert(0, "/app"); import function; print(hashlib.sha256(function.SOURCE_JPEG).hexdigest())']);
+  t.is(other.code, 0, other.output);
+  t.is(other.output.trim(), digest);
+  const exit = await f.stop('request 3 GET /resize');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['resize listening on 8080', 'request 1 GET /', 'request 2 GET /resize', 'request 3 GET /resize']);
+});
+
+test.serial('ml trains for over a second at initialisation, then classifies the digits it is sent', async (t) => {
+  const f = await startCold(t, 'ml');
+  t.like(f.status, { ok: true, served: 1, function: 'ml', trained_on: 1500 });
+  t.true(f.status.init_seconds! >= 1, `init_seconds ${f.status.init_seconds}`);
+  t.true((f.status.accuracy as number) > 0.9, `held-out accuracy ${f.status.accuracy}`);
+  const post = (body: unknown) =>
+    f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/predict', body64: Buffer.from(JSON.stringify(body)).toString('base64') });
+  const r = await post({ features: [DIGIT_TWO, DIGIT_EIGHT] });
+  t.is(r.status, 200, r.body);
+  t.is(r.headers['content-type'], 'application/json');
+  const answer = JSON.parse(r.body) as { ok: boolean; served: number; predictions: number[]; probabilities: number[] };
+  t.like(answer, { ok: true, served: 2, predictions: [2, 8] });
+  t.is(answer.probabilities.length, 2);
+  t.like(JSON.parse((await post(DIGIT_TWO)).body), { served: 3, predictions: [2] });
+  const fixed = await f.client.request({ port: FUNCTION_PORT, path: '/predict' });
+  t.like(JSON.parse(fixed.body), { ok: true, served: 4, predictions: [8], label: 8 });
+  for (const [i, body] of [{ features: [[1, 2, 3]] }, { features: [] }, [true, ...DIGIT_TWO.slice(1)], 'text'].entries()) {
+    const bad = await post(body);
+    t.is(bad.status, 400, `bad request ${i}: ${bad.body}`);
+    t.like(JSON.parse(bad.body), { ok: false, served: 5 + i });
+  }
+  const exit = await f.stop('request 8 POST /predict');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['ml listening on 8080', 'request 1 GET /', 'request 2 POST /predict', 'request 3 POST /predict', 'request 4 GET /predict', ...[5, 6, 7, 8].map((n) => `request ${n} POST /predict`)]);
+});
