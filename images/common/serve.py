@@ -13,7 +13,11 @@ restore does not), then calls serve() with a handler. From then on:
 - init_seconds is the time from this module's import to serve(): the function's initialisation;
 - SIGTERM (from the import on, initialisation included) exits 0, as pid 1 too, where the default
   action would be to ignore it;
-- a handler raising BadRequest answers 400, any other exception 500, both as JSON.
+- a handler raising BadRequest answers 400, any other exception 500, both as JSON;
+- after a restore the prebake runtime sends the signal named by PREBAKE_RESTORE_SIGNAL (the
+  images set SIGUSR2): the replica then reseeds `random` from the OS, takes a new replica id
+  and runs the hooks registered with after_restore(), so that replicas of one checkpoint do not
+  share random state or identity. The status says "restored": true from then on.
 """
 import json
 import os
@@ -29,6 +33,32 @@ _STARTED = time.perf_counter()
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 MAX_BODY = 16 << 20
+
+import random
+import uuid
+
+# What differs per replica: renewed after a restore (see after_restore).
+_replica = {"replica": str(uuid.uuid4()), "restored": False}
+_after_restore_hooks = []
+
+
+def after_restore(hook):
+    """Registers hook() to run in each replica right after it was restored from a checkpoint."""
+    _after_restore_hooks.append(hook)
+    return hook
+
+
+def _restored(*_):
+    random.seed(os.urandom(32))
+    _replica["replica"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
+    _replica["restored"] = True
+    for hook in _after_restore_hooks:
+        hook()
+
+
+_restore_signal = os.environ.get("PREBAKE_RESTORE_SIGNAL", "")
+if _restore_signal:
+    signal.signal(getattr(signal, _restore_signal if _restore_signal.startswith("SIG") else "SIG" + _restore_signal), _restored)
 
 
 class BadRequest(Exception):
@@ -79,7 +109,7 @@ def serve(name, handle, info=None):
                 body = self.rfile.read(length) if length else b""
                 response = handle(Request(self.command, self.path, self.headers, body, served))
                 if response is None:
-                    response = Response.json({"ok": True, "served": served, **status})
+                    response = Response.json({"ok": True, "served": served, **status, **_replica})
             except BadRequest as e:
                 response = Response.json({"ok": False, "served": served, "error": str(e)}, 400)
             except Exception as e:

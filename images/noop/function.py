@@ -40,6 +40,9 @@ if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8080"))
     # As pid 1 a process ignores SIGTERM unless it handles it: stop cleanly (docker stop, kill).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # The image asks the runtime for PREBAKE_RESTORE_SIGNAL=SIGUSR2 after a restore; noop has no
+    # per-replica state to renew, but must not die of the signal's default action.
+    signal.signal(signal.SIGUSR2, lambda *_: None)
     server = HTTPServer(("0.0.0.0", port), Handler)
     print(f"noop listening on {port}", flush=True)
     sys.stdout.flush()

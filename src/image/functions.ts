@@ -98,7 +98,8 @@ function recipeOf(name: string): FunctionRecipe {
 
 /** The image config the function runs with, as a Dockerfile's ENV, CMD and EXPOSE give it. */
 function containerConfig(): NonNullable<ImageConfig['config']> {
-  return { Env: [PATH], Cmd: [...FUNCTION_CMD], ExposedPorts: { [`${FUNCTION_PORT}/tcp`]: {} } };
+  // The runtime signals a restored replica so that it renews its seed and id (images/common/serve.py).
+  return { Env: [PATH, 'PREBAKE_RESTORE_SIGNAL=SIGUSR2'], Cmd: [...FUNCTION_CMD], ExposedPorts: { [`${FUNCTION_PORT}/tcp`]: {} } };
 }
 
 /** Writes the function's image as `oci:<layout>:latest`; `layout` must not exist. */

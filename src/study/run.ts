@@ -60,6 +60,9 @@ interface Replica {
   startupMs: number;
   latencyMs: number[];
   served: number;
+  /** The replica id the function reports after startup (functions on images/common/serve.py). */
+  replica?: string;
+  restored?: boolean;
 }
 
 /** One replica: create (restore or cold) + start, first HTTP 200, then `requests` requests. */
@@ -85,14 +88,21 @@ async function replica(name: FunctionName, lower: string, config: object, mode: 
     execFileSync(prebake, ['--root', root, 'start', id]);
     const first = await client.waitHttp({ port: FUNCTION_PORT, path: '/', intervalMs: 1, timeoutMs: 60000 });
     const startupMs = performance.now() - t0;
-    const served = Number(JSON.parse(first.body).served);
+    let status = JSON.parse(first.body) as { served: number; replica?: string; restored?: boolean };
+    // A restored replica is signalled to renew its seed and id (PREBAKE_RESTORE_SIGNAL); its
+    // handler runs as soon as the process is scheduled, so give it a moment, untimed.
+    for (let i = 0; mode === 'prebaked' && status.restored === false && i < 50; i++) {
+      await new Promise((res) => setTimeout(res, 10));
+      status = JSON.parse((await client.request({ port: FUNCTION_PORT, path: '/' })).body);
+    }
+    const served = Number(status.served);
     const latencyMs: number[] = [];
     for (let i = 0; i < requests; i++) {
       const res = await client.request({ port: FUNCTION_PORT, method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
       if (res.status !== 200) throw new Error(`${name} answered ${res.status} to ${r.warmup.method} ${r.warmup.path}`);
       latencyMs.push(res.ms);
     }
-    return { startupMs, latencyMs, served };
+    return { startupMs, latencyMs, served, ...(status.replica ? { replica: status.replica } : {}), ...(status.restored !== undefined ? { restored: status.restored } : {}) };
   } finally {
     client?.close();
     spawnSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
@@ -120,12 +130,18 @@ export async function runStudy(o: StudyOptions): Promise<StudyResults> {
       }
       const config = image.config.config ?? {};
       const f: FunctionResults = { name, startupMs: { cold: [], prebaked: [] }, latencyMs: { cold: [], prebaked: [] } };
+      const replicaIds = new Set<string>();
       for (let i = 0; i < o.runs; i++) {
         // Alternate which mode goes first, so that neither always follows the other.
         for (const mode of i % 2 ? (['prebaked', 'cold'] as const) : (['cold', 'prebaked'] as const)) {
           const r = await replica(name, lower, config, mode, o.requests, work, seq++);
           if (mode === 'prebaked' && r.served <= 1) throw new Error(`${name}: a prebaked replica was not restored (served ${r.served})`);
           if (mode === 'cold' && r.served !== 1) throw new Error(`${name}: a cold replica answered served ${r.served}`);
+          if (mode === 'prebaked' && r.replica !== undefined) {
+            // Replicas of one checkpoint must not share identity: the restore signal renews it.
+            if (!r.restored || replicaIds.has(r.replica)) throw new Error(`${name}: a restored replica kept the baked identity (${r.replica})`);
+            replicaIds.add(r.replica);
+          }
           f.startupMs[mode].push(r.startupMs);
           f.latencyMs[mode].push(...r.latencyMs);
         }
