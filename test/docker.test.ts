@@ -127,6 +127,33 @@ test.serial('a container that drops capabilities, or runs another command, start
   t.is(out.trim(), 'asked for');
 });
 
+test.serial('docker restart restores the container again', async (t) => {
+  const { id, port: p } = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', id]));
+  t.true((await httpGet(p)).served > 1);
+  await dk.docker(['restart', '-t', '5', id]);
+  const again = await httpGet(p);
+  t.true(again.served > 1, `served ${again.served} after restart: restored again`);
+  // containerd makes the bundle (and its log.json) anew for the restarted task.
+  t.true(prebakeLog(id).some((l) => /^restored /.test(l.msg)));
+});
+
+test.serial('a container that does not fit the checkpoint starts cold, works, and the log says why', async (t) => {
+  const cases: [string[], RegExp][] = [
+    [['-t'], /baked without a terminal, the container asks for one/],
+    [['--read-only'], /readonly rootfs false was baked, the container asks for true/],
+    [['--user', '1000'], /user 0:0 was baked, the container asks for 1000:0/],
+    [['-v', `${dir}:/data`], /mount destinations differ .*\+\/data/],
+    [['-e', 'DEBUG=1'], /environment differs .*\+DEBUG/],
+  ];
+  for (const [flags, reason] of cases) {
+    const { id, port: p } = await runDetached([...flags, IMAGE]);
+    t.teardown(() => dk.docker(['rm', '-f', id]));
+    t.is((await httpGet(p)).served, 1, `${flags.join(' ')}: a cold start`);
+    t.regex(prebakeLog(id).find((l) => l.level === 'warning')?.msg ?? '', reason, flags.join(' '));
+  }
+});
+
 test.serial('an image that is not prebaked runs through prebake as through runc', async (t) => {
   const out = await dk.docker(['run', '--rm', '--runtime=prebake', 'prebake/spec-probe:1', '/bin/busybox', 'echo', 'plain']);
   t.is(out.trim(), 'plain');

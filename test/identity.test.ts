@@ -31,6 +31,8 @@ async function twoReplicas(t: import('ava').ExecutionContext, env: string[]) {
   const baked = await bakeNoop({ source: SOURCE, env });
   t.teardown(() => baked.cleanup());
   const rt = runtimeDirs();
+  // Registered first, so it runs last (teardowns run in reverse): the replicas' deletes need rt.
+  t.teardown(() => rt.cleanup());
   const out: { replica: string; random: number; renewed: boolean }[] = [];
   for (let i = 0; i < 2; i++) {
     const b = overlayBundle(baked.layers);
@@ -53,7 +55,6 @@ async function twoReplicas(t: import('ava').ExecutionContext, env: string[]) {
     }
     out.push(body);
   }
-  t.teardown(() => rt.cleanup());
   t.is(rt.logLines().filter((l) => /^restored /.test(l.msg)).length, 2);
   return out;
 }
