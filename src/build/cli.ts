@@ -2,7 +2,7 @@
 // verifies the checkpoint restores, and writes the image with the checkpoint as its top layer.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,7 +23,7 @@ import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
 import { findSecrets } from './secrets.ts';
-import { engineSpec, type Target, TARGETS, targetSpec } from './target.ts';
+import { engineSpec, joinsNetnsByPath, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -212,10 +212,14 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
       const bundle = join(tmp, `bake-${target}`);
       const netns = `prebake-build-${process.pid}-${target}`;
-      const netnsPath = target === 'runc' ? createNetns(netns) : undefined;
+      const engine = await engineSpec(target);
+      const byPath = joinsNetnsByPath(target, engine);
+      const netnsPath = byPath ? createNetns(netns) : undefined;
       cleanups.push(() => deleteNetns(netns));
       cleanups.push(mountOverlay([lower], join(tmp, `upper-${target}`), join(tmp, `work-${target}`), join(bundle, 'rootfs')));
-      const engine = await engineSpec(target);
+      // The engine's rootfs root has a mode of its own (podman's is 0555); CRIU checks it on restore.
+      const rootfsMode = (engine as { 'io.prebake.rootfsMode'?: number })['io.prebake.rootfsMode'];
+      if (rootfsMode !== undefined) chmodSync(join(bundle, 'rootfs'), rootfsMode);
       const shape = (netnsPath?: string, env: string[] = []) =>
         targetSpec(target, engine, image!.config.config ?? {}, {
           rootfs: 'rootfs',
@@ -241,7 +245,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       manifests.push(manifest);
       lap(`bake (${target})`);
       if (opts.verify) {
-        await verifyRestore(target, (p) => shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), lower, stage, ready, opts, tmp, cleanups);
+        await verifyRestore(target, byPath, rootfsMode, (p) => shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), lower, stage, ready, opts, tmp, cleanups);
         lap(`verify (${target})`);
       }
     }
@@ -296,6 +300,8 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
 /** Restores the staged checkpoint once through the prebake runtime in a fresh netns and probes it. */
 async function verifyRestore(
   target: Target,
+  byPath: boolean,
+  rootfsMode: number | undefined,
   specFor: (netnsPath?: string) => Spec,
   lower: string,
   stage: string,
@@ -317,6 +323,7 @@ async function verifyRestore(
   let client: NetnsClient | undefined;
   let created: ReturnType<typeof spawnPiped> | undefined;
   const unmount = mountOverlay([stage, lower], join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
+  if (rootfsMode !== undefined) chmodSync(join(bundle, 'rootfs'), rootfsMode);
   const done = () => {
     client?.close();
     try {
@@ -330,7 +337,7 @@ async function verifyRestore(
   };
   cleanups.push(done);
   try {
-    const spec = specFor(target === 'runc' ? createNetns(netns) : undefined);
+    const spec = specFor(byPath ? createNetns(netns) : undefined);
     writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
     created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, '--pid-file', pidFile, id], env);
     const code = await created.exit;
@@ -340,7 +347,7 @@ async function verifyRestore(
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
     execFileSync(prebake, ['--root', root, 'start', id], { env });
     // An engine's network namespace has no path: name the restored one to probe it.
-    if (target !== 'runc') attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
+    if (!byPath) attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
     client = await NetnsClient.start(netns);
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);

@@ -4,7 +4,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -14,7 +14,7 @@ import { PREBAKE_BIN } from '../lib/paths.ts';
 import { CAPTURE_ENV } from '../runtime/create.ts';
 import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc', 'docker', 'containerd'] as const;
+export const TARGETS = ['runc', 'docker', 'containerd', 'podman'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface ImageRunConfig {
@@ -95,6 +95,12 @@ const ENGINES = {
     check: () => void cli('ctr', ['version']),
     run: (env: string) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']),
   },
+  podman: {
+    image: `containers-storage:${SPEC_PROBE_IMAGE}`,
+    present: () => cli('podman', ['image', 'inspect', `localhost/${SPEC_PROBE_IMAGE}`]),
+    check: () => void cli('podman', ['version']),
+    run: (env: string) => cli('podman', ['run', '--rm', '--runtime', PREBAKE_BIN(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
+  },
 } as const;
 
 /** A one-file image (busybox) to run the probe container from; written to the engine once. */
@@ -142,6 +148,14 @@ export async function captureEngineSpec(target: keyof typeof ENGINES, stateBase 
   }
 }
 
+/**
+ * Whether the bake (and verify) run joins a network namespace of ours by path: runc's own spec,
+ * and engines that hand runc a namespace they made (podman). docker and ctr let runc make one.
+ */
+export function joinsNetnsByPath(target: Target, engine: Spec): boolean {
+  return target === 'runc' || Boolean(engine.linux?.namespaces?.find((n) => n.type === 'network')?.path);
+}
+
 /** The engine's spec for a plain `run` of an image, before the image's own settings. */
 export async function engineSpec(target: Target): Promise<Spec> {
   return target === 'runc' ? runcDefaultSpec() : captureEngineSpec(target);
@@ -183,6 +197,7 @@ export function targetSpec(target: Target, engine: Spec, image: ImageRunConfig, 
   spec.root = { path: o.rootfs, readonly: target === 'runc' ? false : (spec.root?.readonly ?? false) };
   if (target === 'docker') spec.hostname = 'prebake';
   delete spec.hooks;
+  delete (spec as { 'io.prebake.rootfsMode'?: number })['io.prebake.rootfsMode'];
   spec.annotations = null;
   if (spec.linux) {
     delete spec.linux.cgroupsPath;
@@ -195,10 +210,15 @@ export function targetSpec(target: Target, engine: Spec, image: ImageRunConfig, 
   };
   mkdirSync(o.scratch, { recursive: true });
   spec.mounts = (spec.mounts ?? []).map((m) => {
-    const content = files[m.destination];
+    // The engine's own files (/etc/hosts, podman's /run/.containerenv, …) went with its probe
+    // container: bind files of ours in their place, at the same destinations.
+    const missing = m.type === 'bind' && m.source !== undefined && !existsSync(m.source);
+    const content = files[m.destination] ?? (missing ? '' : undefined);
     if (content === undefined || m.type !== 'bind') return m;
     const source = join(o.scratch, m.destination.slice(1).replace(/\//g, '_'));
-    writeFileSync(source, content);
+    // podman binds a shm directory of its own at /dev/shm; the rest are files.
+    if (m.destination === '/dev/shm') mkdirSync(source, { recursive: true });
+    else writeFileSync(source, content);
     return { ...m, source };
   });
   return spec;

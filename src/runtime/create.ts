@@ -2,7 +2,7 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -132,12 +132,19 @@ export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
  * by running a probe container whose env holds PREBAKE_CAPTURE_SPEC=<token>: the spec is copied
  * to <state>/captures/<token>.json. The token names the file and nothing else.
  */
-function captureSpec(spec: Spec, cfg: RuntimeConfig): void {
+function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
   const prefix = `${CAPTURE_ENV}=`;
   const token = spec.process?.env?.find((e) => e.startsWith(prefix))?.slice(prefix.length);
   if (!token || !/^[A-Za-z0-9_-]{1,64}$/.test(token)) return;
   mkdirSync(join(cfg.stateBase, 'captures'), { recursive: true, mode: 0o700 });
-  writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify(spec));
+  // CRIU checks the mode of the root directory too, which the engine sets on its rootfs mount.
+  let rootfsMode: number | undefined;
+  try {
+    rootfsMode = statSync(rootfsOf(spec, bundle)).mode & 0o7777;
+  } catch {
+    /* no rootfs to look at */
+  }
+  writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }));
 }
 
 /** The restored init's pid, from the pid file create was given, else from runc state. */
@@ -207,7 +214,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     } catch {
       return coldCreate(argv, createArgs, cfg); // runc reports the unreadable bundle itself
     }
-    captureSpec(spec, cfg);
+    captureSpec(spec, cfg, bundle);
     plan = planRestore(call, createArgs, cfg, spec, bundle);
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
