@@ -8,7 +8,6 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { layerMediaType, sha256 } from '../src/image/blob.ts';
 import { packLayer } from '../src/image/pack.ts';
@@ -17,6 +16,7 @@ import { scratchImage, writeImage } from '../src/image/write.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../src/lib/netns.ts';
 import { PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
+import { type Member, tarOf } from './helpers/tar.ts';
 
 const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
 
@@ -118,23 +118,10 @@ function assertFailed(t: ExecutionContext, r: BuildRun, o: { code: number; messa
   else t.deepEqual(rest, [], `the error is one line: ${JSON.stringify(r.stderr)}`);
 }
 
-interface Member extends Partial<tar.Header> {
-  name: string;
-  content?: string;
-}
 
 /** A gzip'd layer made member by member with tar-stream, hostile ones included. */
 async function tarLayer(dir: string, members: Member[]) {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const collecting = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const { content, ...header } of members)
-    await new Promise<void>((resolve, reject) => pack.entry({ type: 'file', mode: 0o644, mtime: new Date(0), ...header }, content ?? '', (e) => (e ? reject(e) : resolve())));
-  pack.finalize();
-  await collecting;
-  const tarBytes = Buffer.concat(chunks);
+  const tarBytes = await tarOf(members);
   const blob = gzipSync(tarBytes);
   const path = join(dir, `layer-${sha256(blob).slice(7, 19)}`);
   writeFileSync(path, blob);

@@ -13,7 +13,7 @@ import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, type TestBundle, uniqueName } from './helpers/bundle.ts';
+import { killAndDelete, overlayBundle, PREBAKE, run, runtimeDirs, type TestBundle, uniqueName } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
 /** prebake's state base (PREBAKE_STATE_DIR is not set for the runtime in these tests). */
@@ -167,10 +167,7 @@ async function checkColdLifecycle(t: ExecutionContext, c: Container): Promise<vo
   t.is(await served(client), 2);
   t.deepEqual(functionPids(b.netns), [state.pid], 'the function runs once, as the cold container');
 
-  t.is((await run(PREBAKE, ['--root', rt.root, 'kill', id, 'KILL'])).code, 0);
-  for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
-    await new Promise((r) => setTimeout(r, 20));
-  const del = await run(PREBAKE, ['--root', rt.root, 'delete', id]);
+  const del = await killAndDelete(rt, id);
   t.is(del.code, 0, del.output);
   t.false(existsSync(join(rt.root, id)), 'runc state removed');
   t.false(existsSync(join(rt.state, id)), 'prebake state removed');

@@ -8,13 +8,13 @@ import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rea
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import { type Compression, layerMediaType, sha256 } from '../src/image/blob.ts';
 import { packLayer } from '../src/image/pack.ts';
 import { type ImageLayer, readImage } from '../src/image/read.ts';
 import { parseImageRef, TRANSPORTS } from '../src/image/ref.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
+import { type Member, tarOf } from './helpers/tar.ts';
 
 function tempDir(t: ExecutionContext, name = 'prebake-image-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), name));
@@ -24,24 +24,6 @@ function tempDir(t: ExecutionContext, name = 'prebake-image-test-'): string {
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
-interface Member extends Partial<tar.Header> {
-  name: string;
-  content?: string | Buffer;
-}
-
-/** A tar made member by member, hostile ones included. */
-async function tarOf(members: Member[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const collecting = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const { content, ...header } of members)
-    await new Promise<void>((resolve, reject) => pack.entry({ type: 'file', mode: 0o644, mtime: new Date(0), ...header }, content ?? '', (e) => (e ? reject(e) : resolve())));
-  pack.finalize();
-  await collecting;
-  return Buffer.concat(chunks);
-}
 
 let layers = 0;
 async function tarLayer(dir: string, members: Member[], compression: Compression = 'gzip'): Promise<ImageLayer> {

@@ -5,7 +5,7 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { killAndDelete, overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
 let baked: BakedFunction;
@@ -56,10 +56,7 @@ test('create restores a baked function: its request count goes on, prebake logs 
   t.is(exec.output.trim(), 'inside');
 
   t.true(existsSync(join(rt.state, id)), 'prebake keeps per-container state while it lives');
-  t.is((await run(PREBAKE, ['--root', rt.root, 'kill', id, 'KILL'])).code, 0);
-  for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
-    await new Promise((r) => setTimeout(r, 20));
-  const del = await run(PREBAKE, ['--root', rt.root, 'delete', id]);
+  const del = await killAndDelete(rt, id);
   t.is(del.code, 0, del.output);
   t.false(existsSync(join(rt.root, id)), 'runc state removed');
   t.false(existsSync(join(rt.state, id)), 'prebake state removed');

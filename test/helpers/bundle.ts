@@ -98,3 +98,14 @@ export function runtimeDirs() {
     },
   };
 }
+
+/**
+ * What an engine does to end a container: kill -9, wait until runc says stopped, delete.
+ * Returns delete's result; runc's and prebake's state dirs are the caller's to check.
+ */
+export async function killAndDelete(rt: { root: string }, id: string): Promise<RunResult> {
+  await run(PREBAKE, ['--root', rt.root, 'kill', id, 'KILL']);
+  for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
+    await new Promise((r) => setTimeout(r, 20));
+  return run(PREBAKE, ['--root', rt.root, 'delete', id]);
+}
