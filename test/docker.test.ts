@@ -100,6 +100,20 @@ test.serial('two containers of the image at once are both restored, each with it
   t.not(ips[0], ips[1]);
 });
 
+test.serial('ten containers of the image started at once are all restored, each serving on its own', async (t) => {
+  const cs = await Promise.all(Array.from({ length: 10 }, () => runDetached([IMAGE])));
+  t.teardown(() => dk.docker(['rm', '-f', ...cs.map((c) => c.id)]));
+  const answers = await Promise.all(cs.map((c) => httpGet(c.port)));
+  for (const a of answers) t.true(a.served > 1, `served ${a.served}`);
+  // One more request to the first moves its count only.
+  await httpGet(cs[0]!.port);
+  const again = await Promise.all(cs.map((c) => httpGet(c.port)));
+  t.deepEqual(
+    again.map((a) => a.served),
+    answers.map((a, i) => a.served + (i === 0 ? 2 : 1)),
+  );
+});
+
 test.serial('exec, top, pause and unpause work on a restored container; stop hands its exit status to docker', async (t) => {
   const { id, port: p } = await runDetached([IMAGE]);
   t.teardown(() => dk.docker(['rm', '-f', id]));
