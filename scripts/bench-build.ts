@@ -12,6 +12,7 @@ import { NetnsClient } from '../src/lib/netns.ts';
 import { spawnPiped } from '../src/lib/pipe.ts';
 import { bakeNoop, PORT } from '../test/helpers/baked.ts';
 import { overlayBundle, REPO, uniqueName } from '../test/helpers/bundle.ts';
+import { median } from '../src/study/stats.ts';
 import { noopImage } from '../test/helpers/images.ts';
 
 interface BuildJson {
@@ -20,11 +21,6 @@ interface BuildJson {
   layer: { digest: string; size: number };
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
 
 /** One cold start of the function under runc: spawn to first HTTP 200, and its RSS once serving. */
@@ -76,7 +72,7 @@ async function main() {
   } finally {
     baked.cleanup();
   }
-  const step = (name: string) => median(builds.map((b) => b.steps.find((s) => s.step.startsWith(name))?.ms ?? NaN));
+  const step = (name: string) => median(builds.flatMap((b) => b.steps.filter((s) => s.step.startsWith(name)).slice(0, 1).map((s) => s.ms)));
   const cold = median(colds.map((c) => c.ms));
   const total = median(totals);
   const rss = median(colds.map((c) => c.rssKb)) * 1024;

@@ -9,14 +9,10 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO } from '../test/helpers/bundle.ts';
 import { startContainerd, startDockerd } from '../test/helpers/engines.ts';
+import { median, quantile } from '../src/study/stats.ts';
 import { noopImage } from '../test/helpers/images.ts';
 
 const IMAGE = 'prebake/noop:baked';
-const quantile = (xs: number[], q: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const i = (s.length - 1) * q;
-  return s[Math.floor(i)]! + (s[Math.ceil(i)]! - s[Math.floor(i)]!) * (i - Math.floor(i));
-};
 
 async function main() {
   const runsArg = process.argv.indexOf('--runs');
@@ -64,18 +60,17 @@ async function main() {
         rmTimes[rt].push(performance.now() - t0);
       }
     const row = (name: string, xs: number[]) => `${name.padEnd(42)} ${quantile(xs, 0.5).toFixed(0).padStart(6)} ${quantile(xs, 0.1).toFixed(0).padStart(6)} ${quantile(xs, 0.9).toFixed(0).padStart(6)}`;
-    const med = (xs: number[]) => quantile(xs, 0.5);
     const out = [
       `docker ${docker(['version', '--format', '{{.Server.Version}}']).stdout.trim()}, ${runs} interleaved runs each; ms: median p10 p90`,
       '',
       'docker run -d -> first HTTP 200 (noop function)',
       ...names.map((v) => `${row(v, times[v])}   served on first request: ${[...new Set(served[v])].join(',')}`),
-      `  restored / runc cold: ${(med(times['prebake, restored']) / med(times['runc, cold'])).toFixed(2)}x   restored / prebake cold: ${(med(times['prebake, restored']) / med(times['prebake, cold (PREBAKE_CHECKPOINT=off)'])).toFixed(2)}x`,
+      `  restored / runc cold: ${(median(times['prebake, restored']) / median(times['runc, cold'])).toFixed(2)}x   restored / prebake cold: ${(median(times['prebake, restored']) / median(times['prebake, cold (PREBAKE_CHECKPOINT=off)'])).toFixed(2)}x`,
       '',
       'docker run --rm spec-probe /bin/true',
       row('runc', rmTimes.runc),
       row('prebake', rmTimes.prebake),
-      `  prebake - runc: ${(med(rmTimes.prebake) - med(rmTimes.runc)).toFixed(0)} ms`,
+      `  prebake - runc: ${(median(rmTimes.prebake) - median(rmTimes.runc)).toFixed(0)} ms`,
     ];
     process.stdout.write(`\n${out.join('\n')}\n`);
   } finally {

@@ -26,6 +26,7 @@ import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
 import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
+import { median, quantile } from '../src/study/stats.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../test/helpers/baked.ts';
 import { overlayBundle, PREBAKE, REPO, runtimeDirs, type TestBundle, uniqueName } from '../test/helpers/bundle.ts';
 
@@ -93,15 +94,6 @@ function parseOptions(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Statistics and formatting
 
-function quantile(xs: readonly number[], q: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const pos = (s.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return s[lo]! + (s[hi]! - s[lo]!) * (pos - lo);
-}
-const median = (xs: readonly number[]) => quantile(xs, 0.5);
 
 interface Summary {
   n: number;
