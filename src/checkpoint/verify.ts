@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
-import { bakedSpecOf, processMismatch, securityMismatch } from './security.ts';
+import { type BakedSpec, bakedSpecOf, processMismatch, securityMismatch } from './security.ts';
 
 /** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
 export function readContained(path: string, max: number): Buffer {
@@ -34,14 +34,13 @@ export function loadManifest(dir: string): CheckpointManifest {
 }
 
 /** Why this checkpoint cannot be restored into `spec` on this host, or null when it can. */
-export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFacts): string | null {
+export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFacts, wanted: BakedSpec = bakedSpecOf(spec)): string | null {
   if (m.arch !== host.arch) return `checkpoint was baked on ${m.arch}, this host is ${host.arch}`;
   const [bakedMajor] = m.versions.criu.split('.');
   const [hostMajor] = host.criu.split('.');
   if (bakedMajor !== hostMajor) return `checkpoint was written by CRIU ${m.versions.criu}, this host has CRIU ${host.criu}`;
   const missing = m.cpuFlags.filter((f) => !host.cpuFlags.includes(f));
   if (missing.length) return `this host's CPU lacks ${missing.slice(0, 8).join(' ')}${missing.length > 8 ? ' …' : ''}, which the baking host had`;
-  const wanted = bakedSpecOf(spec);
   const extra = wanted.mounts.filter((d) => !m.spec.mounts.includes(d));
   const gone = m.spec.mounts.filter((d) => !wanted.mounts.includes(d));
   if (extra.length || gone.length)
@@ -146,10 +145,12 @@ export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, cach
         .sort();
   if (dirs.length === 0) throw new Error(`no ${MANIFEST_FILE} in ${root}`);
   const reasons: string[] = [];
+  // What the container asks for, worked out once for every candidate (it hashes the seccomp profile).
+  const wanted = bakedSpecOf(spec);
   for (const dir of dirs) {
     try {
       const manifest = loadManifest(dir);
-      const why = incompatibility(manifest, spec, host);
+      const why = incompatibility(manifest, spec, host, wanted);
       if (why) {
         reasons.push(dirs.length > 1 ? `${dir}: ${why}` : why);
         continue;
