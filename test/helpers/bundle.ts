@@ -61,6 +61,9 @@ export interface RunResult {
   close(): void;
 }
 
+/** How long a pipe still held open must stay silent after the exit before its output counts as read. */
+const QUIET_MS = 100;
+
 /**
  * Runs a command with stdout and stderr on one real pipe (as engines give the runtime) and
  * resolves when it exits, not when the pipe closes: a container keeps the pipe it inherited.
@@ -68,9 +71,19 @@ export interface RunResult {
 export async function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult> {
   const p = spawnPiped(cmd, args, env);
   let text = '';
-  p.output.on('data', (d: Buffer) => (text += d.toString()));
+  let last = Date.now();
+  let ended = false;
+  p.output.on('data', (d: Buffer) => {
+    text += d.toString();
+    last = Date.now();
+  });
+  p.output.on('close', () => (ended = true));
   const code = await p.exit;
-  await new Promise((r) => setTimeout(r, 10));
+  // The exit status can arrive before the last of the output has passed through the pipe.
+  // The pipe ends unless something the command started holds it (a container does): then
+  // wait until it has been quiet for a while.
+  const exited = Date.now();
+  while (!ended && Date.now() - Math.max(last, exited) < QUIET_MS) await new Promise((r) => setTimeout(r, 5));
   const output = text;
   return { code, output, outputNow: () => text, close: p.close };
 }
