@@ -60,7 +60,7 @@ async function main() {
       const out = mkdtempSync(join(tmpdir(), 'prebake-bench-build-'));
       try {
         const t0 = performance.now();
-        const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--json', '--quiet', `oci:${image}:latest`, `oci:${out}/img:baked`], { encoding: 'utf8' });
+        const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--json', '--quiet', '--target', 'runc', `oci:${image}:latest`, `oci:${out}/img:baked`], { encoding: 'utf8' });
         if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
         totals.push(performance.now() - t0);
         builds.push(JSON.parse(r.stdout) as BuildJson);

@@ -8,7 +8,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the programs and tests use; CRIU is handled apart below.
-PKGS="python3 runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd docker.io podman hyperfine jq curl ca-certificates xz-utils"
+PKGS="python3 runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
 
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1

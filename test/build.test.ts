@@ -4,7 +4,7 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -56,10 +56,15 @@ interface BuildRun {
   stderr: string;
 }
 
-/** Runs prebake-build with stdout and stderr apart (the containers it runs get pipes of their own). */
-function prebakeBuild(args: string[], env: NodeJS.ProcessEnv): Promise<BuildRun> {
+/**
+ * Runs prebake-build with stdout and stderr apart (the containers it runs get pipes of their own),
+ * for the runc target unless `args` name one (these tests need no engine) or `defaultTarget`;
+ * `as` is a command prefix to run it under (e.g. setpriv).
+ */
+function prebakeBuild(args: string[], env: NodeJS.ProcessEnv, o: { defaultTarget?: boolean; as?: string[] } = {}): Promise<BuildRun> {
+  const argv = [PREBAKE_BUILD, ...(args.includes('--target') || o.defaultTarget ? args : ['--target', 'runc', ...args])];
   return new Promise((resolve, reject) => {
-    const child = spawn(PREBAKE_BUILD, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(o.as?.[0] ?? argv[0]!, [...(o.as?.slice(1) ?? []), ...(o.as ? argv : argv.slice(1))], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let [stdout, stderr] = ['', ''];
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -198,23 +203,8 @@ test.serial('a hostile source layer stops prebake-build naming the entry; nothin
   t.deepEqual(readdirSync(dir).filter((f) => !f.startsWith('layer-')).sort(), ['hostile', 'tmp']);
 });
 
-// Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
-
-test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake', async (t) => {
-  const dir = tempDir(t);
-  const out = join(dir, 'baked');
-  const r = await prebakeBuild([source, `oci:${out}:baked`], ownTmp(t, dir));
-  t.is(r.code, 0, r.stderr);
-  t.regex(r.stderr, /prebake-build: wrote oci:.*:baked \(checkpoint layer [\d.]+ MB, sha256:[0-9a-f]{64}\)\n$/);
-
-  const inspect = JSON.parse(sh('skopeo', ['inspect', `oci:${out}:baked`])) as { Layers: string[]; Env: string[]; Labels: Record<string, string> };
-  t.is(inspect.Layers.length, 3);
-  t.true(inspect.Env.includes('PREBAKE_CHECKPOINT=/.prebake'), JSON.stringify(inspect.Env));
-  t.is(inspect.Labels['io.prebake.probe'], `http:${NOOP_PORT}/`);
-
-  const bundle = join(dir, 'bundle');
-  sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
-  t.true(existsSync(join(bundle, 'rootfs/.prebake/manifest.json')));
+/** Runs a bundle made by `umoci unpack` through `prebake create`/`start` and checks it was restored. */
+async function restoreUmociBundle(t: ExecutionContext, bundle: string): Promise<void> {
   const netns = uniqueName('pbb');
   const netnsPath = createNetns(netns);
   const rt = runtimeDirs();
@@ -245,6 +235,73 @@ test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is
   const restored = log.find((l) => l.level === 'info' && /^restored /.test(l.msg));
   t.truthy(restored, `not restored: ${log.find((l) => l.level === 'warning')?.msg ?? JSON.stringify(log)}`);
   t.true(served > 1, `served ${served}: the process was baked after its probe and warm-up requests`);
+}
+
+test.serial('bad input: the default target, docker, with no dockerd to ask stops before anything is read', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const env = { ...ownTmp(t, dir), DOCKER_HOST: `unix://${join(dir, 'no-docker.sock')}` };
+  const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], env, { defaultTarget: true });
+  assertFailed(t, r, { code: 1, message: /--target docker: could not capture the engine's spec: .*(Cannot connect|no-docker\.sock).*\(docker is the default target; --target runc bakes for plain runc, no engine needed\)$/, dest });
+  t.deepEqual(readdirSync(r.tmp), [], 'nothing unpacked');
+});
+
+test.serial('bad input: not root is one line, before anything is read', async (t) => {
+  const dir = tempDir(t);
+  chmodSync(dir, 0o777);
+  const dest = join(dir, 'out');
+  const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], ownTmp(t, dir), { as: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] });
+  assertFailed(t, r, { code: 1, message: /must run as root/, dest });
+});
+
+/** A tmpfs of `size` at `dir`, unmounted when the test ends. */
+function smallTmpfs(t: ExecutionContext, dir: string, size: string): string {
+  mkdirSync(dir, { recursive: true });
+  sh('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+  t.teardown(() => void execFileSync('umount', [dir]));
+  return dir;
+}
+
+test.serial('no space: a full temp filesystem stops the unpack, naming the file; nothing is left', async (t) => {
+  const dir = tempDir(t);
+  const env = ownTmp(t, dir);
+  smallTmpfs(t, env.TMPDIR!, '4m');
+  const dest = join(dir, 'out');
+  const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], env);
+  assertFailed(t, r, { code: 1, message: /writing \/.*\/rootfs\/.*: ENOSPC: no space left on device/, dest });
+  t.log(r.stderr.trim());
+  t.deepEqual(readdirSync(r.tmp), [], 'the temp dir is gone');
+});
+
+test.serial('no space: a full destination filesystem fails the write; DEST is not created and nothing is left', async (t) => {
+  const dir = tempDir(t);
+  const env = ownTmp(t, dir);
+  const full = smallTmpfs(t, join(dir, 'full'), '1m');
+  const dest = join(full, 'out');
+  const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], env);
+  assertFailed(t, r, { code: 1, message: new RegExp(`no space left on device.*${full}|${full}.*no space left on device`, 'i'), dest });
+  t.log(r.stderr.trim());
+  t.deepEqual(readdirSync(full), [], 'no temp DEST on the full filesystem');
+});
+
+// Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
+
+test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'baked');
+  const r = await prebakeBuild([source, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /prebake-build: wrote oci:.*:baked \(checkpoint layer [\d.]+ MB, sha256:[0-9a-f]{64}\)\n$/);
+
+  const inspect = JSON.parse(sh('skopeo', ['inspect', `oci:${out}:baked`])) as { Layers: string[]; Env: string[]; Labels: Record<string, string> };
+  t.is(inspect.Layers.length, 3);
+  t.true(inspect.Env.includes('PREBAKE_CHECKPOINT=/.prebake'), JSON.stringify(inspect.Env));
+  t.is(inspect.Labels['io.prebake.probe'], `http:${NOOP_PORT}/`);
+
+  const bundle = join(dir, 'bundle');
+  sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
+  t.true(existsSync(join(bundle, 'rootfs/.prebake/manifest.json')));
+  await restoreUmociBundle(t, bundle);
 });
 
 test('oci → docker-archive: skopeo inspects the archive; the bake leaves nothing behind', async (t) => {
@@ -282,7 +339,7 @@ test('--json prints one JSON summary on stdout: steps, the checkpoint layer, ver
   t.is(summary.dest, `oci:${out}:baked`);
   t.deepEqual(
     summary.steps.map((s) => s.step),
-    ['read image', 'unpack', 'bake (runc)', 'verify (runc)', 'pack layer', 'write image'],
+    ['read image', 'unpack', 'bake (runc)', 'rootfs changes', 'verify (runc)', 'pack layer', 'write image'],
   );
   for (const s of summary.steps) t.true(Number.isInteger(s.ms) && s.ms >= 0, JSON.stringify(s));
   t.regex(summary.layer.digest, /^sha256:[0-9a-f]{64}$/);
@@ -295,4 +352,48 @@ test('--json prints one JSON summary on stdout: steps, the checkpoint layer, ver
   t.is(written.layers.at(-1)!.digest, summary.layer.digest);
   t.is(written.layers.at(-1)!.size, summary.layer.size);
   t.is(sha256(readFileSync(join(out, 'blobs/sha256', summary.manifestDigest.slice(7)))), summary.manifestDigest);
+});
+
+// What the function does to its filesystem while it initialises is part of what a restore needs:
+// a file it keeps open must be there, with the size it had, or CRIU cannot restore the process.
+const KEEPER = `
+import os, runpy
+log = open("/var/log/keeper.log", "a")       # kept open across the checkpoint
+log.write("initialised\\n"); log.flush()
+os.makedirs("/var/cache/keeper", exist_ok=True)
+with open("/var/cache/keeper/data.bin", "wb") as f:
+    f.write(bytes(range(256)) * 16)
+os.remove("/etc/motd")                        # a file of the image removed at init
+runpy.run_path("/app/function.py", run_name="__main__")
+`;
+
+test('files the function wrote or removed while it was baked ship in the checkpoint layer; the restore needs them', async (t) => {
+  const dir = tempDir(t);
+  const src = await readImage(source);
+  t.teardown(() => src.cleanup());
+  const app = await tarLayer(dir, [{ name: 'app/keeper.py', content: KEEPER }]);
+  const keeper = `oci:${dir}/keeper:latest`;
+  await writeImage(keeper, { source: { ...src, config: { ...src.config, config: { ...src.config.config, Cmd: ['python3', '/app/keeper.py'] } } }, addLayer: app });
+  const out = join(dir, 'baked');
+  const r = await prebakeBuild([keeper, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /rootfs changes\s+\d+ ms/);
+
+  const bundle = join(dir, 'bundle');
+  sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
+  const rootfs = join(bundle, 'rootfs');
+  t.is(readFileSync(join(rootfs, 'var/log/keeper.log'), 'utf8'), 'initialised\n');
+  t.is(readFileSync(join(rootfs, 'var/cache/keeper/data.bin')).length, 4096);
+  t.false(existsSync(join(rootfs, 'etc/motd')), 'the file removed at init is whited out');
+  t.true(existsSync(join(rootfs, 'etc/issue')), 'its neighbours are not');
+  // Only what changed: no copy of the unchanged image, no mount points the runtime made.
+  const written = await readImage(`oci:${out}:baked`);
+  t.teardown(() => written.cleanup());
+  const members = sh('tar', ['-tzf', written.layers.at(-1)!.path]).split('\n').filter(Boolean);
+  const names = members.map((m) => m.replace(/^\.\//, '').replace(/\/$/, ''));
+  t.false(names.some((m) => /^(proc|sys|dev|usr\/bin)(\/|$)/.test(m)), names.join(' '));
+  const leaves = names.filter((m) => m !== '.' && !m.includes('.wh.') && !names.some((n) => n.startsWith(`${m}/`)));
+  for (const leaf of leaves) t.false(statSync(join(rootfs, leaf)).isDirectory(), `${leaf}: a directory shipped with nothing below it`);
+  t.true(members.some((m) => /etc\/\.wh\.motd$/.test(m)), members.join(' '));
+  await restoreUmociBundle(t, bundle);
 });

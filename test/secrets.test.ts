@@ -30,7 +30,7 @@ test('a bake whose environment holds a secret stops before anything is written; 
   const dir = mkdtempSync(join(tmpdir(), 'prebake-secrets-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const build = (...extra: string[]) =>
-    spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--env', 'API_TOKEN=s3cr3t', ...extra, `oci:${image}:latest`, `oci:${dir}/out:baked`], { encoding: 'utf8' });
+    spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'runc', '--env', 'API_TOKEN=s3cr3t', ...extra, `oci:${image}:latest`, `oci:${dir}/out:baked`], { encoding: 'utf8' });
   const refused = build();
   t.is(refused.status, 1);
   t.regex(refused.stderr, /secrets .*env API_TOKEN looks like a secret; pass --allow-secrets/);

@@ -21,6 +21,7 @@ import { mountOverlay } from '../lib/overlay.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
+import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
 import { findSecrets } from './secrets.ts';
 import { engineSpec, joinsNetnsByPath, type Target, TARGETS, targetSpec } from './target.ts';
@@ -43,8 +44,9 @@ containers-storage:NAME:TAG.
   --warmup-port PORT       port of the warm-up requests (default the probe's)
   --env NAME=VALUE         set in the bake run and the baked process (repeatable)
   --arg ARG                replaces the image's Cmd (repeatable)
-  --target ${TARGETS.join('|')}   the runtime spec to bake for (default runc; repeatable);
-                           docker: the spec of the running dockerd, where prebake is registered
+  --target ${TARGETS.join('|')}   the runtime spec to bake for (default docker; repeatable);
+                           docker, containerd, podman: the spec that engine, running here with
+                           prebake registered, generates; runc: runc's own, no engine needed
   --allow-secrets          bake even when the environment or arguments look like they hold
                            secrets (process memory is shipped inside the image)
   --no-verify              do not restore the checkpoint once before writing DEST
@@ -54,10 +56,14 @@ containers-storage:NAME:TAG.
 
 export class UsageError extends Error {}
 
+const DEFAULT_TARGET: Target = 'docker';
+
 export interface BuildOptions {
   source: ImageRef;
   dest: ImageRef;
   targets: Target[];
+  /** No --target was given: the default target, docker. */
+  defaultTarget?: boolean;
   ready?: Probe;
   readyTimeoutMs: number;
   warmup?: number;
@@ -107,7 +113,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     if (!Number.isInteger(n) || n < min) throw new UsageError(`--${name} ${text}: expected an integer >= ${min}`);
     return n;
   };
-  const targets = (v.target ?? ['runc']).map((t) => {
+  const targets = (v.target ?? [DEFAULT_TARGET]).map((t) => {
     if (!(TARGETS as readonly string[]).includes(t)) throw new UsageError(`--target ${t}: supported targets are ${TARGETS.join(', ')}`);
     return t as Target;
   });
@@ -124,6 +130,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     source: parseImageRef(parsed.positionals[0]!),
     dest: parseImageRef(parsed.positionals[1]!),
     targets: [...new Set(targets)],
+    ...(v.target ? {} : { defaultTarget: true }),
     readyTimeoutMs: int('ready-timeout', v['ready-timeout'], 1) ?? 30000,
     env: v.env ?? [],
     verify: !v['no-verify'],
@@ -178,6 +185,15 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
   }
   if (compareVersions(criu, MIN_CRIU) < 0) throw new Error(`CRIU ${criu} is too old: prebake-build needs CRIU >= ${MIN_CRIU}`);
 
+  // Each engine's spec first: a missing engine stops the build before anything is read or run.
+  const engines = new Map<Target, Spec>();
+  for (const target of opts.targets)
+    try {
+      engines.set(target, await engineSpec(target));
+    } catch (e) {
+      throw new Error(`${(e as Error).message}${opts.defaultTarget ? ` (docker is the default target; --target runc bakes for plain runc, no engine needed)` : ''}`, { cause: e });
+    }
+
   const steps: BuildResult['steps'] = [];
   let t = performance.now();
   const lap = (step: string) => {
@@ -208,18 +224,22 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
     const warmupRequest = parseWarmupRequest(opts.warmupRequest ?? (ready.kind === 'http' ? ready.path : '/'), opts.warmupBody);
     const stage = join(tmp, 'stage');
     const manifests: CheckpointManifest[] = [];
+    const bakes: { target: Target; byPath: boolean; rootfsMode: number | undefined; shape: (netnsPath?: string, env?: string[]) => Spec; spec: Spec; upper: string; merged: string; unmount: () => void }[] = [];
     for (const target of opts.targets) {
       const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
       const bundle = join(tmp, `bake-${target}`);
       const netns = `prebake-build-${process.pid}-${target}`;
-      const engine = await engineSpec(target);
+      const engine = engines.get(target)!;
       const byPath = joinsNetnsByPath(target, engine);
       const netnsPath = byPath ? createNetns(netns) : undefined;
       cleanups.push(() => deleteNetns(netns));
-      cleanups.push(mountOverlay([lower], join(tmp, `upper-${target}`), join(tmp, `work-${target}`), join(bundle, 'rootfs')));
+      const upper = join(tmp, `upper-${target}`);
+      const merged = join(bundle, 'rootfs');
+      const unmount = mountOverlay([lower], upper, join(tmp, `work-${target}`), merged);
+      cleanups.push(unmount);
       // The engine's rootfs root has a mode of its own (podman's is 0555); CRIU checks it on restore.
       const rootfsMode = (engine as { 'io.prebake.rootfsMode'?: number })['io.prebake.rootfsMode'];
-      if (rootfsMode !== undefined) chmodSync(join(bundle, 'rootfs'), rootfsMode);
+      if (rootfsMode !== undefined) chmodSync(merged, rootfsMode);
       const shape = (netnsPath?: string, env: string[] = []) =>
         targetSpec(target, engine, image!.config.config ?? {}, {
           rootfs: 'rootfs',
@@ -243,13 +263,24 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
         onStep: (s, ms) => progress(`  ${target}: ${s.padEnd(16)} ${Math.round(ms)} ms`),
       });
       manifests.push(manifest);
+      bakes.push({ target, byPath, rootfsMode, shape, spec, upper, merged, unmount });
       lap(`bake (${target})`);
-      if (opts.verify) {
-        await verifyRestore(target, byPath, rootfsMode, (p) => shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), lower, stage, ready, opts, tmp, cleanups);
-        lap(`verify (${target})`);
-      }
     }
-    const layer = await packLayer(stage, '/');
+    // The image carries what the (first) bake changed in the rootfs; each target's verify run
+    // restores over exactly that.
+    const first = bakes[0]!;
+    const hidden = hiddenByOpaqueDirs(first.upper, lower, first.merged);
+    for (const b of bakes) b.unmount();
+    const changes = pruneUpper(first.upper, lower, { mountPoints: (first.spec.mounts ?? []).map((m) => m.destination), hidden, exclude: '.prebake' });
+    for (const s of changes.skipped) progress(`warning: ${s} is a socket: an image cannot carry it, left out`);
+    progress(`rootfs changes: ${changes.files} file(s), ${(changes.bytes / 1024).toFixed(1)} kB, ${changes.removed} removed`);
+    lap('rootfs changes');
+    if (opts.verify)
+      for (const b of bakes) {
+        await verifyRestore(b.target, b.byPath, b.rootfsMode, (p) => b.shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), [stage, first.upper, lower], ready, opts, tmp, cleanups);
+        lap(`verify (${b.target})`);
+      }
+    const layer = await packLayer(stage, '/', { upper: first.upper });
     cleanups.push(() => void layer.cleanup());
     lap('pack layer');
     const labels: Record<string, string> = {
@@ -303,8 +334,7 @@ async function verifyRestore(
   byPath: boolean,
   rootfsMode: number | undefined,
   specFor: (netnsPath?: string) => Spec,
-  lower: string,
-  stage: string,
+  lowers: string[],
   ready: Probe,
   opts: BuildOptions,
   tmp: string,
@@ -322,7 +352,7 @@ async function verifyRestore(
   const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state') };
   let client: NetnsClient | undefined;
   let created: ReturnType<typeof spawnPiped> | undefined;
-  const unmount = mountOverlay([stage, lower], join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
+  const unmount = mountOverlay(lowers, join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
   if (rootfsMode !== undefined) chmodSync(join(bundle, 'rootfs'), rootfsMode);
   const done = () => {
     client?.close();

@@ -32,8 +32,12 @@ function tap(hash: Hash, count = { bytes: 0 }): Transform {
   });
 }
 
-/** Adds `host` (a directory) and everything under it to `pack` as `name`, names in sorted order. */
-async function addTree(pack: tar.Pack, host: string, name: string, preserve: boolean): Promise<void> {
+/**
+ * Adds `host` (a directory) and everything under it to `pack` as `name`, names in sorted order.
+ * With `whiteouts` (an overlay upper dir), overlay's whiteouts (0/0 character devices) become
+ * the OCI whiteout files `.wh.NAME`.
+ */
+async function addTree(pack: tar.Pack, host: string, name: string, preserve: boolean, whiteouts = false): Promise<void> {
   for (const child of (await readdir(host)).sort()) {
     const path = join(host, child);
     const member = name ? `${name}/${child}` : child;
@@ -42,9 +46,11 @@ async function addTree(pack: tar.Pack, host: string, name: string, preserve: boo
     const FIXED_OR_OWN = preserve ? { uid: st.uid, gid: st.gid, uname: '', gname: '', mtime: st.mtime } : FIXED;
     const add = (header: Partial<tar.Header> & { name: string }) =>
       new Promise<void>((resolve, reject) => pack.entry({ ...FIXED_OR_OWN, ...header }, '', (e) => (e ? reject(e) : resolve())));
-    if (st.isDirectory()) {
+    if (whiteouts && st.isCharacterDevice() && st.rdev === 0) {
+      await add({ name: name ? `${name}/.wh.${child}` : `.wh.${child}`, type: 'file', mode: 0, size: 0 });
+    } else if (st.isDirectory()) {
       await add({ name: member, type: 'directory', mode });
-      await addTree(pack, path, member, preserve);
+      await addTree(pack, path, member, preserve, whiteouts);
     } else if (st.isFile()) {
       await pipeline(createReadStream(path), pack.entry({ ...FIXED_OR_OWN, name: member, type: 'file', mode, size: st.size }));
     } else if (st.isSymbolicLink()) {
@@ -66,8 +72,10 @@ async function addTree(pack: tar.Pack, host: string, name: string, preserve: boo
  * `/.prebake`; '' or '/' for the root), with the prefix's directories as members too.
  * `preserve` keeps owners, mtimes, device nodes and fifos (a whole rootfs); by default the
  * layer is reproducible: owner 0:0, mtime 0, regular files, directories and symlinks only.
+ * `upper`, an overlay upper dir, is added at the layer's root after `dir`, as it is (owners,
+ * mtimes, devices) with overlay's whiteouts made OCI whiteouts; it must not hold `dir`'s names.
  */
-export async function packLayer(dir: string, prefixInsideLayer: string, options: { preserve?: boolean } = {}): Promise<PackedLayer> {
+export async function packLayer(dir: string, prefixInsideLayer: string, options: { preserve?: boolean; upper?: string } = {}): Promise<PackedLayer> {
   const prefix = prefixInsideLayer.replace(/^\/+|\/+$/g, '');
   if (prefix !== '' && !isContainedRelativePath(prefix)) throw new Error(`packing ${dir}: prefix ${JSON.stringify(prefixInsideLayer)} is not a plain path`);
   const temp = await mkdtemp(join(tmpdir(), 'prebake-layer-'));
@@ -87,6 +95,7 @@ export async function packLayer(dir: string, prefixInsideLayer: string, options:
       );
     }
     await addTree(pack, dir, prefix, options.preserve ?? false);
+    if (options.upper) await addTree(pack, options.upper, '', true, true);
     pack.finalize();
     await writing;
   } catch (e) {

@@ -181,7 +181,15 @@ async function unpackLayer(layer: ImageLayer, index: number, rootfs: string): Pr
   const decompressing = done.then(() => undefined, (e: Error) => e);
   const state: LayerState = { written: new Set(), dirTimes: [] };
   try {
-    for await (const entry of extract) await applyMember(rootfs, entry, state, what);
+    for await (const entry of extract)
+      try {
+        await applyMember(rootfs, entry, state, what);
+      } catch (e) {
+        // A system error (no space, I/O) names the file; refusals name their entry already.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code && !(e as Error).message.includes(rootfs)) throw new Error(`${what}: writing ${join(rootfs, entry.header.name)}: ${(e as Error).message}`, { cause: e });
+        throw e;
+      }
   } catch (e) {
     for (const s of streams) s.destroy();
     await Promise.all([piping, decompressing]);

@@ -39,7 +39,7 @@ async function bakedImage(name: FunctionName, progress: (l: string) => void): Pr
     const r = FUNCTIONS[name];
     const tmp = mkdtempSync(join(tmpdir(), 'prebake-study-'));
     try {
-      const args = ['--quiet', '--ready', `http:${FUNCTION_PORT}/`, '--warmup', '1', '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
+      const args = ['--quiet', '--target', 'runc', '--ready', `http:${FUNCTION_PORT}/`, '--warmup', '1', '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
       if ('body' in r.warmup) {
         writeFileSync(join(tmp, 'body'), r.warmup.body);
         args.push('--warmup-body', join(tmp, 'body'));
