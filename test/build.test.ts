@@ -13,6 +13,7 @@ import { layerMediaType, sha256 } from '../src/image/blob.ts';
 import { packLayer } from '../src/image/pack.ts';
 import { readImage } from '../src/image/read.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
+import { parseProbe, probeText } from '../src/build/probe.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../src/lib/netns.ts';
 import { PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
@@ -284,6 +285,21 @@ test.serial('no space: a full destination filesystem fails the write; DEST is no
   t.deepEqual(readdirSync(full), [], 'no temp DEST on the full filesystem');
 });
 
+test('probes: each kind parses and prints back; a bad one names the option and the problem', (t) => {
+  for (const text of ['http:8080/', 'http:80/health?x=1', 'tcp:5432', 'log:listening on \\d+', 'delay:250']) t.is(probeText(parseProbe(text)), text);
+  t.is(probeText(parseProbe('http:8080')), 'http:8080/');
+  t.true(parseProbe('log:ready [0-9]+').kind === 'log' && (parseProbe('log:ready [0-9]+') as { regex: RegExp }).regex.test('ready 42'));
+  for (const [text, message] of [
+    ['http:0/', /--ready http:0\/: "0" is not a TCP port/],
+    ['tcp:70000', /"70000" is not a TCP port/],
+    ['log:', /log: needs a regular expression/],
+    ['log:(', /--ready log:\(: Invalid regular expression/],
+    ['delay:-5', /delay: needs milliseconds/],
+    ['grpc:50051', /unknown probe "grpc" \(use http:PORT\[\/PATH\], tcp:PORT, log:REGEX or delay:MS\)/],
+  ] as const)
+    t.throws(() => parseProbe(text), { message }, text);
+});
+
 // Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
 
 test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake', async (t) => {
@@ -396,4 +412,18 @@ test('files the function wrote or removed while it was baked ship in the checkpo
   for (const leaf of leaves) t.false(statSync(join(rootfs, leaf)).isDirectory(), `${leaf}: a directory shipped with nothing below it`);
   t.true(members.some((m) => /etc\/\.wh\.motd$/.test(m)), members.join(' '));
   await restoreUmociBundle(t, bundle);
+});
+
+test('--ready log:REGEX bakes once the container prints the line; no warm-up without a port', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'baked');
+  const r = await prebakeBuild(['--json', '--ready', 'log:noop listening on \\d+', source, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  const summary = JSON.parse(r.stdout) as { steps: { step: string }[]; verified: boolean };
+  t.true(summary.verified);
+  const written = await readImage(`oci:${out}:baked`);
+  t.teardown(() => written.cleanup());
+  t.is(written.config.config?.Labels?.['io.prebake.probe'], 'log:noop listening on \\d+');
+  t.notRegex(written.config.history?.at(-1)?.created_by ?? '', /warm-up/);
+  t.deepEqual(leftovers(r), []);
 });
