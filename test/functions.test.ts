@@ -183,10 +183,10 @@ async function startCold(t: ExecutionContext, name: FunctionName): Promise<Cold>
 
 const served = (r: HttpResult) => Number(r.headers['x-served']);
 
-test.serial('noop answers cold as before: its JSON status, one line per request, SIGTERM exits 0', async (t) => {
+test.serial('noop answers cold with the shared JSON status (not restored), one line per request, SIGTERM exits 0', async (t) => {
   const f = await startCold(t, 'noop');
-  t.deepEqual(Object.keys(f.status).sort(), ['initialised_at', 'ok', 'pid', 'served']);
-  t.like(f.status, { ok: true, served: 1 });
+  t.deepEqual(Object.keys(f.status).sort(), ['function', 'init_seconds', 'initialised_at', 'ok', 'pid', 'replica', 'restored', 'served']);
+  t.like(f.status, { ok: true, served: 1, function: 'noop', restored: false });
   const r = await f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/anything', body64: Buffer.from('x').toString('base64') });
   t.is(r.status, 200);
   t.is(r.headers['content-type'], 'application/json');

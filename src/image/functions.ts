@@ -60,7 +60,7 @@ export const FUNCTIONS = {
   noop: {
     // The packages of pythonRootfs(), so noop shares its rootfs with the runtime tests' bakes.
     packages: ['python3-minimal', 'libpython3.11-stdlib'],
-    files: ['noop/function.py'],
+    files: ['noop/function.py', 'common/serve.py'],
     ready: statusProbe,
     warmup: { method: 'GET', path: '/' },
   },

@@ -33,7 +33,10 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
   const app = join(tmp, 'app-layer');
   mkdirSync(join(app, 'app'), { recursive: true });
   if (opts.source !== undefined) writeFileSync(join(app, 'app/function.py'), opts.source);
-  else copyFileSync(join(REPO, 'images/noop/function.py'), join(app, 'app/function.py'));
+  else {
+    copyFileSync(join(REPO, 'images/noop/function.py'), join(app, 'app/function.py'));
+    copyFileSync(join(REPO, 'images/common/serve.py'), join(app, 'app/serve.py'));
+  }
   const baseLayers = [app, python];
   const specFor = (netns: string, change?: (s: Spec) => void) => {
     const s = functionSpec({ args: ['python3', '/app/function.py'], env: ['PREBAKE_CHECKPOINT=/.prebake', `PORT=${PORT}`, ...(opts.env ?? [])], netns, terminal: opts.terminal ?? false });
