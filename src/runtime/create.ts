@@ -2,7 +2,7 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -12,7 +12,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { type RuntimeConfig, containerStateDir } from './config.ts';
-import type { Logger } from './log.ts';
+import { type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
 
@@ -144,7 +144,15 @@ function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
   } catch {
     /* no rootfs to look at */
   }
-  writeFileSync(join(cfg.stateBase, 'captures', `${token}.json`), JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }));
+  // Whole or not at all: a full disk must not leave prebake-build a truncated spec to read.
+  const file = join(cfg.stateBase, 'captures', `${token}.json`);
+  try {
+    writeFileSync(`${file}.${process.pid}`, JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }));
+    renameSync(`${file}.${process.pid}`, file);
+  } catch (e) {
+    rmSync(`${file}.${process.pid}`, { force: true });
+    throw e;
+  }
 }
 
 /** The restored init's pid, from the pid file create was given, else from runc state. */
@@ -162,12 +170,47 @@ function restoredPid(call: RuntimeCall, plan: RestorePlan, pidFile: string | und
   return /^\d+$/.test(pid) ? pid : undefined;
 }
 
+/** Removes what a restore attempt left: runc's container (if any), CRIU's network lock, prebake's state. */
+function discardAttempt(plan: RestorePlan, call: RuntimeCall, cfg: RuntimeConfig): void {
+  spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', plan.id], { stdio: 'ignore' });
+  if (plan.netnsPath) unlockNetwork(plan.netnsPath);
+  // The marker first: a cold container must not find one, or its start would be skipped.
+  rmSync(join(plan.stateDir, RESTORED_MARKER), { force: true });
+  rmSync(plan.stateDir, { recursive: true, force: true });
+}
+
+/**
+ * Makes the container's state dir with every file the attempt writes there: CRIU's work dir and
+ * log, runc's log and the `restored` marker. All of it exists before runc starts, so a state dir
+ * that has no room left (no inode for another file) is a cold start with that reason, and once
+ * runc has restored the container nothing is left to write for the engine's `start` to be right.
+ * CRIU and runc write into the logs they find; a log that cannot take its lines costs the lines.
+ */
+function prepareState(plan: RestorePlan): { work: string; runcLog: string } {
+  const work = join(plan.stateDir, 'criu');
+  const runcLog = join(plan.stateDir, 'runc-restore.log');
+  rmSync(plan.stateDir, { recursive: true, force: true });
+  try {
+    mkdirSync(work, { recursive: true });
+    writeFileSync(join(work, 'restore.log'), '', { mode: 0o600 }); // the mode CRIU gives its log
+    writeFileSync(runcLog, '', { mode: 0o644 }); // and runc its own
+    writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
+  } catch (e) {
+    rmSync(plan.stateDir, { recursive: true, force: true });
+    throw new Error(`cannot write prebake's state in ${plan.stateDir}: ${(e as Error).message}`);
+  }
+  return { work, runcLog };
+}
+
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
 function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
-  rmSync(plan.stateDir, { recursive: true, force: true });
-  const work = join(plan.stateDir, 'criu');
-  mkdirSync(work, { recursive: true });
-  const runcLog = join(plan.stateDir, 'runc-restore.log');
+  let state: { work: string; runcLog: string };
+  try {
+    state = prepareState(plan);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  const { work, runcLog } = state;
   const args = [...globalsWithoutLog(call.global), '--log', runcLog, '--log-format', 'json', 'restore', '--detach'];
   args.push('--image-path', plan.imagePath, '--work-path', work, '--bundle', plan.bundle);
   const pidFile = flagValue(createArgs, 'pid-file');
@@ -176,20 +219,23 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   if (console !== undefined) args.push('--console-socket', console);
   if (flagIsSet(createArgs, 'no-pivot')) args.push('--no-pivot');
   args.push(plan.id);
-  // The restored process takes runc's stdio in place of the pipes it had at bake time.
-  const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
-  if (status === 0) {
-    writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
-    const pid = restoredPid(call, plan, pidFile, cfg);
-    if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
-    if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
-    return null;
+  let reason: string;
+  try {
+    // The restored process takes runc's stdio in place of the pipes it had at bake time.
+    const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
+    if (status === 0) {
+      const pid = restoredPid(call, plan, pidFile, cfg);
+      if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+      if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
+      return null;
+    }
+    reason = failureReason(runcLog, join(work, 'restore.log'));
+  } catch (e) {
+    // A restored container prebake cannot finish (its process gone before the restore signal)
+    // is torn down like a failed restore: the cold start below replaces it.
+    reason = (e as Error).message;
   }
-  const reason = failureReason(runcLog, join(work, 'restore.log'));
-  // Leave nothing of the attempt: runc's state (if any), CRIU's network lock, prebake's state.
-  spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', plan.id], { stdio: 'ignore' });
-  if (plan.netnsPath) unlockNetwork(plan.netnsPath);
-  rmSync(plan.stateDir, { recursive: true, force: true });
+  discardAttempt(plan, call, cfg);
   return reason;
 }
 
@@ -206,6 +252,9 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   let plan: RestorePlan | null = null;
   try {
     createArgs = parseFlags(CREATE_FLAGS, call.args, 'runc create');
+    // A --log file that cannot be opened (no space left for it) fails runc's create: runc,
+    // given the same flags, reports it in its own words, as it would without prebake.
+    if (logFileError(log)) return coldCreate(argv, createArgs, cfg);
     if (createArgs.rest.length !== 1) return coldCreate(argv, createArgs, cfg); // runc reports the usage error
     const bundle = resolve(flagValue(createArgs, 'bundle') ?? '.');
     let spec: Spec;

@@ -1,6 +1,9 @@
 // The runtime's logger, in runc's log contract: with `--log F --log-format json` JSON lines with
 // string level, msg and time go to F (engines show the last error's msg); text lines otherwise.
+// A log file that cannot take a line (no space left) costs the line, never the call (as in runc):
+// the line goes to stderr instead.
 
+import { openSync, writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
@@ -16,16 +19,64 @@ function textLine(json: string): string {
   return `${line}\n`;
 }
 
+/** Writes all of `s` to `fd`; throws if the descriptor does not take it. */
+function writeAll(fd: number, s: string): void {
+  const buf = Buffer.from(s);
+  for (let off = 0; off < buf.length; ) {
+    const n = writeSync(fd, buf, off);
+    if (n <= 0) throw new Error('short write');
+    off += n;
+  }
+}
+
+function toStderr(s: string): void {
+  try {
+    writeAll(2, s);
+  } catch {
+    /* nowhere left to say it */
+  }
+}
+
 export interface LogOptions {
   file?: string;
   format?: string;
   debug?: boolean;
 }
 
+/** Loggers whose --log file could not be opened, with the reason. */
+const unopened = new WeakMap<Logger, Error>();
+
+/**
+ * Why the --log file given to this logger could not be opened (runc fails the call then, with
+ * that reason), or undefined. Such a logger writes to stderr.
+ */
+export function logFileError(log: Logger): Error | undefined {
+  return unopened.get(log);
+}
+
 export function createLogger(opts: LogOptions): Logger {
-  const fd = opts.file ? pino.destination({ dest: opts.file, sync: true, append: true, mkdir: false }) : pino.destination({ fd: 2, sync: true });
-  const stream = opts.format === 'json' ? fd : { write: (s: string) => fd.write(textLine(s)) };
-  return pino(
+  let fd: number | undefined;
+  let openError: Error | undefined;
+  if (opts.file) {
+    try {
+      // runc opens its log the same way: created if missing, appended to.
+      fd = openSync(opts.file, 'a', 0o644);
+    } catch (e) {
+      openError = e as Error;
+    }
+  }
+  const line = (s: string) => (opts.format === 'json' ? s : textLine(s));
+  const stream = {
+    write: (s: string) => {
+      if (fd === undefined) return toStderr(line(s));
+      try {
+        writeAll(fd, line(s));
+      } catch {
+        toStderr(line(s));
+      }
+    },
+  };
+  const log = pino(
     {
       base: undefined,
       // runc's levels are logrus's: without --debug, info and above; on a terminal, warnings only.
@@ -35,4 +86,6 @@ export function createLogger(opts: LogOptions): Logger {
     },
     stream,
   );
+  if (openError) unopened.set(log, openError);
+  return log;
 }
