@@ -4,6 +4,8 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CREATE_FLAGS, GLOBAL_FLAGS, flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
+import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../src/checkpoint/locate.ts';
+import { CAPTURE_ENV } from '../src/runtime/create.ts';
 import { REPO } from './helpers/bundle.ts';
 
 test('parses every spelling Go flag parsing accepts, and stops at the command', (t) => {
@@ -93,4 +95,12 @@ test("bin/prebake's create finds the bundle in every spelling and skips the valu
   t.is(who(['create', '--pid-file', 'marked', '--bundle', plain, 'id']), 'runc');
   t.is(who(['create', '--console-socket', plain, 'marked']), 'runc', 'the bundle defaults to the current directory');
   t.is(who(['--log', 'create', 'create', '-b', marked, 'id']), 'node');
+});
+
+test("bin/prebake's create hands to Node exactly the configs that name a checkpoint or a spec capture", (t) => {
+  const file = readFileSync(join(REPO, 'bin/prebake'), 'utf8');
+  const grep = /grep -qs ((?:-e '[^']*' )+)"\$bundle\/config\.json"/.exec(file);
+  t.truthy(grep, 'the grep of config.json');
+  const patterns = [...grep![1]!.matchAll(/-e '([^']*)'/g)].map((m) => m[1]!.replace(/\\\./g, '.'));
+  t.deepEqual(patterns.sort(), [`"${CAPTURE_ENV}=`, `"${CHECKPOINT_ENV}=`, CHECKPOINT_ANNOTATION].sort());
 });

@@ -125,7 +125,7 @@ interface Container {
 async function prebakeCreate(
   t: ExecutionContext,
   layers: string[],
-  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void },
+  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void; env?: NodeJS.ProcessEnv },
 ): Promise<Container> {
   const b = overlayBundle(layers);
   const rt = runtimeDirs();
@@ -140,7 +140,7 @@ async function prebakeCreate(
   b.writeSpec(baked.spec(b.netnsPath, (s) => opts.spec?.(s, b)));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
-  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id]);
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], opts.env);
   t.teardown(() => create.close());
   t.is(create.code, 0, create.output);
   return { b, rt, id, client, create };
@@ -204,13 +204,16 @@ async function expectFallback(
   return c;
 }
 
-test('a container without a checkpoint marker is created exactly like runc create', async (t) => {
-  // The image carries a checkpoint, but nothing in config.json names it.
+test('a container without a checkpoint marker is created exactly like runc create, without starting Node', async (t) => {
+  // The image carries a checkpoint, but nothing in config.json names it; other PREBAKE_ variables
+  // (the restore signal) do not matter without one. No Node to start: bin/prebake hands the
+  // call to runc itself.
   const c = await prebakeCreate(t, baked.layers, {
     prefix: 'plain',
     spec: (s) => {
-      s.process!.env = s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT='));
+      s.process!.env = [...s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT=')), 'PREBAKE_RESTORE_SIGNAL=SIGUSR2'];
     },
+    env: { ...process.env, PREBAKE_NODE: '/nonexistent/node' },
   });
   t.deepEqual(c.rt.logLines(), [], 'prebake logs nothing for a container it only passes to runc');
   t.false(existsSync(c.rt.state), 'no prebake state at all');
