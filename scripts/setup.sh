@@ -8,7 +8,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the programs and tests use; CRIU is handled apart below.
-PKGS="python3 runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
+PKGS="python3 runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd containernetworking-plugins docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
 
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
@@ -67,6 +67,15 @@ PIN
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq criu/sid >/dev/null \
     || { echo "setup: could not install criu from sid" >&2; exit 1; }
   criu_ok || { echo "setup: criu >= 4.2 is required, found: $(criu --version 2>&1 | head -1)" >&2; exit 1; }
+fi
+
+# The CRI API definition (api.proto) that test/helpers/cri.ts loads: not in bookworm; the low-pinned
+# trixie/sid sources above have it, its dependencies stay bookworm's.
+if ! dpkg-query -W -f='${Status}' golang-k8s-cri-api-dev 2>/dev/null | grep -q 'install ok installed'; then
+  apt_update
+  echo "setup: installing golang-k8s-cri-api-dev" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-k8s-cri-api-dev >/dev/null \
+    || { echo "setup: could not install golang-k8s-cri-api-dev (it needs the trixie/sid sources in /etc/apt/sources.list.d/prebake-criu.sources)" >&2; exit 1; }
 fi
 
 sh "$here/scripts/criu-kdat.sh"
