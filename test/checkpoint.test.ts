@@ -91,7 +91,7 @@ test('manifest parsing accepts a good manifest and names what is wrong in a bad 
   t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), files: { x: { size: 1, sha256: 'nothex' } } })), { message: /sha256/ });
 });
 
-test('the annotation wins over the environment, and off or empty means cold', (t) => {
+test('the annotation wins over the environment for the path; off or empty in either means cold', (t) => {
   const s = spec((x) => (x.process!.env = ['PREBAKE_CHECKPOINT=/.prebake']));
   t.deepEqual(checkpointRequest(s), { kind: 'path', path: '/.prebake', source: 'env PREBAKE_CHECKPOINT' });
   s.annotations = { 'io.prebake.checkpoint': '/other' };
@@ -99,6 +99,12 @@ test('the annotation wins over the environment, and off or empty means cold', (t
   s.annotations = { 'io.prebake.checkpoint': 'off' };
   t.is(checkpointRequest(s).kind, 'off');
   t.is(checkpointRequest(spec()).kind, 'none');
+  // What a user sets for one run turns off what the image's annotation asks (podman copies it).
+  const run = spec((x) => (x.process!.env = ['PREBAKE_CHECKPOINT=/.prebake', 'PREBAKE_CHECKPOINT=off']));
+  run.annotations = { 'io.prebake.checkpoint': '/.prebake' };
+  t.deepEqual(checkpointRequest(run), { kind: 'off', source: 'env PREBAKE_CHECKPOINT' });
+  run.process!.env = ['PREBAKE_CHECKPOINT='];
+  t.is(checkpointRequest(run).kind, 'off');
 });
 
 test('checkpoint paths resolve inside the rootfs only: no .., no symlink anywhere on the way', (t) => {
@@ -162,4 +168,39 @@ test('a container running another command, directory or environment than the bak
   t.regex(processMismatch(proc(), proc((s) => (s.process!.cwd = '/tmp')))!, /working directory is \/tmp/);
   t.regex(processMismatch(proc(), proc((s) => s.process!.env!.push('DEBUG=1')))!, /environment differs .*\+DEBUG/);
   t.regex(processMismatch(proc(), proc((s) => (s.process!.env = ['PATH=/bin'])))!, /environment differs .*-PORT/);
+});
+
+test('a network namespace CRIU saved is not restored where the container joins one by path; a joined one may be given a new one', async (t) => {
+  const { writeManifest } = await import('../src/checkpoint/write.ts');
+  const { chooseCheckpoint } = await import('../src/checkpoint/verify.ts');
+  const { hostFacts } = await import('../src/lib/host.ts');
+  const { writeFileSync } = await import('node:fs');
+  const withNet = (path?: string) => spec((s) => (s.linux!.namespaces = [{ type: 'pid' }, { type: 'network', ...(path ? { path } : {}) }]));
+  const [own, joined, host] = [withNet(), withNet('/var/run/netns/x'), spec()];
+  t.deepEqual([own, joined, host].map((s) => bakedSpecOf(s).network), ['new', 'path', 'host']);
+  const root = mkdtempSync(join(tmpdir(), 'prebake-net-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const facts = hostFacts('criu', root);
+  const expected: [string, Spec, Spec, RegExp | null][] = [
+    ['own-own', own, own, null],
+    ['own-joined', own, joined, /baked in a network namespace of its own, the container asks for a network namespace joined by path/],
+    ['own-host', own, host, /the container asks for the host's network/],
+    ['joined-joined', joined, joined, null],
+    ['joined-own', joined, own, null],
+    ['joined-host', joined, host, /joined by path, the container asks for the host's network/],
+    ['host-own', host, own, /baked in the host's network/],
+    ['host-host', host, host, null],
+  ];
+  for (const [name, baked, wanted, why] of expected) {
+    const dir = join(root, name);
+    mkdirSync(join(dir, 'checkpoint'), { recursive: true });
+    writeFileSync(join(dir, 'checkpoint', 'inventory.img'), name);
+    writeManifest(dir, { spec: baked, runc: 'runc', prebakeVersion: 'test' });
+    if (why) t.throws(() => chooseCheckpoint(dir, wanted, facts), { message: why }, name);
+    else t.is(chooseCheckpoint(dir, wanted, facts).dir, dir, name);
+  }
+  // A manifest from before the mode was recorded is not held to it.
+  const { network: _network, ...older } = goodManifest().spec;
+  t.is(parseManifest(JSON.stringify({ ...goodManifest(), spec: older })).spec.network, undefined);
+  t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), spec: { ...goodManifest().spec, network: 'bridge' } })), { message: /spec\.network "bridge"/ });
 });

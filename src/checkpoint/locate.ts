@@ -10,23 +10,23 @@ export const CHECKPOINT_ENV = 'PREBAKE_CHECKPOINT';
 
 export type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
 
-/** The annotation wins over the environment; `off` (or an empty value) forces a cold start. */
+/**
+ * Where the container's checkpoint is: the annotation wins over the environment for the path, but
+ * `off` (or an empty value) in either forces a cold start. The environment is what a user sets
+ * for one run (`-e PREBAKE_CHECKPOINT=off`), while engines such as podman copy the image's
+ * annotations into every container's spec.
+ */
 export function checkpointRequest(spec: Spec): CheckpointRequest {
   const annotation = spec.annotations?.[CHECKPOINT_ANNOTATION];
-  let value: string | undefined;
-  let source: string;
-  if (typeof annotation === 'string') {
-    value = annotation;
-    source = `annotation ${CHECKPOINT_ANNOTATION}`;
-  } else {
-    const prefix = `${CHECKPOINT_ENV}=`;
-    const entry = spec.process?.env?.findLast((e) => e.startsWith(prefix));
-    if (entry === undefined) return { kind: 'none' };
-    value = entry.slice(prefix.length);
-    source = `env ${CHECKPOINT_ENV}`;
-  }
-  if (value === '' || value === 'off') return { kind: 'off', source };
-  return { kind: 'path', path: value, source };
+  const prefix = `${CHECKPOINT_ENV}=`;
+  const entry = spec.process?.env?.findLast((e) => e.startsWith(prefix));
+  const env = entry?.slice(prefix.length);
+  const off = (v: string | undefined) => v === '' || v === 'off';
+  if (off(env)) return { kind: 'off', source: `env ${CHECKPOINT_ENV}` };
+  if (typeof annotation === 'string')
+    return off(annotation) ? { kind: 'off', source: `annotation ${CHECKPOINT_ANNOTATION}` } : { kind: 'path', path: annotation, source: `annotation ${CHECKPOINT_ANNOTATION}` };
+  if (env === undefined) return { kind: 'none' };
+  return { kind: 'path', path: env, source: `env ${CHECKPOINT_ENV}` };
 }
 
 export function rootfsOf(spec: Spec, bundle: string): string {

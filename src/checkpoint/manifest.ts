@@ -62,6 +62,7 @@ export function parseManifest(text: string): CheckpointManifest {
   const proc = spec.process;
   if (!isObject(proc) || !isStringArray(proc.args) || typeof proc.cwd !== 'string' || !isStringArray(proc.env))
     fail('spec.process.args, spec.process.cwd and spec.process.env are required');
+  if (spec.network !== undefined && !['new', 'path', 'host'].includes(spec.network as string)) fail(`spec.network ${JSON.stringify(spec.network)} is not new, path or host`);
   if (!isObject(m.files) || Object.keys(m.files).length === 0) fail('files must list the checkpoint files');
   for (const [name, d] of Object.entries(m.files)) {
     if (!isContainedRelativePath(name)) fail(`file ${JSON.stringify(name)} is outside the checkpoint directory`);

@@ -28,6 +28,31 @@ export interface BakedSpec {
   terminal: boolean;
   /** The process that was baked: a container asking for another command or environment is not it. */
   process: BakedProcess;
+  /**
+   * The network namespace: `new` (the runtime made it; CRIU saves it in the checkpoint), `path`
+   * (joined by path: CRIU leaves it out and expects one to join) or `host` (none in the spec).
+   * Absent in manifests written before it was recorded.
+   */
+  network?: NetworkMode;
+}
+
+export type NetworkMode = 'new' | 'path' | 'host';
+
+export function networkModeOf(spec: Spec): NetworkMode {
+  const ns = spec.linux?.namespaces?.find((n) => n.type === 'network');
+  return !ns ? 'host' : ns.path ? 'path' : 'new';
+}
+
+/**
+ * Why a process baked in a `baked` network namespace cannot be restored into a `wanted` one, or
+ * null. A namespace CRIU saved is re-created by CRIU: a container asking to join one by path
+ * would get CRIU's instead. A joined one can be joined again or given a new namespace (the
+ * runtime makes it); the host's only the host's.
+ */
+export function networkMismatch(baked: NetworkMode | undefined, wanted: NetworkMode): string | null {
+  if (baked === undefined || baked === wanted || (baked === 'path' && wanted === 'new')) return null;
+  const what = { new: 'a network namespace of its own', path: 'a network namespace joined by path', host: "the host's network" };
+  return `the checkpoint was baked in ${what[baked]}, the container asks for ${what[wanted]}`;
 }
 
 export interface BakedProcess {
@@ -105,6 +130,7 @@ export function bakedSpecOf(spec: Spec): BakedSpec {
     mounts: sorted((spec.mounts ?? []).map((m) => m.destination)),
     terminal: p?.terminal ?? false,
     process: bakedProcessOf(spec),
+    network: networkModeOf(spec),
   };
 }
 

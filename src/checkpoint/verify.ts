@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
-import { type BakedSpec, bakedSpecOf, processMismatch, securityMismatch } from './security.ts';
+import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, securityMismatch } from './security.ts';
 
 /** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
 export function readContained(path: string, max: number): Buffer {
@@ -66,6 +66,8 @@ export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFac
   const gone = m.spec.mounts.filter((d) => !wanted.mounts.includes(d));
   if (extra.length || gone.length)
     return `mount destinations differ from the baked ones (${[...extra.map((d) => `+${d}`), ...gone.map((d) => `-${d}`)].join(' ')})`;
+  const net = networkMismatch(m.spec.network, wanted.network ?? 'new');
+  if (net) return net;
   if (m.spec.terminal !== wanted.terminal)
     return `the checkpoint was baked ${m.spec.terminal ? 'with' : 'without'} a terminal, the container asks ${wanted.terminal ? 'for one' : 'for none'}`;
   const proc = processMismatch(m.spec.process, wanted.process);
