@@ -1,85 +1,121 @@
-// Benchmark under a real docker (dockerd + containerd started here, as the tests do): for the noop
-// function, `docker run -d` -> first HTTP 200 on the published port, interleaved: prebake restoring
-// the baked image, prebake starting it cold (PREBAKE_CHECKPOINT=off), and plain runc; and
-// `docker run --rm IMAGE true` with runc vs with prebake (the wrapper's cost under an engine).
+// Benchmark under real engines, each started privately and stopped before the next (docker: its own
+// dockerd and containerd; containerd: its own containerd, driven by ctr; podman: its own config and
+// storage). Per engine and function, interleaved rounds of `run -d` -> first HTTP 200 (on the
+// published port; a ctr task from inside its network namespace) of the image baked with
+// `prebake-build --target <engine>`: prebake restoring it, prebake starting it cold (checkpoint
+// turned off) and plain runc; then `run --rm IMAGE /bin/true` of an image that is not prebaked,
+// runc vs prebake (what the wrapper costs a container it only passes to runc).
 //
-//   npm run bench:engines -- [--runs N]
+//   npm run bench:engines -- [--runs N] [--engines docker,containerd,podman] [--functions noop,markdown]
 
-import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
-import { REPO } from '../test/helpers/bundle.ts';
-import { startContainerd, startDockerd } from '../test/helpers/engines.ts';
+import { parseArgs } from 'node:util';
+import { SPEC_PROBE_IMAGE } from '../src/build/target.ts';
+import { ENGINE_NAMES, type Engine, type EngineName, isEngineName, startEngine, type StartOptions, stopEnginesOnSignal, stoppingOnSignal } from '../src/engines/engine.ts';
+import { FUNCTION_PORT, FUNCTIONS, type FunctionName, isFunctionName } from '../src/image/functions.ts';
 import { median, quantile } from '../src/study/stats.ts';
-import { noopImage } from '../test/helpers/images.ts';
 
-const IMAGE = 'prebake/noop:baked';
+const VARIANTS = ['prebake, restored', 'prebake, cold', 'runc, cold'] as const;
+type Variant = (typeof VARIANTS)[number];
 
-async function main() {
-  const runsArg = process.argv.indexOf('--runs');
-  const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 10;
-  const ctd = await startContainerd();
-  const dk = await startDockerd(ctd);
-  const docker = (args: string[]) => spawnSync('docker', args, { env: dk.env, encoding: 'utf8' });
-  try {
-    process.stderr.write('baking the noop image for docker ...\n');
-    const b = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'docker', `oci:${await noopImage()}:latest`, `docker-daemon:${IMAGE}`], { env: dk.env, encoding: 'utf8' });
-    if (b.status !== 0) throw new Error(`prebake-build: ${b.stderr}`);
-    const variants = {
-      'prebake, restored': ['--runtime=prebake'],
-      'prebake, cold (PREBAKE_CHECKPOINT=off)': ['--runtime=prebake', '-e', 'PREBAKE_CHECKPOINT=off'],
-      'runc, cold': ['--runtime=runc'],
-    } as const;
-    type V = keyof typeof variants;
-    const times: Record<V, number[]> = { 'prebake, restored': [], 'prebake, cold (PREBAKE_CHECKPOINT=off)': [], 'runc, cold': [] };
-    const served: Record<V, number[]> = { 'prebake, restored': [], 'prebake, cold (PREBAKE_CHECKPOINT=off)': [], 'runc, cold': [] };
-    const names = Object.keys(variants) as V[];
-    let port = 18600;
-    for (let i = 0; i < runs + 1; i++) {
-      for (const [k, v] of names.map((_, j) => names[(j + i) % names.length]!).entries()) {
-        void k;
-        const p = port++;
-        const t0 = performance.now();
-        const run = docker(['run', '-d', ...variants[v], '-p', `127.0.0.1:${p}:8080`, IMAGE]);
-        if (run.status !== 0) throw new Error(`docker run (${v}): ${run.stderr}`);
-        let body = '';
-        for (let n = 0; n < 2000 && !body; n++) body = spawnSync('curl', ['-s', '-m', '1', `http://127.0.0.1:${p}/`], { encoding: 'utf8' }).stdout;
-        const ms = performance.now() - t0;
-        docker(['rm', '-f', run.stdout.trim()]);
-        if (i === 0) continue; // warm-up round
-        times[v].push(ms);
-        served[v].push((JSON.parse(body) as { served: number }).served);
+const variantOptions: Record<Variant, Pick<StartOptions, 'runtime' | 'checkpointOff'>> = {
+  'prebake, restored': { runtime: 'prebake' },
+  'prebake, cold': { runtime: 'prebake', checkpointOff: true },
+  'runc, cold': { runtime: 'runc' },
+};
+
+interface Measured {
+  startup: Record<FunctionName, Record<Variant, number[]>>;
+  served: Record<FunctionName, Record<Variant, number[]>>;
+  runRm: { runc: number[]; prebake: number[] };
+}
+
+const log = (l: string) => process.stderr.write(`${l}\n`);
+
+async function benchEngine(engine: Engine, functions: FunctionName[], runs: number): Promise<Measured> {
+  const images = {} as Record<FunctionName, string>;
+  for (const fn of functions) {
+    log(`${engine.name}: baking ${fn} (prebake-build --target ${engine.name}) ...`);
+    images[fn] = await engine.bake(fn);
+  }
+  const empty = () => Object.fromEntries(functions.map((f) => [f, Object.fromEntries(VARIANTS.map((v) => [v, [] as number[]]))])) as Measured['startup'];
+  const m: Measured = { startup: empty(), served: empty(), runRm: { runc: [], prebake: [] } };
+  // Round 0 warms the engine up (image layers in the page cache, first-use set-up) and is not kept.
+  for (let i = 0; i <= runs; i++) {
+    const line: string[] = [];
+    for (const [j, fn] of functions.entries()) {
+      // Rotate the order each round, so that no variant always follows the same one.
+      for (const v of VARIANTS.map((_, k) => VARIANTS[(k + i + j) % VARIANTS.length]!)) {
+        const c = await engine.start({ image: images[fn], port: FUNCTION_PORT, ...variantOptions[v] });
+        await c.remove();
+        const served = Number((JSON.parse(c.first.body) as { served: number }).served);
+        // A benchmark of restores that fell back to cold starts (or the reverse) would measure the wrong thing.
+        if (v === 'prebake, restored' ? served <= 1 : served !== 1) throw new Error(`${engine.name}, ${fn}, ${v}: the first answer says served ${served}`);
+        if (i === 0) continue;
+        m.startup[fn][v].push(c.startupMs);
+        m.served[fn][v].push(served);
+        line.push(`${fn} ${v} ${c.startupMs.toFixed(0)}`);
       }
-      process.stderr.write(`  round ${i}/${runs}${i === 0 ? ' (warm-up)' : ''}\n`);
     }
-    const rmTimes = { runc: [] as number[], prebake: [] as number[] };
-    for (let i = 0; i < runs; i++)
-      for (const rt of ['runc', 'prebake'] as const) {
-        const t0 = performance.now();
-        const r = docker(['run', '--rm', `--runtime=${rt}`, 'prebake/spec-probe:1', '/bin/true']);
-        if (r.status !== 0) throw new Error(`docker run --rm (${rt}): ${r.stderr}`);
-        rmTimes[rt].push(performance.now() - t0);
-      }
-    const row = (name: string, xs: number[]) => `${name.padEnd(42)} ${quantile(xs, 0.5).toFixed(0).padStart(6)} ${quantile(xs, 0.1).toFixed(0).padStart(6)} ${quantile(xs, 0.9).toFixed(0).padStart(6)}`;
-    const out = [
-      `docker ${docker(['version', '--format', '{{.Server.Version}}']).stdout.trim()}, ${runs} interleaved runs each; ms: median p10 p90`,
-      '',
-      'docker run -d -> first HTTP 200 (noop function)',
-      ...names.map((v) => `${row(v, times[v])}   served on first request: ${[...new Set(served[v])].join(',')}`),
-      `  restored / runc cold: ${(median(times['prebake, restored']) / median(times['runc, cold'])).toFixed(2)}x   restored / prebake cold: ${(median(times['prebake, restored']) / median(times['prebake, cold (PREBAKE_CHECKPOINT=off)'])).toFixed(2)}x`,
-      '',
-      'docker run --rm spec-probe /bin/true',
-      row('runc', rmTimes.runc),
-      row('prebake', rmTimes.prebake),
-      `  prebake - runc: ${(median(rmTimes.prebake) - median(rmTimes.runc)).toFixed(0)} ms`,
-    ];
-    process.stdout.write(`\n${out.join('\n')}\n`);
-  } finally {
-    await dk.stop();
-    await ctd.stop();
+    for (const rt of i % 2 ? (['prebake', 'runc'] as const) : (['runc', 'prebake'] as const)) {
+      const ms = await engine.runRm(SPEC_PROBE_IMAGE, rt, ['/bin/true']);
+      if (i > 0) m.runRm[rt].push(ms);
+    }
+    log(`  ${engine.name} round ${i}/${runs}${i === 0 ? ' (warm-up)' : `: ${line.join(', ')} ms`}`);
+  }
+  return m;
+}
+
+const fmt = (v: number) => v.toFixed(0).padStart(6);
+const row = (name: string, xs: number[]) => `${name.padEnd(56)} ${fmt(quantile(xs, 0.5))} ${fmt(quantile(xs, 0.1))} ${fmt(quantile(xs, 0.9))}`;
+
+function table(engine: Engine, m: Measured, functions: FunctionName[], runs: number): string {
+  const cmd = engine.name === 'containerd' ? 'ctr run -d' : `${engine.name} run -d`;
+  const rm = engine.name === 'containerd' ? 'ctr run --rm' : `${engine.name} run --rm`;
+  const out = [`${engine.version}, ${runs} interleaved runs of each; ms`, ''];
+  for (const fn of functions) {
+    const s = m.startup[fn];
+    out.push(`${`${cmd} -> first HTTP 200, ${fn}`.padEnd(56)} median    p10    p90`);
+    const label: Record<Variant, string> = { 'prebake, restored': 'prebake, restored', 'prebake, cold': `prebake, cold (${engine.describe.off})`, 'runc, cold': 'runc, cold' };
+    for (const v of VARIANTS) out.push(`${row(label[v], s[v])}   served first: ${[...new Set(m.served[fn][v])].join(',')}`);
+    const r = median(s['prebake, restored']);
+    out.push(`  restored / runc cold ${(r / median(s['runc, cold'])).toFixed(2)}x, restored / prebake cold ${(r / median(s['prebake, cold'])).toFixed(2)}x, prebake cold / runc cold ${(median(s['prebake, cold']) / median(s['runc, cold'])).toFixed(2)}x`, '');
+  }
+  out.push(`${`${rm} ${SPEC_PROBE_IMAGE} /bin/true`.padEnd(56)} median    p10    p90   (an image that is not prebaked)`);
+  out.push(row('runc', m.runRm.runc), row('prebake', m.runRm.prebake));
+  out.push(`  prebake - runc: ${(median(m.runRm.prebake) - median(m.runRm.runc)).toFixed(0)} ms`);
+  return out.join('\n');
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: { runs: { type: 'string', default: '10' }, engines: { type: 'string', default: ENGINE_NAMES.join(',') }, functions: { type: 'string', default: 'noop,markdown' } },
+  });
+  const runs = Number(values.runs);
+  if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${values.runs}: expected an integer >= 1`);
+  const engines = values.engines.split(',').filter(Boolean);
+  const badEngine = engines.filter((e) => !isEngineName(e));
+  if (badEngine.length || !engines.length) throw new Error(`--engines: no engine ${badEngine.join(', ')} (there are ${ENGINE_NAMES.join(', ')})`);
+  const functions = values.functions.split(',').filter(Boolean);
+  const badFn = functions.filter((f) => !isFunctionName(f));
+  if (badFn.length || !functions.length) throw new Error(`--functions: no function ${badFn.join(', ')} (there are ${Object.keys(FUNCTIONS).join(', ')})`);
+  stopEnginesOnSignal(log);
+  process.stdout.write(`npm run bench:engines -- --runs ${runs} --engines ${engines.join(',')} --functions ${functions.join(',')}   (${new Date().toISOString()})\n`);
+  for (const name of engines as EngineName[]) {
+    log(`starting a private ${name} ...`);
+    const engine = await startEngine(name);
+    try {
+      const m = await benchEngine(engine, functions as FunctionName[], runs);
+      process.stdout.write(`\n${table(engine, m, functions as FunctionName[], runs)}\n`);
+    } finally {
+      log(`stopping ${name} ...`);
+      await engine.stop();
+    }
   }
 }
 
 main().catch((e: unknown) => {
+  if (stoppingOnSignal()) return;
   process.stderr.write(`bench-engines: ${(e as Error).stack ?? String(e)}\n`);
   process.exitCode = 1;
 });

@@ -27,6 +27,20 @@ export interface FunctionResults {
   startupMs: ColdPrebaked;
   /** Latency of each request served after startup (all runs pooled), ms. */
   latencyMs: ColdPrebaked;
+  /** What each replica reported after its startup, in the order they ran (not used by the report). */
+  replicas?: ReplicaRecord[];
+}
+
+/** One replica as it reported itself (functions on images/common/serve.py say replica and restored). */
+export interface ReplicaRecord {
+  mode: 'cold' | 'prebaked';
+  startupMs: number;
+  /** The request count of its first answer: 1 for a cold start, more for a restored replica. */
+  served: number;
+  /** The replica id it reports after its startup. */
+  replica?: string;
+  /** Whether it says it was restored (it got the runtime's restore signal). */
+  restored?: boolean;
 }
 
 export interface StudyMeta {

@@ -1,6 +1,8 @@
 // The cold-start study: for each function image, bake it, then start N replicas cold and N
-// restored through the prebake runtime (interleaved, each in its own bundle and network
-// namespace), timing spawn of create -> first HTTP 200 and then M requests of the function's work.
+// restored (interleaved), timing each start to its first HTTP 200 and then M requests of the
+// function's work. Replicas run either under the prebake runtime on plain OCI bundles (engine
+// "runc": each in its own bundle and network namespace, no engine daemon), or under an engine
+// started privately for the study (docker, containerd, podman: src/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -8,6 +10,8 @@ import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../build/spec.ts';
 import { targetSpec } from '../build/target.ts';
+import { bakeFunction } from '../engines/bake.ts';
+import { type Engine, type EngineName, type Started, startEngine } from '../engines/engine.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../image/functions.ts';
 import { readImage } from '../image/read.ts';
 import { CACHE, withLock } from '../image/rootfs.ts';
@@ -15,108 +19,150 @@ import { unpackLayers } from '../image/unpack.ts';
 import { criuVersion, runcVersion } from '../lib/host.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { mountOverlay } from '../lib/overlay.ts';
-import { PREBAKE_BIN, packageRoot } from '../lib/paths.ts';
+import { PREBAKE_BIN } from '../lib/paths.ts';
 import { spawnPiped } from '../lib/pipe.ts';
-import type { FunctionResults, StudyResults } from './report.ts';
+import type { FunctionResults, ReplicaRecord, StudyResults } from './report.ts';
+
+/** Where replicas run: the prebake runtime on OCI bundles, or an engine. */
+export type StudyEngine = 'runc' | EngineName;
+export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', 'docker', 'containerd', 'podman'];
 
 export interface StudyOptions {
   functions: FunctionName[];
   runs: number;
   /** Requests per replica after its startup, for the latency ECDF. */
   requests: number;
+  /** Default 'runc': no engine daemon. */
+  engine?: StudyEngine;
   command: string;
   progress: (line: string) => void;
 }
 
-/** The baked image of a function, cached beside its image (keyed by the image's directory name). */
+type Mode = 'cold' | 'prebaked';
+
+/** Starts one replica of a function in a mode; resolves once it has answered its first request. */
+type StartReplica = (mode: Mode) => Promise<Started>;
+
+/** The baked image of a function for runc, cached beside its image (keyed by the image's directory name). */
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
   const image = await functionImage(name);
   const dir = join(CACHE, 'baked', `${image.split('/').pop()}`);
   if (existsSync(join(dir, 'index.json'))) return dir;
   mkdirSync(join(CACHE, 'baked'), { recursive: true });
-  return withLock(`${dir}.lock`, () => {
+  return withLock(`${dir}.lock`, async () => {
     if (existsSync(join(dir, 'index.json'))) return dir;
-    const r = FUNCTIONS[name];
-    const tmp = mkdtempSync(join(tmpdir(), 'prebake-study-'));
     try {
-      const args = ['--quiet', '--target', 'runc', '--ready', `http:${FUNCTION_PORT}/`, '--warmup', '1', '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
-      if ('body' in r.warmup) {
-        writeFileSync(join(tmp, 'body'), r.warmup.body);
-        args.push('--warmup-body', join(tmp, 'body'));
-      }
       progress(`  baking ${name} (prebake-build) ...`);
-      const b = spawnSync(join(packageRoot(), 'bin/prebake-build'), [...args, `oci:${image}:latest`, `oci:${dir}.tmp:latest`], { encoding: 'utf8' });
-      if (b.status !== 0) throw new Error(`baking ${name}: ${b.stderr.trim()}`);
+      await bakeFunction(name, { target: 'runc', dest: `oci:${dir}.tmp:latest` });
       renameSync(`${dir}.tmp`, dir);
       return dir;
     } finally {
-      rmSync(join(tmp), { recursive: true, force: true });
       rmSync(`${dir}.tmp`, { recursive: true, force: true });
     }
   });
 }
 
-interface Replica {
-  startupMs: number;
-  latencyMs: number[];
-  served: number;
-  /** The replica id the function reports after startup (functions on images/common/serve.py). */
-  replica?: string;
-  restored?: boolean;
+/**
+ * Replicas of a baked image under the prebake runtime on OCI bundles: an overlay over the unpacked
+ * image, a network namespace and a client inside it; startup is the spawn of `prebake create` to
+ * the first HTTP 200 from inside the namespace (polled every 1 ms), `prebake start` included.
+ */
+function bundleReplicas(lower: string, config: object, work: string): StartReplica {
+  let seq = 0;
+  return async (mode) => {
+    const n = seq++;
+    const id = `study-${process.pid}-${n}`;
+    const dir = join(work, id);
+    const netns = `pbs-${process.pid}-${n}`;
+    const unmount = mountOverlay([lower], join(dir, 'upper'), join(dir, 'work'), join(dir, 'rootfs'));
+    const root = join(work, 'runc');
+    const prebake = PREBAKE_BIN();
+    let client: NetnsClient | undefined;
+    let created: ReturnType<typeof spawnPiped> | undefined;
+    const remove = async () => {
+      client?.close();
+      spawnSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
+      created?.close();
+      unmount();
+      deleteNetns(netns);
+      rmSync(dir, { recursive: true, force: true });
+    };
+    try {
+      const netnsPath = createNetns(netns);
+      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, netnsPath, scratch: join(dir, 'files') });
+      if (mode === 'cold') spec.annotations = { 'io.prebake.checkpoint': 'off' };
+      writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
+      const c = await NetnsClient.start(netns);
+      client = c;
+      const t0 = performance.now();
+      created = spawnPiped(prebake, ['--root', root, 'create', '--bundle', dir, id]);
+      if ((await created.exit) !== 0) throw new Error(`prebake create (${mode}) failed`);
+      execFileSync(prebake, ['--root', root, 'start', id]);
+      const first = await c.waitHttp({ port: FUNCTION_PORT, path: '/', intervalMs: 1, timeoutMs: 60000 });
+      const startupMs = performance.now() - t0;
+      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove };
+    } catch (e) {
+      await remove().catch(() => {});
+      throw e;
+    }
+  };
 }
 
-/** One replica: create (restore or cold) + start, first HTTP 200, then `requests` requests. */
-async function replica(name: FunctionName, lower: string, config: object, mode: 'cold' | 'prebaked', requests: number, work: string, seq: number): Promise<Replica> {
-  const id = `study-${process.pid}-${seq}`;
-  const dir = join(work, id);
-  const netns = `pbs-${process.pid}-${seq}`;
-  const unmount = mountOverlay([lower], join(dir, 'upper'), join(dir, 'work'), join(dir, 'rootfs'));
-  const root = join(work, 'runc');
-  const prebake = PREBAKE_BIN();
-  let client: NetnsClient | undefined;
-  let created: ReturnType<typeof spawnPiped> | undefined;
+/** After its start: the replica's status, then `requests` requests of the function's own work; removes it. */
+async function measure(name: FunctionName, c: Started, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
   try {
-    const netnsPath = createNetns(netns);
-    const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, netnsPath, scratch: join(dir, 'files') });
-    if (mode === 'cold') spec.annotations = { 'io.prebake.checkpoint': 'off' };
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
-    client = await NetnsClient.start(netns);
     const r = FUNCTIONS[name];
-    const t0 = performance.now();
-    created = spawnPiped(prebake, ['--root', root, 'create', '--bundle', dir, id]);
-    if ((await created.exit) !== 0) throw new Error(`prebake create of ${name} (${mode}) failed`);
-    execFileSync(prebake, ['--root', root, 'start', id]);
-    const first = await client.waitHttp({ port: FUNCTION_PORT, path: '/', intervalMs: 1, timeoutMs: 60000 });
-    const startupMs = performance.now() - t0;
-    let status = JSON.parse(first.body) as { served: number; replica?: string; restored?: boolean };
+    let status = JSON.parse(c.first.body) as { served: number; replica?: string; restored?: boolean };
     // A restored replica is signalled to renew its seed and id (PREBAKE_RESTORE_SIGNAL); its
     // handler runs as soon as the process is scheduled, so give it a moment, untimed.
     for (let i = 0; mode === 'prebaked' && status.restored === false && i < 50; i++) {
       await new Promise((res) => setTimeout(res, 10));
-      status = JSON.parse((await client.request({ port: FUNCTION_PORT, path: '/' })).body);
+      status = JSON.parse((await c.request({ path: '/' })).body);
     }
-    const served = Number(status.served);
     const latencyMs: number[] = [];
     for (let i = 0; i < requests; i++) {
-      const res = await client.request({ port: FUNCTION_PORT, method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
+      const res = await c.request({ method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
       if (res.status !== 200) throw new Error(`${name} answered ${res.status} to ${r.warmup.method} ${r.warmup.path}`);
       latencyMs.push(res.ms);
     }
-    return { startupMs, latencyMs, served, ...(status.replica ? { replica: status.replica } : {}), ...(status.restored !== undefined ? { restored: status.restored } : {}) };
+    const record: ReplicaRecord = { mode, startupMs: c.startupMs, served: Number(status.served), ...(status.replica ? { replica: status.replica } : {}), ...(status.restored !== undefined ? { restored: status.restored } : {}) };
+    return { record, latencyMs };
   } finally {
-    client?.close();
-    spawnSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
-    created?.close();
-    unmount();
-    deleteNetns(netns);
-    rmSync(dir, { recursive: true, force: true });
+    await c.remove();
   }
 }
 
-export async function runStudy(o: StudyOptions): Promise<StudyResults> {
+/**
+ * N replicas per mode, alternating which mode goes first; a prebaked one must be restored, a cold
+ * one not. With `warmup`, one replica of each mode runs first, checked but not kept.
+ */
+async function runFunction(name: FunctionName, start: StartReplica, o: StudyOptions, warmup = false): Promise<FunctionResults> {
+  const f: FunctionResults = { name, startupMs: { cold: [], prebaked: [] }, latencyMs: { cold: [], prebaked: [] }, replicas: [] };
+  const replicaIds = new Set<string>();
+  for (let i = warmup ? -1 : 0; i < o.runs; i++) {
+    for (const mode of i % 2 ? (['prebaked', 'cold'] as const) : (['cold', 'prebaked'] as const)) {
+      const { record: r, latencyMs } = await measure(name, await start(mode), mode, o.requests);
+      if (mode === 'prebaked' && r.served <= 1) throw new Error(`${name}: a prebaked replica was not restored (served ${r.served})`);
+      if (mode === 'cold' && r.served !== 1) throw new Error(`${name}: a cold replica answered served ${r.served}`);
+      if (mode === 'prebaked' && r.replica !== undefined) {
+        // Replicas of one checkpoint must not share identity: the restore signal renews it.
+        if (!r.restored || replicaIds.has(r.replica)) throw new Error(`${name}: a restored replica kept the baked identity (${r.replica})`);
+        replicaIds.add(r.replica);
+      }
+      if (i < 0) continue;
+      f.startupMs[mode].push(r.startupMs);
+      f.latencyMs[mode].push(...latencyMs);
+      f.replicas!.push(r);
+    }
+    if (i < 0) o.progress(`  ${name} warm-up: one replica of each mode, not kept`);
+    else o.progress(`  ${name} run ${i + 1}/${o.runs}: cold ${f.startupMs.cold.at(-1)!.toFixed(0)} ms, prebaked ${f.startupMs.prebaked.at(-1)!.toFixed(0)} ms`);
+  }
+  return f;
+}
+
+async function runOnBundles(o: StudyOptions): Promise<FunctionResults[]> {
   const functions: FunctionResults[] = [];
   const work = mkdtempSync(join(tmpdir(), 'prebake-study-'));
-  let seq = 0;
   try {
     for (const name of o.functions) {
       o.progress(`${name}: image and bake (cached after the first run) ...`);
@@ -128,44 +174,64 @@ export async function runStudy(o: StudyOptions): Promise<StudyResults> {
       } finally {
         await image.cleanup();
       }
-      const config = image.config.config ?? {};
-      const f: FunctionResults = { name, startupMs: { cold: [], prebaked: [] }, latencyMs: { cold: [], prebaked: [] } };
-      const replicaIds = new Set<string>();
-      for (let i = 0; i < o.runs; i++) {
-        // Alternate which mode goes first, so that neither always follows the other.
-        for (const mode of i % 2 ? (['prebaked', 'cold'] as const) : (['cold', 'prebaked'] as const)) {
-          const r = await replica(name, lower, config, mode, o.requests, work, seq++);
-          if (mode === 'prebaked' && r.served <= 1) throw new Error(`${name}: a prebaked replica was not restored (served ${r.served})`);
-          if (mode === 'cold' && r.served !== 1) throw new Error(`${name}: a cold replica answered served ${r.served}`);
-          if (mode === 'prebaked' && r.replica !== undefined) {
-            // Replicas of one checkpoint must not share identity: the restore signal renews it.
-            if (!r.restored || replicaIds.has(r.replica)) throw new Error(`${name}: a restored replica kept the baked identity (${r.replica})`);
-            replicaIds.add(r.replica);
-          }
-          f.startupMs[mode].push(r.startupMs);
-          f.latencyMs[mode].push(...r.latencyMs);
-        }
-        o.progress(`  ${name} run ${i + 1}/${o.runs}: cold ${f.startupMs.cold.at(-1)!.toFixed(0)} ms, prebaked ${f.startupMs.prebaked.at(-1)!.toFixed(0)} ms`);
-      }
+      functions.push(await runFunction(name, bundleReplicas(lower, image.config.config ?? {}, work), o));
       rmSync(lower, { recursive: true, force: true });
-      functions.push(f);
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
     rmSync(join('/run/prebake', work), { recursive: true, force: true });
   }
+  return functions;
+}
+
+async function runOnEngine(engine: Engine, o: StudyOptions): Promise<FunctionResults[]> {
+  const functions: FunctionResults[] = [];
+  for (const name of o.functions) {
+    o.progress(`${name}: image (cached after the first run), bake for ${engine.name} ...`);
+    const image = await engine.bake(name);
+    // A fresh engine's first containers pay first-use costs (layers read from disk, …): one untimed replica per mode first.
+    functions.push(await runFunction(name, (mode) => engine.start({ image, runtime: 'prebake', checkpointOff: mode === 'cold', port: FUNCTION_PORT }), o, true));
+  }
+  return functions;
+}
+
+export async function runStudy(o: StudyOptions): Promise<StudyResults> {
+  const which = o.engine ?? 'runc';
+  let functions: FunctionResults[];
+  let engineNotes: string[];
+  const versions: Record<string, string> = { runc: runcVersion(), criu: criuVersion(), node: process.version, kernel: release() };
+  if (which === 'runc') {
+    functions = await runOnBundles(o);
+    engineNotes = [
+      "startup: spawn of `prebake create` to the first HTTP 200 from inside the replica's network namespace (polled every 1 ms), `prebake start` included; cold replicas run the same image with io.prebake.checkpoint=off.",
+      `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup.`,
+      'runtime: the prebake runtime on plain OCI bundles (runc, CRIU), no engine daemon.',
+    ];
+  } else {
+    o.progress(`starting a private ${which} ...`);
+    const engine = await startEngine(which);
+    try {
+      const [name, version] = engine.version.split(' ') as [string, string];
+      versions[name] = version;
+      functions = await runOnEngine(engine, o);
+      engineNotes = [
+        `startup: spawn of \`${engine.describe.prebake}\` to the first HTTP 200, polled every 1 ms ${engine.describe.reached}; cold replicas are the same command with ${engine.describe.off}.`,
+        `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup, by the same way.`,
+        'warm-up: before the runs of each function, one replica of each mode, checked, not kept.',
+        `runtime: the prebake runtime under ${engine.version}, started privately for the study; images baked with prebake-build --target ${which}.`,
+      ];
+    } finally {
+      await engine.stop();
+    }
+  }
   return {
     meta: {
       runs: o.runs,
       machine: `${cpus().length} CPUs (${cpus()[0]?.model.trim() ?? '?'}), kernel ${release()}`,
-      versions: { runc: runcVersion(), criu: criuVersion(), node: process.version, kernel: release() },
+      versions,
       command: o.command,
       date: new Date().toISOString(),
-      notes: [
-        'startup: spawn of `prebake create` to the first HTTP 200 from inside the replica\'s network namespace (polled every 1 ms), `prebake start` included; cold replicas run the same image with io.prebake.checkpoint=off.',
-        `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup.`,
-        'runtime: the prebake runtime on plain OCI bundles (runc, CRIU), no engine daemon.',
-      ],
+      notes: engineNotes,
     },
     functions,
   };

@@ -1,218 +1,42 @@
-// Real engines for tests: containerd and dockerd started with state of their own under a temp dir
-// (root, state, sockets, exec root, a bridge and a cgroup parent of their own, no iptables or
-// sysctl changes), and stopped so that no container, daemon, mount, link or cgroup is left.
+// Real engines for tests: private containerd, dockerd and podman (src/engines/daemons.ts), each
+// with state of its own under a temp dir, stopped so that nothing is left.
 
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { PREBAKE } from './bundle.ts';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 
-const run = promisify(execFile);
+export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../src/engines/daemons.ts';
 
-export interface Containerd {
-  socket: string;
-  root: string;
-  state: string;
-  /** containerd's stdout and stderr. */
-  log: string;
-  /** Runs `ctr --address socket ARGS`; resolves to its stdout. */
-  ctr(args: string[]): Promise<string>;
-  stop(): Promise<void>;
-}
-
-export interface Dockerd {
-  /** The DOCKER_HOST value (unix://…). */
-  host: string;
-  dataRoot: string;
-  execRoot: string;
-  pidfile: string;
-  log: string;
-  /** The environment for docker clients (DOCKER_HOST, and a private DOCKER_CONFIG). */
-  env: NodeJS.ProcessEnv;
-  /** Runs `docker ARGS` against this daemon; resolves to its stdout. */
-  docker(args: string[]): Promise<string>;
-  stop(): Promise<void>;
-}
-
-async function exec(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
-  try {
-    return (await run(cmd, args, { env: env ?? process.env, maxBuffer: 64 << 20 })).stdout;
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr || err.message).trim()}`, { cause: e });
-  }
-}
-
-/** Starts `cmd` with its output in `log`; `exited` resolves with its exit when it ends. */
-function daemon(cmd: string, args: string[], log: string): { child: ChildProcess; exited: Promise<void> } {
-  const fd = openSync(log, 'a');
-  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd] });
-  closeSync(fd);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return { child, exited };
-}
-
-/** Polls `probe` until it succeeds; fails early, quoting the log, if the daemon exits. */
-async function waitReady(name: string, d: { child: ChildProcess }, log: string, probe: () => Promise<unknown>): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
+/** Pids of the processes whose network namespace is the one with inode `ino` (stat of a /proc/PID/ns/net). */
+export function processesInNetns(ino: number): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
     try {
-      await probe();
-      return;
-    } catch (e) {
-      const tail = () => readFileSync(log, 'utf8').trim().split('\n').slice(-5).join(' | ');
-      if (d.child.exitCode !== null || d.child.signalCode !== null) throw new Error(`${name} exited: ${tail()}`);
-      if (Date.now() > deadline) throw new Error(`${name} not ready after 30 s (${(e as Error).message}): ${tail()}`);
-      await new Promise((r) => setTimeout(r, 100));
+      if (statSync(`/proc/${p}/ns/net`).ino === ino) pids.push(Number(p));
+    } catch {
+      /* gone meanwhile, or not ours to look at */
     }
   }
+  return pids;
 }
 
-/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
-async function terminate(d: { child: ChildProcess; exited: Promise<void> }, graceMs = 20_000): Promise<void> {
-  if (d.child.exitCode !== null || d.child.signalCode !== null) return;
-  d.child.kill('SIGTERM');
-  const timer = setTimeout(() => d.child.kill('SIGKILL'), graceMs);
-  await d.exited;
-  clearTimeout(timer);
-}
-
-/** Unmounts every mount point under `dir`, deepest first. */
-function unmountUnder(dir: string): void {
-  const points = readFileSync('/proc/self/mountinfo', 'utf8')
+/** Whether `path` is a mount point in this mount namespace. */
+export function isMounted(path: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
-    .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
-  for (const p of points) {
-    try {
-      execFileSync('umount', [p], { stdio: 'ignore' });
-    } catch {
-      try {
-        execFileSync('umount', ['-l', p], { stdio: 'ignore' });
-      } catch {
-        /* already gone with its parent */
-      }
-    }
-  }
+    .some((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === path);
 }
 
-/** Removes each directory if it is empty (cgroups, shared run dirs); others are left alone. */
-function rmdirIfEmpty(dirs: string[]): void {
-  for (const d of dirs)
-    try {
-      rmdirSync(d);
-    } catch {
-      /* absent, busy or not empty */
-    }
-}
-
-const cgroupDirs = (name: string) => readdirSync('/sys/fs/cgroup').map((h) => join('/sys/fs/cgroup', h, name));
-
-/** Fixed run dirs the engines use whatever their flags; removed when empty unless they were there. */
-const SHARED_RUN = {
-  containerd: ['/run/containerd/s', '/run/containerd/fifo', '/run/containerd/runc', '/run/containerd'], // shim sockets, ctr fifos, shim's runc root
-  dockerd: ['/run/docker/libnetwork', '/run/docker/plugins', '/run/docker'], // setkey socket, plugin discovery
-};
-
-export async function startContainerd(): Promise<Containerd> {
-  const dir = mkdtempSync(join(tmpdir(), 'pbk-ctd-'));
-  const [root, state, socket, log, config] = ['root', 'state', 'containerd.sock', 'containerd.log', 'config.toml'].map((f) => join(dir, f)) as [string, string, string, string, string];
-  const shared = SHARED_RUN.containerd.filter((s) => !existsSync(s));
-  writeFileSync(
-    config,
-    `version = 2
-root = "${root}"
-state = "${state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
-[grpc]
-  address = "${socket}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "${join(dir, 'opt')}"
-`,
-  );
-  const d = daemon('containerd', ['--config', config, '--root', root, '--state', state, '--address', socket], log);
-  const ctr = (args: string[]) => exec('ctr', ['--address', socket, ...args]);
-  const stop = async () => {
-    // Tasks first: their shims outlive containerd otherwise.
-    const namespaces = d.child.exitCode === null ? (await ctr(['namespaces', 'ls', '-q']).catch(() => '')).split('\n').filter(Boolean) : [];
-    for (const ns of namespaces) {
-      for (const id of (await ctr(['-n', ns, 'tasks', 'ls', '-q']).catch(() => '')).split('\n').filter(Boolean)) {
-        await ctr(['-n', ns, 'tasks', 'kill', '-s', 'SIGKILL', id]).catch(() => {});
-        await ctr(['-n', ns, 'tasks', 'delete', '-f', id]).catch(() => {});
-      }
-      for (const id of (await ctr(['-n', ns, 'containers', 'ls', '-q']).catch(() => '')).split('\n').filter(Boolean)) await ctr(['-n', ns, 'containers', 'delete', id]).catch(() => {});
-    }
-    await terminate(d);
-    unmountUnder(dir);
-    rmSync(dir, { recursive: true, force: true });
-    rmdirIfEmpty(namespaces.flatMap((ns) => [...cgroupDirs(ns), `/run/containerd/runc/${ns}`]));
-    rmdirIfEmpty(shared);
-  };
-  try {
-    await waitReady('containerd', d, log, () => ctr(['version']));
-  } catch (e) {
-    await stop();
-    throw e;
+/**
+ * Polls until none of `what` holds any more (removal is asynchronous in the engines); resolves to
+ * the descriptions of what still does after `timeoutMs`, [] when all is gone.
+ */
+export async function leftAfter(what: Record<string, () => boolean>, timeoutMs = 5000): Promise<string[]> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const left = Object.entries(what)
+      .filter(([, holds]) => holds())
+      .map(([k]) => k);
+    if (!left.length || Date.now() > end) return left;
+    await new Promise((r) => setTimeout(r, 50));
   }
-  return { socket, root, state, log, ctr, stop };
-}
-
-export interface DockerdOptions {
-  /** The "prebake" runtime's path; default bin/prebake of this repo (bundle.ts's PREBAKE). */
-  runtimePath?: string;
-}
-
-export async function startDockerd(containerd: Pick<Containerd, 'socket'>, options: DockerdOptions = {}): Promise<Dockerd> {
-  const dir = mkdtempSync(join(tmpdir(), 'pbk-dkd-'));
-  const [dataRoot, execRoot, pidfile, log, config, sock] = ['data', 'exec', 'dockerd.pid', 'dockerd.log', 'daemon.json', 'docker.sock'].map((f) => join(dir, f)) as [string, string, string, string, string, string];
-  const tag = dir.slice(-6).toLowerCase().replace(/[^a-z0-9]/g, 'x');
-  // A bridge of our own (docker0 would outlive the daemon) on a /24 nobody routes yet.
-  const bridge = `pbk${tag}`;
-  const routes = execFileSync('ip', ['-4', 'route'], { encoding: 'utf8' });
-  let net = '';
-  for (let i = 0; i < 50 && !net; i++) {
-    const n = `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 256)}`;
-    if (!routes.includes(`${n}.`)) net = n;
-  }
-  const cgroupParent = `pbk-${tag}`;
-  const shared = SHARED_RUN.dockerd.filter((s) => !existsSync(s));
-  const host = `unix://${sock}`;
-  const env = { ...process.env, DOCKER_HOST: host, DOCKER_CONFIG: join(dir, 'client') };
-  const docker = (args: string[]) => exec('docker', args, env);
-  let d: ReturnType<typeof daemon> | undefined;
-  const stop = async () => {
-    if (d && d.child.exitCode === null) {
-      const ids = (await docker(['ps', '-aq']).catch(() => '')).split('\n').filter(Boolean);
-      if (ids.length) await docker(['rm', '-f', '-v', ...ids]).catch(() => {});
-      await terminate(d);
-    }
-    unmountUnder(dir);
-    rmSync(dir, { recursive: true, force: true });
-    // prebake's own state is keyed by the runc root, which lies under our exec root.
-    rmSync(join(process.env.PREBAKE_STATE_DIR ?? '/run/prebake', dir), { recursive: true, force: true });
-    try {
-      execFileSync('ip', ['link', 'delete', bridge], { stdio: 'ignore' });
-    } catch {
-      /* not created */
-    }
-    rmdirIfEmpty([...cgroupDirs(cgroupParent), ...shared]);
-  };
-  try {
-    execFileSync('ip', ['link', 'add', bridge, 'type', 'bridge']);
-    execFileSync('ip', ['addr', 'add', `${net}.1/24`, 'dev', bridge]);
-    execFileSync('ip', ['link', 'set', bridge, 'up']);
-    const daemonJson = { runtimes: { prebake: { path: options.runtimePath ?? PREBAKE } }, 'cgroup-parent': `/${cgroupParent}`, 'deprecated-key-path': join(dir, 'key.json') };
-    writeFileSync(config, JSON.stringify(daemonJson));
-    // Own bridge, no iptables, NAT or ip_forward changes: published ports go through docker-proxy.
-    const flags = [`--containerd=${containerd.socket}`, `--bridge=${bridge}`, '--iptables=false', '--ip-forward=false', '--ip-masq=false'];
-    d = daemon('dockerd', ['--config-file', config, '--data-root', dataRoot, '--exec-root', execRoot, '--pidfile', pidfile, '-H', host, ...flags], log);
-    await waitReady('dockerd', d, log, () => docker(['info']));
-  } catch (e) {
-    await stop();
-    throw e;
-  }
-  return { host, dataRoot, execRoot, pidfile, log, env, docker, stop };
 }

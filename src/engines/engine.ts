@@ -1,0 +1,291 @@
+// One engine, started privately (src/engines/daemons.ts), and the one thing the benchmark and the
+// study do with it: start a container of an image detached, under runc or prebake, and time it from
+// the spawn of `run -d` to the first HTTP 200 — docker and podman on a published port from the
+// host, a ctr task (loopback only) from inside its network namespace — then talk to it and remove it.
+//
+//   const engine = await startEngine('docker');
+//   try {
+//     const image = await engine.bake('noop');
+//     const c = await engine.start({ image, runtime: 'prebake', port: 8080 });
+//     c.startupMs; JSON.parse(c.first.body).served; await c.remove();
+//   } finally { await engine.stop(); }
+
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { FunctionName } from '../image/functions.ts';
+import type { HttpResult, Request } from '../lib/netns.ts';
+import { PREBAKE_BIN } from '../lib/paths.ts';
+import { bakeFunction } from './bake.ts';
+import { EngineClient, type Endpoint } from './client.ts';
+import { type Containerd, type Dockerd, type Podman, startContainerd, startDockerd, startPodman } from './daemons.ts';
+
+export const ENGINE_NAMES = ['docker', 'containerd', 'podman'] as const;
+export type EngineName = (typeof ENGINE_NAMES)[number];
+export const isEngineName = (s: string): s is EngineName => (ENGINE_NAMES as readonly string[]).includes(s);
+
+export type Runtime = 'prebake' | 'runc';
+
+export interface StartOptions {
+  /** The image as NAME:TAG, as `bake` returns it (the engine adds its own registry prefix). */
+  image: string;
+  runtime: Runtime;
+  /** NAME=VALUE pairs for the container's environment (`-e`, ctr's `--env`). */
+  env?: string[];
+  /**
+   * Start cold although the image is prebaked: `-e PREBAKE_CHECKPOINT=off` (docker, ctr), or
+   * `--annotation io.prebake.checkpoint=off` under podman, which copies the image's annotations
+   * into the spec, where the annotation wins over the environment.
+   */
+  checkpointOff?: boolean;
+  /** The port the container listens on. */
+  port: number;
+  /** What is polled for the first answer; default GET /. */
+  path?: string;
+  /** Give up waiting for the first answer after this long (default 60 s). */
+  timeoutMs?: number;
+}
+
+/** A running container, started and answered. */
+export interface Started {
+  /** The name the engine knows it by. */
+  name: string;
+  /** Spawn of `run -d` to the first HTTP answer below 500, ms. */
+  startupMs: number;
+  first: HttpResult;
+  /** One request to the container, by the same way as the first. */
+  request(r: Omit<Request, 'port'> & { timeoutMs?: number }): Promise<HttpResult>;
+  /** Removes the container (killed first). */
+  remove(): Promise<void>;
+}
+
+export interface Engine {
+  name: EngineName;
+  /** e.g. "docker 20.10.24+dfsg1". */
+  version: string;
+  /** The environment prebake-build and the engine's CLI need to reach this private instance. */
+  env: NodeJS.ProcessEnv;
+  /** How a container is started, started cold and reached, for reports. */
+  describe: { prebake: string; runc: string; off: string; reached: string };
+  /** prebake-build's reference for NAME:TAG in this engine. */
+  transportRef(image: string): string;
+  /** Bakes a sample function with `--target <engine>` into the engine; resolves to its NAME:TAG. */
+  bake(fn: FunctionName): Promise<string>;
+  /** Starts a container of `image` detached and times it to its first HTTP answer. */
+  start(o: StartOptions): Promise<Started>;
+  /** `run --rm IMAGE ARGS…` (a foreground container) to its exit; resolves to the time it took, ms. */
+  runRm(image: string, runtime: Runtime, args: string[]): Promise<number>;
+  /** Removes every container and stops the engine; leaves nothing behind. */
+  stop(): Promise<void>;
+}
+
+const exec = promisify(execFile);
+
+/** A TCP port on 127.0.0.1 that nothing listens on right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** What differs between engines: how a container is run, reached, removed. */
+interface Driver {
+  version: string;
+  env: NodeJS.ProcessEnv;
+  describe: Engine['describe'];
+  transportRef(image: string): string;
+  /** `run -d` (publishing `o.port` on 127.0.0.1:hostPort where there is a port to publish); resolves once the engine's command has returned, to how the container is reached. */
+  runDetached(name: string, o: StartOptions, hostPort: number): Promise<Endpoint>;
+  remove(name: string): Promise<void>;
+  runRm(name: string, image: string, runtime: Runtime, args: string[]): Promise<void>;
+  logs(name: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const envFlags = (flag: string, env: string[] | undefined) => (env ?? []).flatMap((e) => [flag, e]);
+const OFF_ENV = 'PREBAKE_CHECKPOINT=off';
+
+async function dockerDriver(): Promise<Driver> {
+  const ctd = await startContainerd();
+  let dk: Dockerd;
+  try {
+    dk = await startDockerd(ctd);
+  } catch (e) {
+    await ctd.stop();
+    throw e;
+  }
+  const stop = async () => {
+    await dk.stop();
+    await ctd.stop();
+  };
+  try {
+    const version = `docker ${(await dk.docker(['version', '--format', '{{.Server.Version}}'])).trim()}`;
+    return {
+      version,
+      env: dk.env,
+      describe: { prebake: 'docker run -d --runtime=prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'docker run -d --runtime=runc -p 127.0.0.1:PORT:8080 IMAGE', off: `-e ${OFF_ENV}`, reached: 'on the published port from the host (docker-proxy)' },
+      transportRef: (image) => `docker-daemon:${image}`,
+      async runDetached(name, o, port) {
+        await dk.docker(['run', '-d', '--name', name, `--runtime=${o.runtime}`, ...envFlags('-e', o.env), ...(o.checkpointOff ? ['-e', OFF_ENV] : []), '-p', `127.0.0.1:${port}:${o.port}`, o.image]);
+        return { host: '127.0.0.1', port };
+      },
+      remove: async (name) => void (await dk.docker(['rm', '-f', '-v', name]).catch(() => '')),
+      runRm: async (name, image, runtime, args) => void (await dk.docker(['run', '--rm', '--name', name, `--runtime=${runtime}`, image, ...args])),
+      logs: async (name) => (await exec('docker', ['logs', name], { env: dk.env }).then((r) => r.stdout + r.stderr, () => '')).trim(),
+      stop,
+    };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+async function containerdDriver(): Promise<Driver> {
+  const ctd: Containerd = await startContainerd();
+  try {
+    const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(await ctd.ctr(['version']))?.[1] ?? '?'}`;
+    const ref = (image: string) => `docker.io/${image}`;
+    const runtimeFlags = (runtime: Runtime) => (runtime === 'prebake' ? ['--runc-binary', PREBAKE_BIN()] : []);
+    return {
+      version,
+      env: { ...process.env, CONTAINERD_ADDRESS: ctd.socket },
+      describe: { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} IMAGE ID`, runc: 'ctr run -d IMAGE ID', off: `--env ${OFF_ENV}`, reached: "inside the task's network namespace (ctr gives it loopback only)" },
+      transportRef: (image) => `containerd:${image}`,
+      async runDetached(name, o) {
+        await ctd.ctr(['run', '-d', ...runtimeFlags(o.runtime), ...envFlags('--env', o.env), ...(o.checkpointOff ? ['--env', OFF_ENV] : []), ref(o.image), name]);
+        // The shim writes the task's pid into its bundle before `ctr run -d` returns.
+        const pid = Number(readFileSync(join(ctd.state, 'io.containerd.runtime.v2.task', 'default', name, 'init.pid'), 'utf8'));
+        return { pid, port: o.port };
+      },
+      async remove(name) {
+        await ctd.ctr(['task', 'kill', '-s', 'SIGKILL', name]).catch(() => '');
+        await ctd.ctr(['task', 'delete', '-f', name]).catch(() => '');
+        await ctd.ctr(['container', 'delete', name]).catch(() => '');
+      },
+      runRm: async (name, image, runtime, args) => void (await ctd.ctr(['run', '--rm', ...runtimeFlags(runtime), ref(image), name, ...args])),
+      logs: async (name) => readFileSync(join(ctd.state, 'io.containerd.runtime.v2.task', 'default', name, 'log.json'), 'utf8').trim(),
+      stop: () => ctd.stop(),
+    };
+  } catch (e) {
+    await ctd.stop();
+    throw e;
+  }
+}
+
+async function podmanDriver(): Promise<Driver> {
+  const pm: Podman = await startPodman();
+  try {
+    const version = `podman ${(await pm.podman(['version', '--format', '{{.Client.Version}}'])).trim()}`;
+    const ref = (image: string) => `localhost/${image}`;
+    return {
+      version,
+      env: pm.env,
+      describe: { prebake: 'podman run -d --runtime prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'podman run -d --runtime runc -p 127.0.0.1:PORT:8080 IMAGE', off: '--annotation io.prebake.checkpoint=off', reached: 'on the published port from the host' },
+      transportRef: (image) => `containers-storage:${image}`,
+      async runDetached(name, o, port) {
+        await pm.podman(['run', '-d', '--name', name, '--runtime', o.runtime, ...envFlags('-e', o.env), ...(o.checkpointOff ? ['--annotation', 'io.prebake.checkpoint=off'] : []), '-p', `127.0.0.1:${port}:${o.port}`, ref(o.image)]);
+        return { host: '127.0.0.1', port };
+      },
+      remove: async (name) => void (await pm.podman(['rm', '-f', '-t', '0', name]).catch(() => '')),
+      runRm: async (name, image, runtime, args) => void (await pm.podman(['run', '--rm', '--name', name, '--runtime', runtime, ref(image), ...args])),
+      logs: async (name) => (await exec('podman', ['logs', name], { env: pm.env }).then((r) => r.stdout + r.stderr, () => '')).trim(),
+      stop: () => pm.stop(),
+    };
+  } catch (e) {
+    await pm.stop();
+    throw e;
+  }
+}
+
+const DRIVERS: Record<EngineName, () => Promise<Driver>> = { docker: dockerDriver, containerd: containerdDriver, podman: podmanDriver };
+
+let seq = 0;
+
+/** Engines started and not yet stopped, for stopEnginesOnSignal. */
+const running = new Set<Engine>();
+let signalled = false;
+
+/** Whether stopEnginesOnSignal is stopping the engines: what fails meanwhile is the stop, not an error to report. */
+export const stoppingOnSignal = (): boolean => signalled;
+
+/**
+ * On SIGINT, SIGTERM or SIGHUP, stops every engine still running (containers, daemons, temp dirs)
+ * before the process exits with 128 + the signal's number. For scripts; call it once.
+ */
+export function stopEnginesOnSignal(log: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): void {
+  const numbers = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+  for (const [sig, n] of Object.entries(numbers)) {
+    process.on(sig, () => {
+      if (signalled) return;
+      signalled = true;
+      log(`${sig}: stopping ${running.size} engine(s) ...`);
+      void Promise.allSettled([...running].map((e) => e.stop())).then(() => process.exit(128 + n));
+    });
+  }
+}
+
+/** Starts the engine privately (podman: its own config and storage); `stop()` leaves nothing behind. */
+export async function startEngine(name: EngineName): Promise<Engine> {
+  const d = await DRIVERS[name]();
+  let client: EngineClient;
+  try {
+    client = await EngineClient.start();
+  } catch (e) {
+    await d.stop();
+    throw e;
+  }
+  const engine: Engine = {
+    name,
+    version: d.version,
+    env: d.env,
+    describe: d.describe,
+    transportRef: d.transportRef,
+    async bake(fn) {
+      const image = `prebake/${fn}:baked`;
+      await bakeFunction(fn, { target: name, dest: d.transportRef(image), env: d.env });
+      return image;
+    },
+    async start(o) {
+      const cname = `pbk-${process.pid}-${++seq}`;
+      const hostPort = await freePort();
+      const t0 = performance.now();
+      let at: Endpoint;
+      let first: HttpResult;
+      try {
+        at = await d.runDetached(cname, o, hostPort);
+        first = await client.waitHttp(at, { path: o.path ?? '/', intervalMs: 1, timeoutMs: o.timeoutMs ?? 60_000 });
+      } catch (e) {
+        const logs = await d.logs(cname).catch(() => '');
+        await d.remove(cname);
+        throw new Error(`${name}: starting ${o.image} under ${o.runtime}: ${(e as Error).message}${logs ? `\n${logs.split('\n').slice(-10).join('\n')}` : ''}`, { cause: e });
+      }
+      const startupMs = performance.now() - t0;
+      return { name: cname, startupMs, first, request: (r) => client.request(at, r), remove: () => d.remove(cname) };
+    },
+    async runRm(image, runtime, args) {
+      const cname = `pbk-${process.pid}-${++seq}`;
+      const t0 = performance.now();
+      try {
+        await d.runRm(cname, image, runtime, args);
+      } catch (e) {
+        await d.remove(cname);
+        throw e;
+      }
+      return performance.now() - t0;
+    },
+    async stop() {
+      if (!running.delete(engine)) return;
+      client.close();
+      await d.stop();
+    },
+  };
+  running.add(engine);
+  return engine;
+}
