@@ -1,19 +1,31 @@
 // containerd through ctr against a real containerd started by the test: an image baked with
 // prebake-build --target containerd is restored by `ctr run --runc-binary bin/prebake`, with
-// loopback up in its new network namespace, and its exit status reaches ctr.
+// loopback up in its new network namespace; exec, ps, pause and resume work in it, its exit
+// status reaches ctr, two tasks of the image are independent, and a terminal run starts cold.
 
 import test from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE, REPO } from './helpers/bundle.ts';
-import { type Containerd, startContainerd } from './helpers/engines.ts';
+import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
+import { type Containerd, isMounted, leftAfter, processesInNetns, startContainerd } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';
 let ctd: Containerd;
 let env: NodeJS.ProcessEnv;
+let dir: string;
+let argvLog: string;
+/** What the lifecycle tests hand ctr as --runc-binary: prebake behind a line that records each argv. */
+let runtime: string;
 
 test.before(async (t) => {
+  dir = mkdtempSync(join(tmpdir(), 'prebake-ctr-test-'));
+  argvLog = join(dir, 'argv.log');
+  runtime = join(dir, 'prebake');
+  writeFileSync(runtime, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
+  chmodSync(runtime, 0o755);
   ctd = await startContainerd();
   env = { ...process.env, CONTAINERD_ADDRESS: ctd.socket };
   const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:baked'], { env, encoding: 'utf8' });
@@ -21,8 +33,18 @@ test.before(async (t) => {
   if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
 });
 
-test.after.always(async () => {
+test.after.always(async (t) => {
+  try {
+    const shapes = readFileSync(argvLog, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.replaceAll(ctd.state, '<state>').replace(/\bctr-\w+-\d+-\d+\b/g, '$ID').replace(/\/tmp\/runc-process\d+/g, '<tmp>'));
+    t.log(`argv the runc shim sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
+  } catch {
+    /* no call logged */
+  }
   await ctd?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 const ctr = (args: string[]) => spawnSync('ctr', args, { env, encoding: 'utf8' });
@@ -94,4 +116,154 @@ test.serial('an image baked for two targets carries both checkpoints; ctr restor
   t.true(get(await taskPid(id)).served > 1);
   const log = spawnSync('cat', [join(ctd.state, 'io.containerd.runtime.v2.task/default', id, 'log.json')], { encoding: 'utf8' }).stdout;
   t.regex(log, /"msg":"restored multi from \/\.prebake\/containerd /);
+});
+
+/** The runc shim's runc root for the default namespace (prebake's state mirrors it under /run/prebake). */
+const RUNC_ROOT = '/run/containerd/runc/default';
+
+interface Footprint {
+  /** runc's state, prebake's (the same path under /run/prebake), the shim's bundle dir. */
+  dirs: Record<string, string>;
+  pid: number;
+  /** The inode of the task's network namespace. */
+  netns: number;
+  rootfs: string;
+}
+
+function footprintOf(id: string, pid: number): Footprint {
+  const bundle = join(ctd.state, 'io.containerd.runtime.v2.task/default', id);
+  return {
+    dirs: { runc: join(RUNC_ROOT, id), prebake: join(process.env.PREBAKE_STATE_DIR ?? '/run/prebake', RUNC_ROOT, id), bundle },
+    pid,
+    netns: statSync(`/proc/${pid}/ns/net`).ino,
+    rootfs: join(bundle, 'rootfs'),
+  };
+}
+
+function leftovers(f: Footprint): Promise<string[]> {
+  return leftAfter({
+    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
+    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
+    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
+    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
+  });
+}
+
+/** prebake's log lines for a task (the shim's bundle dir holds log.json). */
+function taskLog(id: string): { level: string; msg: string }[] {
+  return readFileSync(join(ctd.state, 'io.containerd.runtime.v2.task/default', id, 'log.json'), 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"msg"'))
+    .map((l) => JSON.parse(l));
+}
+
+/** An attached `ctr run` (or anything else) as a child, its output collected. */
+function attached(cmd: string, args: string[]): { child: ChildProcess; exited: Promise<number | null>; waitFor(re: RegExp): Promise<void> } {
+  const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  const waitFor = async (re: RegExp) => {
+    for (let i = 0; i < 200 && !re.test(out); i++) await new Promise((r) => setTimeout(r, 50));
+    if (!re.test(out)) throw new Error(`output never matched ${re}: ${JSON.stringify(out)}`);
+  };
+  return { child, exited, waitFor };
+}
+
+function removeTask(id: string): void {
+  ctr(['task', 'kill', '-s', 'KILL', id]);
+  ctr(['task', 'delete', '-f', id]);
+  ctr(['container', 'delete', id]);
+}
+
+test.serial('ctr task exec, ps, pause and resume in a restored task; kill -s KILL ends ctr run with 137 and leaves nothing behind', async (t) => {
+  const id = uniqueName('ctr-life');
+  const run = attached('ctr', ['run', '--rm', '--runc-binary', runtime, IMAGE, id]);
+  t.teardown(() => {
+    run.child.kill('SIGKILL');
+    removeTask(id);
+  });
+  const pid = await taskPid(id);
+  const served = get(pid).served;
+  t.true(served > 1, `served ${served}: a cold start would say 1`);
+  t.true(taskLog(id).some((l) => l.msg.startsWith(`restored ${id} from /.prebake`)));
+  const f = footprintOf(id, pid);
+  for (const [k, d] of Object.entries(f.dirs)) t.true(existsSync(d), `${k} state at ${d} while the task runs`);
+  t.true(isMounted(f.rootfs), `rootfs ${f.rootfs} mounted while the task runs`);
+
+  const exec = ctr(['task', 'exec', '--exec-id', 'answer', id, 'python3', '-c', 'print(6*7)']);
+  t.is(exec.stdout.trim(), '42', exec.stderr);
+  t.is(ctr(['task', 'exec', '--exec-id', 'three', id, 'sh', '-c', 'exit 3']).status, 3, "an exec's exit status reaches ctr");
+  // A detached exec's fifos stay where ctr made them: in our dir, not in /run/containerd/fifo.
+  t.is(ctr(['task', 'exec', '-d', '--fifo-dir', join(dir, 'fifo'), '--exec-id', 'sleeper', id, 'sleep', '600']).status, 0);
+  let pids: number[] = [];
+  for (let i = 0; i < 50 && pids.length < 2; i++) {
+    pids = [...ctr(['task', 'ps', id]).stdout.matchAll(/^(\d+)\s/gm)].map((m) => Number(m[1]));
+    if (pids.length < 2) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.is(pids.length, 2, 'ctr task ps: the restored process and the exec');
+  t.true(pids.includes(pid));
+  t.deepEqual(processesInNetns(f.netns).sort(), pids.sort(), 'both in the restored network namespace');
+
+  t.is(ctr(['task', 'pause', id]).status, 0);
+  t.regex(ctr(['task', 'ls']).stdout, new RegExp(`^${id}\\s+${pid}\\s+PAUSED`, 'm'));
+  t.is(ctr(['task', 'resume', id]).status, 0);
+  t.regex(ctr(['task', 'ls']).stdout, new RegExp(`^${id}\\s+${pid}\\s+RUNNING`, 'm'));
+  t.is(get(pid).served, served + 1, 'the same process serves on after resume');
+  await run.waitFor(new RegExp(`request ${served + 1} GET /`));
+
+  t.is(ctr(['task', 'kill', '-s', 'KILL', id]).status, 0);
+  t.is(await run.exited, 137, 'ctr run returns 128 + SIGKILL');
+  t.false(ctr(['container', 'ls', '-q']).stdout.split('\n').includes(id), '--rm removed the container');
+  t.deepEqual(await leftovers(f), []);
+});
+
+test.serial('two tasks of the image at once are both restored and independent', async (t) => {
+  const [a, b] = [uniqueName('ctr-two'), uniqueName('ctr-two')];
+  t.teardown(() => {
+    removeTask(a);
+    removeTask(b);
+  });
+  for (const id of [a, b]) t.is(ctr(['run', '-d', '--runc-binary', runtime, IMAGE, id]).status, 0);
+  const [pa, pb] = [await taskPid(a), await taskPid(b)];
+  for (const id of [a, b]) t.true(taskLog(id).some((l) => l.msg.startsWith(`restored ${id} from /.prebake`)), id);
+  const [fa, fb] = [footprintOf(a, pa), footprintOf(b, pb)];
+  t.not(fa.netns, fb.netns, 'each in a network namespace of its own');
+  const [ra, rb] = [get(pa).served, get(pb).served];
+  t.true(ra > 1, `served ${ra}`);
+  t.is(ra, rb, 'both continue from the same checkpoint');
+  get(pa);
+  t.is(get(pa).served, ra + 2);
+  t.is(get(pb).served, rb + 1, "a's requests do not move b's count");
+  // One goes, the other serves on.
+  t.is(ctr(['task', 'kill', '-s', 'KILL', a]).status, 0);
+  for (let i = 0; i < 100 && !new RegExp(`^${a}\\s+\\d+\\s+STOPPED`, 'm').test(ctr(['task', 'ls']).stdout); i++) await new Promise((r) => setTimeout(r, 50));
+  const del = ctr(['task', 'delete', a]);
+  t.regex(del.stderr, /exit code 137/, 'ctr task delete reports the exit status of the killed task');
+  t.is(get(pb).served, rb + 2);
+  t.is(ctr(['container', 'delete', a]).status, 0);
+  t.deepEqual(await leftovers(fa), []);
+  t.true(existsSync(fb.dirs.prebake!), "b's state is untouched");
+});
+
+test.serial('ctr run -t of the image baked without a terminal starts cold, says why, and works on its terminal', async (t) => {
+  const id = uniqueName('ctr-tty');
+  // ctr -t needs a terminal of its own: script(1) gives it one.
+  const run = attached('script', ['-qec', `ctr run -t --rm --runc-binary ${runtime} ${IMAGE} ${id}`, '/dev/null']);
+  t.teardown(() => {
+    run.child.kill('SIGKILL');
+    removeTask(id);
+  });
+  const pid = await taskPid(id);
+  // A cold start: the function initialises afresh and says so on its terminal before it serves.
+  await run.waitFor(/noop listening on 8080/);
+  t.is(get(pid).served, 1, 'a cold start');
+  t.regex(taskLog(id).find((l) => l.level === 'warning')?.msg ?? '', /^cold start: the checkpoint was baked without a terminal, the container asks for one$/);
+  await run.waitFor(/request 1 GET \//);
+  const f = footprintOf(id, pid);
+  t.false(existsSync(f.dirs.prebake!), 'no prebake state for a cold start');
+  t.is(ctr(['task', 'kill', '-s', 'TERM', id]).status, 0);
+  t.is(await run.exited, 0, 'the exit status reaches ctr run through the terminal session');
+  t.deepEqual(await leftovers(f), []);
 });

@@ -1,14 +1,15 @@
 // docker run --runtime=prebake against a real dockerd (and containerd) started by the test: an
 // image baked by prebake-build --target docker is restored, serves on a published port, logs,
-// stops with its exit status, and falls back to a cold start when the container does not fit.
+// stops with its exit status, and falls back to a cold start when the container does not fit;
+// attached `run --rm`, kill and rm -f end it with nothing left of its runtime state.
 
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO } from './helpers/bundle.ts';
-import { type Containerd, type Dockerd, startContainerd, startDockerd } from './helpers/engines.ts';
+import { type Containerd, type Dockerd, isMounted, leftAfter, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'prebake/noop:baked';
@@ -68,6 +69,43 @@ function prebakeLog(id: string): { level: string; msg: string }[] {
     .split('\n')
     .filter((l) => l.includes('"msg"'))
     .map((l) => JSON.parse(l));
+}
+
+interface Footprint {
+  /** runc's state (under dockerd's runc root), prebake's (the same path under /run/prebake), containerd's bundle. */
+  dirs: Record<string, string>;
+  pid: number;
+  /** The inode of the network namespace docker made for it. */
+  netns: number;
+  /** Its rootfs mount (the overlay's merged dir). */
+  rootfs: string;
+}
+
+/** Where a running container lives on the host: all of it must be gone once the container is. */
+async function footprintOf(id: string): Promise<Footprint> {
+  const root = join(dk.execRoot, 'runtime-runc/moby');
+  const st = JSON.parse(await dk.docker(['inspect', id]))[0];
+  return {
+    dirs: {
+      runc: join(root, id),
+      prebake: join(process.env.PREBAKE_STATE_DIR ?? '/run/prebake', root, id),
+      bundle: join(ctd.state, 'io.containerd.runtime.v2.task/moby', id),
+    },
+    pid: st.State.Pid as number,
+    // dockerd unmounts the namespace's file lazily (a periodic sweep): what must go at once is every process in it.
+    netns: statSync(st.NetworkSettings.SandboxKey as string).ino,
+    rootfs: st.GraphDriver.Data.MergedDir as string,
+  };
+}
+
+/** What is still there of a container's footprint (polled: dockerd removes asynchronously). */
+function leftovers(f: Footprint): Promise<string[]> {
+  return leftAfter({
+    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
+    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
+    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
+    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
+  });
 }
 
 async function runDetached(args: string[]): Promise<{ id: string; port: number }> {
@@ -173,4 +211,73 @@ test.serial('an image that is not prebaked runs through prebake as through runc'
   t.is(out.trim(), 'plain');
   const r = spawnSync('docker', ['run', '--rm', '--runtime=prebake', 'prebake/spec-probe:1', '/bin/busybox', 'sh', '-c', 'exit 3'], { env: dk.env });
   t.is(r.status, 3);
+});
+
+test.serial('attached docker run --rm: restored, its output reaches the client, stop ends the run with 0 and removes everything', async (t) => {
+  const p = port++;
+  const name = `pbk-attached-${process.pid}`;
+  const child = spawn('docker', ['run', '--rm', '--name', name, '--runtime=prebake', '-p', `127.0.0.1:${p}:8080`, IMAGE], { env: dk.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  t.teardown(async () => {
+    child.kill('SIGKILL');
+    await dk.docker(['rm', '-f', name]).catch(() => {});
+  });
+  const first = await httpGet(p);
+  t.true(first.served > 1, `served ${first.served}: a cold start would say 1`);
+  const id = (await dk.docker(['inspect', '--format', '{{.Id}}', name])).trim();
+  t.true(prebakeLog(id).some((l) => /^restored /.test(l.msg)));
+  const f = await footprintOf(id);
+  for (const [k, d] of Object.entries(f.dirs)) t.true(existsSync(d), `${k} state at ${d} while the container runs`);
+  for (let i = 0; i < 100 && !out.includes(`request ${first.served} GET /`); i++) await new Promise((r) => setTimeout(r, 50));
+  t.regex(out, new RegExp(`request ${first.served} GET /`), 'what the restored process prints reaches the attached client');
+  await dk.docker(['stop', '-t', '5', name]);
+  t.is(await exited, 0, 'docker run returns the exit status of the restored process (0 on SIGTERM)');
+  t.is((await dk.docker(['ps', '-aq', '--filter', `name=^${name}$`])).trim(), '', '--rm removed the container');
+  t.deepEqual(await leftovers(f), []);
+});
+
+test.serial('docker kill of a restored container: the exit status of the signal reaches inspect and docker wait; its state is gone', async (t) => {
+  const a = await runDetached([IMAGE]);
+  const b = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', a.id, b.id]));
+  t.true((await httpGet(a.port)).served > 1);
+  t.true((await httpGet(b.port)).served > 1);
+  const fa = await footprintOf(a.id);
+  const fb = await footprintOf(b.id);
+  await dk.docker(['kill', a.id]);
+  t.is((await dk.docker(['wait', a.id])).trim(), '137', 'SIGKILL: 128 + 9');
+  let state = JSON.parse(await dk.docker(['inspect', a.id]))[0].State;
+  t.is(state.Status, 'exited');
+  t.is(state.ExitCode, 137);
+  t.false(state.OOMKilled);
+  t.true((await httpGet(b.port)).served > 2, 'the other container is untouched');
+  // The restored process kept the SIGTERM handler it had at bake time: it exits 0.
+  await dk.docker(['kill', '--signal', 'TERM', b.id]);
+  t.is((await dk.docker(['wait', b.id])).trim(), '0');
+  state = JSON.parse(await dk.docker(['inspect', b.id]))[0].State;
+  t.is(state.Status, 'exited');
+  t.is(state.ExitCode, 0);
+  // An exited container keeps its docker record, but not its task: runc's and prebake's state are gone.
+  t.deepEqual(await leftovers(fa), []);
+  t.deepEqual(await leftovers(fb), []);
+});
+
+test.serial('docker rm -f of a running restored container leaves no runc state, prebake state, process or rootfs mount', async (t) => {
+  const { id, port: p } = await runDetached([IMAGE]);
+  t.teardown(() => dk.docker(['rm', '-f', id]).catch(() => {}));
+  t.true((await httpGet(p)).served > 1);
+  t.true(prebakeLog(id).some((l) => /^restored /.test(l.msg)));
+  const f = await footprintOf(id);
+  for (const [k, d] of Object.entries(f.dirs)) t.true(existsSync(d), `${k} state at ${d} while the container runs`);
+  t.deepEqual(processesInNetns(f.netns), [f.pid], 'the restored process is in the network namespace docker made');
+  t.true(isMounted(f.rootfs), `its rootfs ${f.rootfs} is mounted while it runs`);
+  t.true(existsSync(join(f.dirs.prebake!, 'criu')), 'prebake state holds the restore of this container');
+  await dk.docker(['rm', '-f', id]);
+  t.is((await dk.docker(['ps', '-aq', '--no-trunc'])).split('\n').filter((l) => l === id).length, 0);
+  t.deepEqual(await leftovers(f), []);
+  const list = spawnSync('runc', ['--root', join(dk.execRoot, 'runtime-runc/moby'), 'list', '-q'], { encoding: 'utf8' });
+  t.false(list.stdout.split('\n').includes(id), 'runc no longer lists it');
 });

@@ -1,39 +1,129 @@
-// podman run --runtime bin/prebake, with podman's storage and config in a temp dir: an image
-// baked with prebake-build --target podman is restored, serves on a published port, logs.
+// podman run with the prebake runtime, with podman's storage and config in a temp dir
+// (startPodman): an image baked with prebake-build --target podman is restored, serves on a
+// published port, logs; exec, top, pause/unpause, stop, kill and rm -f behave as with runc; two
+// containers of the image are independent; a terminal run starts cold and says why.
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO } from './helpers/bundle.ts';
+import { isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
+const IMAGE = 'localhost/prebake/noop:baked';
+let pm: Podman;
 let dir: string;
-let env: NodeJS.ProcessEnv;
-const podman = (args: string[]) => spawnSync('podman', args, { env, encoding: 'utf8' });
+let argvLog: string;
+let port = 18700 + (process.pid % 200);
+const podman = (args: string[]) => spawnSync('podman', args, { env: pm.env, encoding: 'utf8' });
 
 test.before(async (t) => {
-  dir = mkdtempSync(join(tmpdir(), 'prebake-podman-'));
-  // root here lacks CAP_SYS_RESOURCE for podman's default ulimits; crun 1.8 refuses this cgroup layout.
-  writeFileSync(join(dir, 'containers.conf'), '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n');
-  writeFileSync(join(dir, 'storage.conf'), `[storage]\ndriver = "overlay"\ngraphroot = "${dir}/root"\nrunroot = "${dir}/runroot"\n`);
-  env = { ...process.env, CONTAINERS_CONF: join(dir, 'containers.conf'), CONTAINERS_STORAGE_CONF: join(dir, 'storage.conf') };
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'podman', `oci:${await noopImage()}:latest`, 'containers-storage:prebake/noop:baked'], { env, encoding: 'utf8' });
+  dir = mkdtempSync(join(tmpdir(), 'prebake-podman-test-'));
+  // The runtime podman knows as "prebake": prebake itself, behind a line that records each argv.
+  argvLog = join(dir, 'argv.log');
+  const wrapper = join(dir, 'prebake');
+  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  pm = await startPodman({ runtimePath: wrapper });
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'podman', `oci:${await noopImage()}:latest`, `containers-storage:${IMAGE.replace(/^localhost\//, '')}`], { env: pm.env, encoding: 'utf8' });
   t.log(r.stderr.trim());
   if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
 });
 
-test.after.always(() => {
-  podman(['rm', '-a', '-f']);
-  podman(['system', 'reset', '-f']);
-  spawnSync('sh', ['-c', `grep -F '${dir}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l`]);
-  rmSync(dir, { recursive: true, force: true });
+test.after.always(async (t) => {
+  try {
+    const shapes = readFileSync(argvLog, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.replaceAll(pm.dir, '<dir>').replace(/[0-9a-f]{64}/g, '$ID').replace(/exec-process-\d+/g, 'exec-process-N'));
+    t.log(`argv podman sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
+  } catch {
+    /* no call logged */
+  }
+  await pm?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-test('podman run --runtime prebake restores the baked function: HTTP on the published port, logs after the restore', async (t) => {
+async function httpGet(p: number, timeoutMs = 20000): Promise<{ served: number }> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < end) {
+    const c = spawnSync('curl', ['-s', '-m', '2', `http://127.0.0.1:${p}/`], { encoding: 'utf8' });
+    if (c.status === 0 && c.stdout) return JSON.parse(c.stdout) as { served: number };
+    last = c.stderr || `curl exit ${c.status}`;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no HTTP answer on 127.0.0.1:${p}: ${last}`);
+}
+
+function runDetached(flags: string[] = []): { id: string; port: number } {
+  const p = port++;
+  const run = podman(['run', '-d', '--runtime', 'prebake', '-p', `127.0.0.1:${p}:8080`, ...flags, IMAGE]);
+  if (run.status !== 0) throw new Error(`podman run: ${run.stderr}`);
+  return { id: run.stdout.trim(), port: p };
+}
+
+const inspect = (id: string) => JSON.parse(podman(['inspect', id]).stdout)[0];
+
+/** The runc root podman gave the runtime on create (it passes none: runc's default). */
+function runcRoot(id: string): string {
+  const create = readFileSync(argvLog, 'utf8')
+    .split('\n')
+    .find((l) => / create /.test(` ${l} `) && l.endsWith(id));
+  return /(?:^|\s)--?root[= ](\S+)/.exec(create ?? '')?.[1] ?? '/run/runc';
+}
+
+interface Footprint {
+  /** runc's state, and prebake's (the same path under /run/prebake). */
+  dirs: Record<string, string>;
+  pid: number;
+  conmon: number;
+  /** The network namespace podman made (its file and its inode). */
+  netnsFile: string;
+  netns: number;
+  rootfs: string;
+}
+
+function footprintOf(id: string): Footprint {
+  const st = inspect(id);
+  const root = runcRoot(id);
+  const netnsFile = st.NetworkSettings.SandboxKey as string;
+  return {
+    dirs: { runc: join(root, id), prebake: join(process.env.PREBAKE_STATE_DIR ?? '/run/prebake', root, id) },
+    pid: st.State.Pid,
+    conmon: st.State.ConmonPid,
+    netnsFile,
+    netns: statSync(netnsFile).ino,
+    rootfs: st.GraphDriver.Data.MergedDir,
+  };
+}
+
+/** What is still there of a container that is gone (or whose task is), polled. */
+function leftovers(f: Footprint, opts: { netnsFile: boolean } = { netnsFile: true }): Promise<string[]> {
+  return leftAfter({
+    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
+    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
+    [`conmon ${f.conmon}`]: () => existsSync(`/proc/${f.conmon}`),
+    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
+    ...(opts.netnsFile ? { [`network namespace ${f.netnsFile}`]: () => existsSync(f.netnsFile) } : {}),
+    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
+  });
+}
+
+/** Restored: it continues the baked request count, and prebake kept the restore's state for it. */
+async function assertRestored(t: import('ava').ExecutionContext, c: { id: string; port: number }): Promise<number> {
+  const served = (await httpGet(c.port)).served;
+  t.true(served > 1, `served ${served}: a cold start would say 1 (${podman(['logs', c.id]).stderr.trim()})`);
+  const f = footprintOf(c.id);
+  t.true(existsSync(join(f.dirs.prebake!, 'criu')), `prebake's restore state at ${f.dirs.prebake}`);
+  return served;
+}
+
+test.serial('podman run --runtime prebake restores the baked function: HTTP on the published port, logs after the restore', async (t) => {
   const port = 18950 + (process.pid % 40);
-  const run = podman(['run', '-d', '--runtime', PREBAKE, '-p', `127.0.0.1:${port}:8080`, 'localhost/prebake/noop:baked']);
+  const run = podman(['run', '-d', '--runtime', PREBAKE, '-p', `127.0.0.1:${port}:8080`, IMAGE]);
   t.is(run.status, 0, run.stderr);
   const id = run.stdout.trim();
   t.teardown(() => podman(['rm', '-f', id]));
@@ -48,4 +138,82 @@ test('podman run --runtime prebake restores the baked function: HTTP on the publ
   const stop = podman(['stop', '-t', '5', id]);
   t.is(stop.status, 0, stop.stderr);
   t.is(podman(['inspect', '--format', '{{.State.ExitCode}}', id]).stdout.trim(), '0');
+  t.is(podman(['wait', id]).stdout.trim(), '0', 'podman wait gives the exit status too');
+});
+
+test.serial('podman exec, top, pause and unpause work on a restored container', async (t) => {
+  const c = runDetached();
+  t.teardown(() => podman(['rm', '-f', '-t', '0', c.id]));
+  const served = await assertRestored(t, c);
+  const exec = podman(['exec', c.id, 'python3', '-c', 'print(6*7)']);
+  t.is(exec.stdout.trim(), '42', exec.stderr);
+  t.is(podman(['exec', c.id, 'sh', '-c', 'exit 3']).status, 3, "an exec's exit status reaches podman");
+  const top = podman(['top', c.id]);
+  t.regex(top.stdout, /^root\s+1\s+0\s.*python3 \/app\/function\.py/m, top.stderr);
+  t.is(podman(['pause', c.id]).status, 0);
+  t.is(inspect(c.id).State.Status, 'paused');
+  t.is(podman(['unpause', c.id]).status, 0);
+  t.is(inspect(c.id).State.Status, 'running');
+  t.is((await httpGet(c.port)).served, served + 1, 'the same process serves on after unpause');
+  t.regex(podman(['logs', c.id]).stdout, new RegExp(`request ${served + 1} GET /`));
+});
+
+test.serial('podman kill of a restored container: the exit status reaches inspect and podman wait, and its runtime state is gone', async (t) => {
+  const [a, b] = [runDetached(), runDetached()];
+  t.teardown(() => podman(['rm', '-f', '-t', '0', a.id, b.id]));
+  await assertRestored(t, a);
+  await assertRestored(t, b);
+  const [fa, fb] = [footprintOf(a.id), footprintOf(b.id)];
+  t.is(podman(['kill', a.id]).status, 0);
+  t.is(podman(['wait', a.id]).stdout.trim(), '137', 'SIGKILL: 128 + 9');
+  t.like(inspect(a.id).State, { Status: 'exited', ExitCode: 137 });
+  // The restored process kept the SIGTERM handler it had at bake time: it exits 0.
+  t.is(podman(['kill', '--signal', 'TERM', b.id]).status, 0);
+  t.is(podman(['wait', b.id]).stdout.trim(), '0');
+  t.like(inspect(b.id).State, { Status: 'exited', ExitCode: 0 });
+  // An exited container keeps its podman record, not its runtime state.
+  t.deepEqual(await leftovers(fa), []);
+  t.deepEqual(await leftovers(fb), []);
+});
+
+test.serial('podman rm -f of a running restored container leaves no runc state, prebake state, process, rootfs mount or network namespace', async (t) => {
+  const c = runDetached();
+  t.teardown(() => podman(['rm', '-f', '-t', '0', c.id]));
+  await assertRestored(t, c);
+  const f = footprintOf(c.id);
+  for (const [k, d] of Object.entries(f.dirs)) t.true(existsSync(d), `${k} state at ${d} while the container runs`);
+  t.deepEqual(processesInNetns(f.netns), [f.pid], 'the restored process is in the network namespace podman made');
+  t.true(isMounted(f.rootfs), `its rootfs ${f.rootfs} is mounted while it runs`);
+  const rm = podman(['rm', '-f', c.id]);
+  t.is(rm.status, 0, rm.stderr);
+  t.false(podman(['ps', '-aq', '--no-trunc']).stdout.split('\n').includes(c.id));
+  t.deepEqual(await leftovers(f), []);
+  t.false(spawnSync('runc', ['--root', runcRoot(c.id), 'list', '-q'], { encoding: 'utf8' }).stdout.split('\n').includes(c.id), 'runc no longer lists it');
+});
+
+test.serial('two containers of the image at once are both restored and independent', async (t) => {
+  const [a, b] = [runDetached(), runDetached()];
+  t.teardown(() => podman(['rm', '-f', '-t', '0', a.id, b.id]));
+  const [ra, rb] = [await assertRestored(t, a), await assertRestored(t, b)];
+  t.is(ra, rb, 'both continue from the same checkpoint');
+  await httpGet(a.port);
+  t.is((await httpGet(a.port)).served, ra + 2);
+  t.is((await httpGet(b.port)).served, rb + 1, "a's requests do not move b's count");
+  const [fa, fb] = [footprintOf(a.id), footprintOf(b.id)];
+  t.not(fa.netns, fb.netns, 'each in a network namespace of its own');
+  t.not(inspect(a.id).NetworkSettings.IPAddress, inspect(b.id).NetworkSettings.IPAddress);
+});
+
+test.serial('podman run -t of the image baked without a terminal starts cold, says why in podman logs, and works', async (t) => {
+  const c = runDetached(['-t']);
+  t.teardown(() => podman(['rm', '-f', '-t', '0', c.id]));
+  t.is((await httpGet(c.port)).served, 1, 'a cold start');
+  const logs = podman(['logs', c.id]);
+  t.regex(logs.stdout + logs.stderr, /cold start: the checkpoint was baked without a terminal, the container asks for one/);
+  t.regex(logs.stdout, /noop listening on 8080/, 'the function started afresh, on its terminal');
+  const f = footprintOf(c.id);
+  t.false(existsSync(f.dirs.prebake!), 'no prebake state for a cold start');
+  t.is(podman(['stop', '-t', '5', c.id]).status, 0);
+  t.is(podman(['wait', c.id]).stdout.trim(), '0');
+  t.deepEqual(await leftovers(f), []);
 });
