@@ -20,3 +20,10 @@ test('doctor fails and names the problem when runc cannot be run', (t) => {
   t.is(r.status, 1);
   t.regex(r.stdout, /FAIL\s+runc\s+.*nonexistent\/runc/);
 });
+
+test('doctor checks the CRIU that --criu names, as create hands it to runc', (t) => {
+  const r = spawnSync(PREBAKE, ['--criu', '/nonexistent/criu', 'doctor'], { encoding: 'utf8' });
+  t.is(r.status, 1, r.stdout);
+  t.regex(r.stdout, /FAIL\s+criu\s+.*\/nonexistent\/criu/);
+  t.regex(r.stdout, /FAIL\s+criu check\s+.*\/nonexistent\/criu/);
+});

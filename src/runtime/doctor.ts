@@ -21,7 +21,8 @@ function mountType(path: string): string | undefined {
   return mounts.findLast((m) => m[1] === path)?.[2];
 }
 
-export function hostChecks(cfg: RuntimeConfig): Check[] {
+/** The checks, with `criu` the CRIU binary runc is told to use (its --criu flag, else `criu`). */
+export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
   const checks: Check[] = [];
   const attempt = (name: string, f: () => Omit<Check, 'name'>) => {
     try {
@@ -33,12 +34,12 @@ export function hostChecks(cfg: RuntimeConfig): Check[] {
   attempt('kernel', () => ({ ok: true, detail: release() }));
   attempt('runc', () => ({ ok: true, detail: `${cfg.runc} ${runcVersion(cfg.runc)}` }));
   attempt('criu', () => {
-    const v = criuVersion();
+    const v = criuVersion(criu);
     const ok = compareVersions(v, MIN_CRIU) >= 0;
     return { ok, detail: ok ? v : `${v} is too old: prebake needs CRIU >= ${MIN_CRIU} (TCP sockets cannot be dumped on kernels >= 6.16 before it)` };
   });
   attempt('criu check', () => {
-    const r = spawnSync('criu', ['check'], { encoding: 'utf8' });
+    const r = spawnSync(criu, ['check'], { encoding: 'utf8' });
     if (r.error) throw r.error;
     const out = `${r.stdout}${r.stderr}`.trim().split('\n').filter((l) => !/kdat cache/.test(l));
     return { ok: r.status === 0, detail: out.at(-1) ?? `exit ${r.status}` };
@@ -64,8 +65,8 @@ export function hostChecks(cfg: RuntimeConfig): Check[] {
   return checks;
 }
 
-export function doctor(cfg: RuntimeConfig, args: readonly string[]): number {
-  const checks = hostChecks(cfg);
+export function doctor(cfg: RuntimeConfig, args: readonly string[], criu = 'criu'): number {
+  const checks = hostChecks(cfg, criu);
   const json = args.includes('--json');
   if (json) process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);
   else for (const c of checks) process.stdout.write(`${c.ok ? 'ok  ' : c.warnOnly ? 'warn' : 'FAIL'}  ${c.name.padEnd(24)} ${c.detail}\n`);

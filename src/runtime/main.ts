@@ -42,7 +42,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     case 'doctor': {
       const { doctor } = await import('./doctor.ts');
-      return doctor(cfg, call.args);
+      return doctor(cfg, call.args, flagValue(call.global, 'criu') ?? 'criu');
     }
     default:
       return passThrough(cfg.runc, argv);
