@@ -281,3 +281,16 @@ test.serial('docker rm -f of a running restored container leaves no runc state, 
   const list = spawnSync('runc', ['--root', join(dk.execRoot, 'runtime-runc/moby'), 'list', '-q'], { encoding: 'utf8' });
   t.false(list.stdout.split('\n').includes(id), 'runc no longer lists it');
 });
+
+test.serial('a create that fails shows the engine the same one-line error through prebake as through runc', async (t) => {
+  // Another command than the baked one: prebake starts it cold, and runc's create fails.
+  const attempt = (runtime: string) => spawnSync('docker', ['run', '--rm', `--runtime=${runtime}`, IMAGE, '/no/such/binary'], { env: dk.env, encoding: 'utf8' });
+  const [viaRunc, viaPrebake] = [attempt('runc'), attempt('prebake')];
+  // docker's own hint ("Run 'docker run --help'") follows the daemon's one line.
+  const message = (r: ReturnType<typeof attempt>) => r.stderr.trim().split('\n')[0]!.replace(/[0-9a-f]{64}/g, '$ID');
+  t.log(`docker run with prebake: ${message(viaPrebake)}`);
+  t.not(viaRunc.status, 0);
+  t.is(viaPrebake.status, viaRunc.status);
+  t.regex(message(viaPrebake), /^docker: Error response from daemon: .*OCI runtime create failed: .*"\/no\/such\/binary": stat \/no\/such\/binary: no such file or directory/);
+  t.is(message(viaPrebake), message(viaRunc));
+});
