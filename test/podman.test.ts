@@ -9,7 +9,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO } from './helpers/bundle.ts';
-import { isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
+import { httpGet, isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'localhost/prebake/noop:baked';
@@ -46,17 +46,6 @@ test.after.always(async (t) => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function httpGet(p: number, timeoutMs = 20000): Promise<{ served: number }> {
-  const end = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < end) {
-    const c = spawnSync('curl', ['-s', '-m', '2', `http://127.0.0.1:${p}/`], { encoding: 'utf8' });
-    if (c.status === 0 && c.stdout) return JSON.parse(c.stdout) as { served: number };
-    last = c.stderr || `curl exit ${c.status}`;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no HTTP answer on 127.0.0.1:${p}: ${last}`);
-}
 
 function runDetached(flags: string[] = []): { id: string; port: number } {
   const p = port++;

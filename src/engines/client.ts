@@ -4,9 +4,9 @@
 // goes back to the host's, so one client serves every container. Driven over stdin, one JSON
 // command per line, like NetnsClient (src/lib/netns.ts), whose results it returns.
 
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createInterface } from 'node:readline';
+import { LineRpc } from '../lib/line-rpc.ts';
 import type { HttpResult, Request } from '../lib/netns.ts';
 
 // One command per line in, one answer per line out. HTTP/1.0 over a plain socket: the functions
@@ -91,39 +91,18 @@ for line in sys.stdin:
 export type Endpoint = { host: string; port: number } | { pid: number; port: number };
 
 export class EngineClient {
-  private readonly child: ChildProcess;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private nextId = 1;
+  private readonly rpc: LineRpc;
 
   private constructor() {
     // The system's Python, not a per-user shim that would add its own start-up to nothing we time.
     const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-    this.child = spawn(python, ['-u', '-c', CLIENT], { stdio: ['pipe', 'pipe', 'inherit'] });
-    createInterface({ input: this.child.stdout! }).on('line', (line) => {
-      const m = JSON.parse(line) as { id: number; ok: boolean; result?: unknown; error?: string };
-      const p = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      if (m.ok) p?.resolve(m.result);
-      else p?.reject(new Error(m.error));
-    });
-    this.child.on('exit', (code) => {
-      for (const p of this.pending.values()) p.reject(new Error(`the HTTP client exited (${code})`));
-      this.pending.clear();
-    });
+    this.rpc = new LineRpc(spawn(python, ['-u', '-c', CLIENT], { stdio: ['pipe', 'pipe', 'inherit'] }), 'the HTTP client');
   }
 
   static async start(): Promise<EngineClient> {
     const c = new EngineClient();
-    await c.call({ op: 'ping' });
+    await c.rpc.call({ op: 'ping' });
     return c;
-  }
-
-  private call(cmd: Record<string, unknown>): Promise<unknown> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.child.stdin!.write(`${JSON.stringify({ ...cmd, id })}\n`);
-    });
   }
 
   private static target(e: Endpoint): Record<string, unknown> {
@@ -131,16 +110,15 @@ export class EngineClient {
   }
 
   request(e: Endpoint, r: Omit<Request, 'port'> & { timeoutMs?: number }): Promise<HttpResult> {
-    return this.call({ op: 'http', ...r, ...EngineClient.target(e) }) as Promise<HttpResult>;
+    return this.rpc.call({ op: 'http', ...r, ...EngineClient.target(e) }) as Promise<HttpResult>;
   }
 
   /** Polls until the endpoint answers HTTP with a status below 500. */
   waitHttp(e: Endpoint, r: Omit<Request, 'port'> & { timeoutMs?: number; intervalMs?: number }): Promise<HttpResult> {
-    return this.call({ op: 'wait-http', ...r, ...EngineClient.target(e) }) as Promise<HttpResult>;
+    return this.rpc.call({ op: 'wait-http', ...r, ...EngineClient.target(e) }) as Promise<HttpResult>;
   }
 
   close(): void {
-    this.child.stdin!.end();
-    this.child.kill();
+    this.rpc.close();
   }
 }

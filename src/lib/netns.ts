@@ -1,8 +1,8 @@
 // Network namespaces for bake runs, tests and benchmarks (`ip netns`), and an HTTP/TCP client
 // that runs inside one: a small Node process started with `ip netns exec`, driven over stdin.
 
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import { execFileSync, spawn } from 'node:child_process';
+import { LineRpc } from './line-rpc.ts';
 
 export function netnsPath(name: string): string {
   return `/var/run/netns/${name}`;
@@ -102,58 +102,37 @@ rl.createInterface({ input: process.stdin }).on('line', async (line) => {
 
 /** A client living in a network namespace; start it before the thing it will talk to. */
 export class NetnsClient {
-  private readonly child: ChildProcess;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private nextId = 1;
+  private readonly rpc: LineRpc;
 
   private constructor(netns: string) {
     const env = { ...process.env };
     delete env.NODE_EXTRA_CA_CERTS;
     delete env.NODE_OPTIONS;
-    this.child = spawn('ip', ['netns', 'exec', netns, process.execPath, '-e', CLIENT], { stdio: ['pipe', 'pipe', 'inherit'], env });
-    createInterface({ input: this.child.stdout! }).on('line', (line) => {
-      const m = JSON.parse(line) as { id: number; ok: boolean; result?: unknown; error?: string };
-      const p = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      if (m.ok) p?.resolve(m.result);
-      else p?.reject(new Error(m.error));
-    });
-    this.child.on('exit', () => {
-      for (const p of this.pending.values()) p.reject(new Error(`client in netns ${netns} exited`));
-      this.pending.clear();
-    });
+    const child = spawn('ip', ['netns', 'exec', netns, process.execPath, '-e', CLIENT], { stdio: ['pipe', 'pipe', 'inherit'], env });
+    this.rpc = new LineRpc(child, `the client in netns ${netns}`);
   }
 
   static async start(netns: string): Promise<NetnsClient> {
     const c = new NetnsClient(netns);
-    await c.call({ op: 'ping' });
+    await c.rpc.call({ op: 'ping' });
     return c;
   }
 
-  private call(cmd: Record<string, unknown>): Promise<unknown> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.child.stdin!.write(`${JSON.stringify({ ...cmd, id })}\n`);
-    });
-  }
-
   request(r: Request & { timeoutMs?: number }): Promise<HttpResult> {
-    return this.call({ op: 'http', ...r }) as Promise<HttpResult>;
+    return this.rpc.call({ op: 'http', ...r }) as Promise<HttpResult>;
   }
 
   /** Polls until the port answers HTTP with a status below 500. */
   waitHttp(r: Request & { timeoutMs?: number; intervalMs?: number }): Promise<HttpResult> {
-    return this.call({ op: 'wait-http', ...r }) as Promise<HttpResult>;
+    return this.rpc.call({ op: 'wait-http', ...r }) as Promise<HttpResult>;
   }
 
   /** Polls until a TCP connection to the port succeeds. */
   async waitTcp(port: number, timeoutMs?: number): Promise<void> {
-    await this.call({ op: 'wait-tcp', port, timeoutMs });
+    await this.rpc.call({ op: 'wait-tcp', port, timeoutMs });
   }
 
   close(): void {
-    this.child.stdin!.end();
-    this.child.kill();
+    this.rpc.close();
   }
 }

@@ -1,6 +1,7 @@
 // Real engines for tests: private containerd, dockerd and podman (src/engines/daemons.ts), each
 // with state of its own under a temp dir, stopped so that nothing is left.
 
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 
 export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../src/engines/daemons.ts';
@@ -39,4 +40,17 @@ export async function leftAfter(what: Record<string, () => boolean>, timeoutMs =
     if (!left.length || Date.now() > end) return left;
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** GET / of a function on 127.0.0.1:PORT (a published port), polled until it answers; its JSON status. */
+export async function httpGet(p: number, timeoutMs = 20000): Promise<{ served: number }> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < end) {
+    const c = spawnSync('curl', ['-s', '-m', '2', `http://127.0.0.1:${p}/`], { encoding: 'utf8' });
+    if (c.status === 0 && c.stdout) return JSON.parse(c.stdout) as { served: number };
+    last = c.stderr || `curl exit ${c.status}`;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no HTTP answer on 127.0.0.1:${p}: ${last}`);
 }
