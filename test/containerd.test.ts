@@ -5,44 +5,33 @@
 
 import test from 'ava';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
-import { type Containerd, isMounted, leftAfter, processesInNetns, startContainerd } from './helpers/engines.ts';
+import { argvRecorder, bakeNoopInto, type Containerd, isMounted, leftAfter, processesInNetns, startContainerd } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';
 let ctd: Containerd;
 let env: NodeJS.ProcessEnv;
 let dir: string;
-let argvLog: string;
+let recorder: ReturnType<typeof argvRecorder> | undefined;
 /** What the lifecycle tests hand ctr as --runc-binary: prebake behind a line that records each argv. */
 let runtime: string;
 
 test.before(async (t) => {
   dir = mkdtempSync(join(tmpdir(), 'prebake-ctr-test-'));
-  argvLog = join(dir, 'argv.log');
-  runtime = join(dir, 'prebake');
-  writeFileSync(runtime, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
-  chmodSync(runtime, 0o755);
+  recorder = argvRecorder(dir);
+  runtime = recorder.runtime;
   ctd = await startContainerd();
   env = { ...process.env, CONTAINERD_ADDRESS: ctd.socket };
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:baked'], { env, encoding: 'utf8' });
-  t.log(r.stderr.trim());
-  if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
+  await bakeNoopInto(t, 'containerd', 'containerd:prebake/noop:baked', env);
 });
 
 test.after.always(async (t) => {
-  try {
-    const shapes = readFileSync(argvLog, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => l.replaceAll(ctd.state, '<state>').replace(/\bctr-\w+-\d+-\d+\b/g, '$ID').replace(/\/tmp\/runc-process\d+/g, '<tmp>'));
-    t.log(`argv the runc shim sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
-  } catch {
-    /* no call logged */
-  }
+  const shapes = recorder?.shapes((l: string) => l.replaceAll(ctd.state, '<state>').replace(/\bctr-\w+-\d+-\d+\b/g, '$ID').replace(/\/tmp\/runc-process\d+/g, '<tmp>'));
+  if (shapes?.length) t.log(`argv the runc shim sent to the runtime:\n${shapes.join('\n')}`);
   await ctd?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });

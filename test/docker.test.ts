@@ -5,46 +5,30 @@
 
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE, REPO } from './helpers/bundle.ts';
-import { type Containerd, type Dockerd, httpGet, isMounted, leftAfter, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
-import { noopImage } from './helpers/images.ts';
+import { argvRecorder, bakeNoopInto, type Containerd, type Dockerd, httpGet, isMounted, leftAfter, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
 
 const IMAGE = 'prebake/noop:baked';
 let ctd: Containerd;
 let dk: Dockerd;
 let dir: string;
-let argvLog: string;
+let recorder: ReturnType<typeof argvRecorder> | undefined;
 let port = 18100 + (process.pid % 400);
 
 test.before(async (t) => {
   dir = mkdtempSync(join(tmpdir(), 'prebake-docker-test-'));
-  // The runtime dockerd calls: prebake itself, behind a line that records each argv.
-  argvLog = join(dir, 'argv.log');
-  const wrapper = join(dir, 'prebake');
-  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
-  chmodSync(wrapper, 0o755);
+  recorder = argvRecorder(dir);
   ctd = await startContainerd();
-  dk = await startDockerd(ctd, { runtimePath: wrapper });
-  const image = await noopImage();
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'docker', `oci:${image}:latest`, `docker-daemon:${IMAGE}`], { env: dk.env, encoding: 'utf8' });
-  t.log(r.stderr.trim());
-  if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
+  dk = await startDockerd(ctd, { runtimePath: recorder.runtime });
+  await bakeNoopInto(t, 'docker', `docker-daemon:${IMAGE}`, dk.env);
 });
 
 test.after.always(async (t) => {
-  try {
-    // Each distinct call shape once, with the container id as $ID and its bundle dir as $B.
-    const shapes = readFileSync(argvLog, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => l.replace(/\S*\/([0-9a-f]{64})(?=[/\s])/g, '$B').replace(/[0-9a-f]{64}/g, '$ID').replace(/\/tmp\/\S+?(\d+)(?=[\s.])/g, '<tmp>'));
-    t.log(`argv dockerd sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
-  } catch {
-    /* no call logged */
-  }
+  // Each distinct call shape once, with the container id as $ID and its bundle dir as $B.
+  const shapes = recorder?.shapes((l: string) => l.replace(/\S*\/([0-9a-f]{64})(?=[/\s])/g, '$B').replace(/[0-9a-f]{64}/g, '$ID').replace(/\/tmp\/\S+?(\d+)(?=[\s.])/g, '<tmp>'));
+  if (shapes?.length) t.log(`argv dockerd sent to the runtime:\n${shapes.join('\n')}`);
   await dk?.stop();
   await ctd?.stop();
   rmSync(dir, { recursive: true, force: true });

@@ -5,43 +5,30 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE, REPO } from './helpers/bundle.ts';
-import { httpGet, isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
-import { noopImage } from './helpers/images.ts';
+import { PREBAKE } from './helpers/bundle.ts';
+import { argvRecorder, bakeNoopInto, httpGet, isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
 
 const IMAGE = 'localhost/prebake/noop:baked';
 let pm: Podman;
 let dir: string;
-let argvLog: string;
+let recorder: ReturnType<typeof argvRecorder> | undefined;
 let port = 18700 + (process.pid % 200);
 const podman = (args: string[]) => spawnSync('podman', args, { env: pm.env, encoding: 'utf8' });
 
 test.before(async (t) => {
   dir = mkdtempSync(join(tmpdir(), 'prebake-podman-test-'));
-  // The runtime podman knows as "prebake": prebake itself, behind a line that records each argv.
-  argvLog = join(dir, 'argv.log');
-  const wrapper = join(dir, 'prebake');
-  writeFileSync(wrapper, `#!/bin/sh\necho "$*" >> ${argvLog}\nexec ${PREBAKE} "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  pm = await startPodman({ runtimePath: wrapper });
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'podman', `oci:${await noopImage()}:latest`, `containers-storage:${IMAGE.replace(/^localhost\//, '')}`], { env: pm.env, encoding: 'utf8' });
-  t.log(r.stderr.trim());
-  if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
+  // The runtime podman knows as "prebake".
+  recorder = argvRecorder(dir);
+  pm = await startPodman({ runtimePath: recorder.runtime });
+  await bakeNoopInto(t, 'podman', `containers-storage:${IMAGE.replace(/^localhost\//, '')}`, pm.env);
 });
 
 test.after.always(async (t) => {
-  try {
-    const shapes = readFileSync(argvLog, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => l.replaceAll(pm.dir, '<dir>').replace(/[0-9a-f]{64}/g, '$ID').replace(/exec-process-\d+/g, 'exec-process-N'));
-    t.log(`argv podman sent to the runtime:\n${[...new Set(shapes)].join('\n')}`);
-  } catch {
-    /* no call logged */
-  }
+  const shapes = recorder?.shapes((l: string) => l.replaceAll(pm.dir, '<dir>').replace(/[0-9a-f]{64}/g, '$ID').replace(/exec-process-\d+/g, 'exec-process-N'));
+  if (shapes?.length) t.log(`argv podman sent to the runtime:\n${shapes.join('\n')}`);
   await pm?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -58,7 +45,7 @@ const inspect = (id: string) => JSON.parse(podman(['inspect', id]).stdout)[0];
 
 /** The runc root podman gave the runtime on create (it passes none: runc's default). */
 function runcRoot(id: string): string {
-  const create = readFileSync(argvLog, 'utf8')
+  const create = readFileSync(recorder!.log, 'utf8')
     .split('\n')
     .find((l) => / create /.test(` ${l} `) && l.endsWith(id));
   return /(?:^|\s)--?root[= ](\S+)/.exec(create ?? '')?.[1] ?? '/run/runc';

@@ -2,7 +2,11 @@
 // with state of its own under a temp dir, stopped so that nothing is left.
 
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import type { ExecutionContext } from 'ava';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PREBAKE, REPO } from './bundle.ts';
+import { noopImage } from './images.ts';
 
 export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../src/engines/daemons.ts';
 
@@ -53,4 +57,28 @@ export async function httpGet(p: number, timeoutMs = 20000): Promise<{ served: n
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`no HTTP answer on 127.0.0.1:${p}: ${last}`);
+}
+
+/**
+ * The runtime an engine is given in the tests: prebake itself, behind a line that appends each
+ * argv to `log`, so that the calls the engine made can be shown.
+ */
+export function argvRecorder(dir: string): { runtime: string; log: string; shapes(normalise: (line: string) => string): string[] } {
+  const log = join(dir, 'argv.log');
+  const runtime = join(dir, 'prebake');
+  writeFileSync(runtime, `#!/bin/sh\necho "$*" >> ${log}\nexec ${PREBAKE} "$@"\n`);
+  chmodSync(runtime, 0o755);
+  return {
+    runtime,
+    log,
+    /** Each distinct call once, after `normalise` replaced ids and paths; none if nothing was called. */
+    shapes: (normalise) => (existsSync(log) ? [...new Set(readFileSync(log, 'utf8').trim().split('\n').map(normalise))] : []),
+  };
+}
+
+/** Bakes the noop function image into DEST (an engine's transport) for `target`; fails the hook with prebake-build's output. */
+export async function bakeNoopInto(t: ExecutionContext, target: string, dest: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', target, `oci:${await noopImage()}:latest`, dest], { env, encoding: 'utf8' });
+  t.log(r.stderr.trim());
+  if (r.status !== 0) throw new Error(`prebake-build failed: ${r.stderr}`);
 }
