@@ -196,7 +196,7 @@ async function expectFallback(
   t: ExecutionContext,
   layers: string[],
   reason: RegExp,
-  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void },
+  opts: Parameters<typeof prebakeCreate>[2],
 ): Promise<Container> {
   const c = await prebakeCreate(t, layers, opts);
   checkWarning(t, c, reason);
@@ -218,6 +218,10 @@ test('a container without a checkpoint marker is created exactly like runc creat
   t.deepEqual(c.rt.logLines(), [], 'prebake logs nothing for a container it only passes to runc');
   t.false(existsSync(c.rt.state), 'no prebake state at all');
   await checkColdLifecycle(t, c);
+});
+
+test('fallback: no Node to run prebake\'s restore: the container starts cold and the log says why', async (t) => {
+  await expectFallback(t, baked.layers, /^cold start: \/nonexistent\/node is not installed$/, { prefix: 'nonode', env: { ...process.env, PREBAKE_NODE: '/nonexistent/node' } });
 });
 
 test('fallback: the checkpoint directory is missing from the rootfs', async (t) => {
