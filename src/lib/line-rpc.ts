@@ -35,6 +35,11 @@ export class LineRpc {
     });
   }
 
+  /** The process's pid (to pin it to a CPU, say). */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   close(): void {
     this.child.stdin!.end();
     this.child.kill();

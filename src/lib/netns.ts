@@ -93,6 +93,15 @@ rl.createInterface({ input: process.stdin }).on('line', async (line) => {
     else if (c.op === 'wait-http') r = await until(c, () => request(c));
     else if (c.op === 'wait-tcp') r = await until(c, () => connect(c.port));
     else if (c.op === 'ping') r = { ok: true };
+    else if (c.op === 'warm') {
+      // n requests to a throwaway server of its own: the client's HTTP path (V8's compiled code)
+      // is then as warm whatever it talks to next, however often that refused it first.
+      const srv = http.createServer((q, s) => s.end('{}'));
+      await new Promise((res) => srv.listen(0, '127.0.0.1', res));
+      for (let i = 0; i < c.n; i++) await request({ port: srv.address().port, path: '/' });
+      await new Promise((res) => srv.close(res));
+      r = { ok: true };
+    }
     process.stdout.write(JSON.stringify({ id: c.id, ok: true, result: r }) + '\n');
   } catch (e) {
     process.stdout.write(JSON.stringify({ id: c.id, ok: false, error: e.message }) + '\n');
@@ -130,6 +139,16 @@ export class NetnsClient {
   /** Polls until a TCP connection to the port succeeds. */
   async waitTcp(port: number, timeoutMs?: number): Promise<void> {
     await this.rpc.call({ op: 'wait-tcp', port, timeoutMs });
+  }
+
+  /** Warms the client's HTTP path with `n` requests to a server of its own (see CLIENT). */
+  async warm(n: number): Promise<void> {
+    await this.rpc.call({ op: 'warm', n });
+  }
+
+  /** The client process's pid. */
+  get pid(): number | undefined {
+    return this.rpc.pid;
   }
 
   close(): void {
