@@ -44,7 +44,8 @@ export interface StudyOptions {
 type Mode = 'cold' | 'prebaked';
 
 /** Starts one replica of a function in a mode; resolves once it has answered its first request. */
-type StartReplica = (mode: Mode) => Promise<Started>;
+/** A started replica; `settle`, if there, runs once before its latency is measured. */
+type StartReplica = (mode: Mode) => Promise<Started & { settle?: () => void }>;
 
 /** The baked image of a function for runc, cached beside its image (keyed by the image's directory name). */
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
@@ -94,13 +95,6 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       const netnsPath = createNetns(netns);
       const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, netnsPath, scratch: join(dir, 'files') });
       if (mode === 'cold') spec.annotations = { 'io.prebake.checkpoint': 'off' };
-      // The client on CPU 0, the replica on the others, in both modes alike: left to itself the
-      // scheduler stacks a just-restored server on its client's CPU far more often than a cold
-      // one, which costs each request ~0.15 ms on this kind of machine and is not the replica's.
-      if (PIN) {
-        const resources = ((spec.linux ??= {}).resources ?? {}) as { cpu?: object };
-        spec.linux.resources = { ...resources, cpu: { ...resources.cpu, cpus: `1-${cpus().length - 1}` } };
-      }
       writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
       const c = await NetnsClient.start(netns);
       client = c;
@@ -114,7 +108,12 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       execFileSync(prebake, ['--root', root, 'start', id]);
       const first = await c.waitHttp({ port: FUNCTION_PORT, path: '/', intervalMs: 1, timeoutMs: 60000 });
       const startupMs = performance.now() - t0;
-      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove };
+      // For the latency, the replica on CPUs of its own (the client is on CPU 0), in both modes
+      // alike: left to itself the scheduler stacks a just-restored server on its client's CPU far
+      // more often than a cold one, which costs each request ~0.15 ms on this kind of machine and
+      // is not the replica's doing. Startup is timed as a deployment would run it, unpinned.
+      const settle = () => void (PIN && execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]));
+      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle };
     } catch (e) {
       await remove().catch(() => {});
       throw e;
@@ -123,7 +122,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
 }
 
 /** After its start: the replica's status, then `requests` requests of the function's own work; removes it. */
-async function measure(name: FunctionName, c: Started, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
+async function measure(name: FunctionName, c: Started & { settle?: () => void }, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
   try {
     const r = FUNCTIONS[name];
     let status = JSON.parse(c.first.body) as { served: number; replica?: string; restored?: boolean };
@@ -133,6 +132,7 @@ async function measure(name: FunctionName, c: Started, mode: Mode, requests: num
       await new Promise((res) => setTimeout(res, 10));
       status = JSON.parse((await c.request({ path: '/' })).body);
     }
+    c.settle?.();
     const latencyMs: number[] = [];
     for (let i = 0; i < requests; i++) {
       const res = await c.request({ method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
@@ -220,7 +220,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResults> {
       "startup: spawn of `prebake create` to the first HTTP 200 from inside the replica's network namespace (polled every 1 ms), `prebake start` included; cold replicas run the same image with io.prebake.checkpoint=off.",
       `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup.`,
       'runtime: the prebake runtime on plain OCI bundles (runc, CRIU), no engine daemon.',
-      `client: warmed with 50 requests to a server of its own before each replica${PIN ? `; on CPU 0, the replica on CPUs 1-${cpus().length - 1} (its spec's cpuset), in both modes` : ''}.`,
+      `client: warmed with 50 requests to a server of its own before each replica${PIN ? `, on CPU 0; for the latency requests the replica is moved to CPUs 1-${cpus().length - 1} (runc update --cpuset-cpus), in both modes` : ''}.`,
     ];
   } else {
     o.progress(`starting a private ${which} ...`);
