@@ -118,6 +118,11 @@ export class EngineClient {
     return this.rpc.call({ op: 'wait-http', ...r, ...EngineClient.target(e) }) as Promise<HttpResult>;
   }
 
+  /** The client process's pid. */
+  get pid(): number | undefined {
+    return this.rpc.pid;
+  }
+
   close(): void {
     this.rpc.close();
   }

@@ -44,8 +44,7 @@ export interface StudyOptions {
 type Mode = 'cold' | 'prebaked';
 
 /** Starts one replica of a function in a mode; resolves once it has answered its first request. */
-/** A started replica; `settle`, if there, runs once before its latency is measured. */
-type StartReplica = (mode: Mode) => Promise<Started & { settle?: () => void }>;
+type StartReplica = (mode: Mode) => Promise<Started>;
 
 /** The baked image of a function for runc, cached beside its image (keyed by the image's directory name). */
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
@@ -112,7 +111,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       // alike: left to itself the scheduler stacks a just-restored server on its client's CPU far
       // more often than a cold one, which costs each request ~0.15 ms on this kind of machine and
       // is not the replica's doing. Startup is timed as a deployment would run it, unpinned.
-      const settle = () => void (PIN && execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]));
+      const settle = async () => void (PIN && execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]));
       return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle };
     } catch (e) {
       await remove().catch(() => {});
@@ -122,7 +121,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
 }
 
 /** After its start: the replica's status, then `requests` requests of the function's own work; removes it. */
-async function measure(name: FunctionName, c: Started & { settle?: () => void }, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
+async function measure(name: FunctionName, c: Started, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
   try {
     const r = FUNCTIONS[name];
     let status = JSON.parse(c.first.body) as { served: number; replica?: string; restored?: boolean };
@@ -132,7 +131,7 @@ async function measure(name: FunctionName, c: Started & { settle?: () => void },
       await new Promise((res) => setTimeout(res, 10));
       status = JSON.parse((await c.request({ path: '/' })).body);
     }
-    c.settle?.();
+    await c.settle();
     const latencyMs: number[] = [];
     for (let i = 0; i < requests; i++) {
       const res = await c.request({ method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
