@@ -97,7 +97,6 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
       const c = await NetnsClient.start(netns);
       client = c;
-      if (PIN) execFileSync('taskset', ['-a', '-pc', '0', String(c.pid)], { stdio: 'ignore' });
       // A cold replica refuses the readiness polls until it listens, a restored one answers the
       // first: warm the client's own code the same way in both modes before timing anything.
       await c.warm(50);
@@ -111,7 +110,11 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       // alike: left to itself the scheduler stacks a just-restored server on its client's CPU far
       // more often than a cold one, which costs each request ~0.15 ms on this kind of machine and
       // is not the replica's doing. Startup is timed as a deployment would run it, unpinned.
-      const settle = async () => void (PIN && execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]));
+      const settle = async () => {
+        if (!PIN) return;
+        execFileSync('taskset', ['-a', '-pc', '0', String(c.pid)], { stdio: 'ignore' });
+        execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]);
+      };
       return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle };
     } catch (e) {
       await remove().catch(() => {});
@@ -219,7 +222,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResults> {
       "startup: spawn of `prebake create` to the first HTTP 200 from inside the replica's network namespace (polled every 1 ms), `prebake start` included; cold replicas run the same image with io.prebake.checkpoint=off.",
       `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup.`,
       'runtime: the prebake runtime on plain OCI bundles (runc, CRIU), no engine daemon.',
-      `client: warmed with 50 requests to a server of its own before each replica${PIN ? `, on CPU 0; for the latency requests the replica is moved to CPUs 1-${cpus().length - 1} (runc update --cpuset-cpus), in both modes` : ''}.`,
+      `client: warmed with 50 requests to a server of its own before each replica${PIN ? `; for the latency requests the client is moved to CPU 0 and the replica to CPUs 1-${cpus().length - 1} (runc update --cpuset-cpus), in both modes; startup is timed unpinned` : ''}.`,
     ];
   } else {
     o.progress(`starting a private ${which} ...`);
@@ -230,7 +233,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResults> {
       functions = await runOnEngine(engine, o);
       engineNotes = [
         `startup: spawn of \`${engine.describe.prebake}\` to the first HTTP 200, polled every 1 ms ${engine.describe.reached}; cold replicas are the same command with ${engine.describe.off}.`,
-        `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup, by the same way.`,
+        `latency: ${o.requests} requests of the function's own work per replica, sent one after another after startup, by the same way${cpus().length >= 2 ? `, with the client on CPU 0 and the container moved to CPUs 1-${cpus().length - 1} (${which} update), in both modes; startup is timed unpinned` : ''}.`,
         'warm-up: before the runs of each function, one replica of each mode, checked, not kept.',
         `runtime: the prebake runtime under ${engine.version}, started privately for the study; images baked with prebake-build --target ${which}.`,
       ];
