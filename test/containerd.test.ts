@@ -4,7 +4,7 @@
 // status reaches ctr, two tasks of the image are independent, and a terminal run starts cold.
 
 import test from 'ava';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -255,4 +255,31 @@ test.serial('ctr run -t of the image baked without a terminal starts cold, says 
   t.is(ctr(['task', 'kill', '-s', 'TERM', id]).status, 0);
   t.is(await run.exited, 0, 'the exit status reaches ctr run through the terminal session');
   t.deepEqual(await leftovers(f), []);
+});
+
+test.serial('a task joining a network namespace by path (ctr --with-ns) is not restored into CRIU\'s own: it starts cold there and serves', async (t) => {
+  // The image was baked in a namespace runc made: CRIU saved it and would re-create it on restore,
+  // leaving the process unreachable in the namespace the task asked for.
+  const id = uniqueName('ctr-withns');
+  const netns = uniqueName('pbc');
+  execFileSync('ip', ['netns', 'add', netns]);
+  execFileSync('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up']);
+  t.teardown(() => {
+    removeTask(id);
+    spawnSync('ip', ['netns', 'delete', netns]);
+  });
+  const run = ctr(['run', '-d', '--runc-binary', PREBAKE, '--with-ns', `network:/var/run/netns/${netns}`, IMAGE, id]);
+  t.is(run.status, 0, run.stderr);
+  const pid = await taskPid(id);
+  t.is(statSync(`/proc/${pid}/ns/net`).ino, statSync(`/var/run/netns/${netns}`).ino, 'the task runs in the namespace it asked for');
+  let answer: { served: number } | undefined;
+  for (let i = 0; i < 100 && !answer; i++) {
+    const c = spawnSync('ip', ['netns', 'exec', netns, 'curl', '-s', '-m', '2', 'http://127.0.0.1:8080/'], { encoding: 'utf8' });
+    if (c.status === 0 && c.stdout) answer = JSON.parse(c.stdout) as { served: number };
+    else await new Promise((r) => setTimeout(r, 50));
+  }
+  t.is(answer?.served, 1, 'a cold start, reachable in the namespace');
+  const warning = taskLog(id).find((l) => l.level === 'warning');
+  t.log(warning?.msg);
+  t.regex(warning?.msg ?? '', /cold start: the checkpoint was baked in a network namespace of its own, the container asks for a network namespace joined by path/);
 });

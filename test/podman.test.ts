@@ -193,3 +193,13 @@ test.serial('podman run -t of the image baked without a terminal starts cold, sa
   t.is(podman(['wait', c.id]).stdout.trim(), '0');
   t.deepEqual(await leftovers(f), []);
 });
+
+test.serial('-e PREBAKE_CHECKPOINT=off starts the container cold although podman copies the image\'s checkpoint annotation', async (t) => {
+  const c = runDetached(['-e', 'PREBAKE_CHECKPOINT=off']);
+  t.teardown(() => podman(['rm', '-f', '-t', '0', c.id]));
+  t.is(inspect(c.id).Config.Annotations?.['io.prebake.checkpoint'], '/.prebake', "the image's annotation is in the container's config");
+  t.is((await httpGet(c.port)).served, 1, 'a cold start');
+  const logs = podman(['logs', c.id]);
+  t.regex(logs.stdout + logs.stderr, /cold start: checkpoint turned off by env PREBAKE_CHECKPOINT/);
+  t.false(existsSync(footprintOf(c.id).dirs.prebake!), 'no prebake state for a cold start');
+});
