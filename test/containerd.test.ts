@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
-import { argvRecorder, bakeNoopInto, type Containerd, isMounted, leftAfter, processesInNetns, startContainerd } from './helpers/engines.ts';
+import { argvRecorder, bakeNoopInto, type Containerd, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd } from './helpers/engines.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';
@@ -110,15 +110,6 @@ test.serial('an image baked for two targets carries both checkpoints; ctr restor
 /** The runc shim's runc root for the default namespace (prebake's state mirrors it under /run/prebake). */
 const RUNC_ROOT = '/run/containerd/runc/default';
 
-interface Footprint {
-  /** runc's state, prebake's (the same path under /run/prebake), the shim's bundle dir. */
-  dirs: Record<string, string>;
-  pid: number;
-  /** The inode of the task's network namespace. */
-  netns: number;
-  rootfs: string;
-}
-
 function footprintOf(id: string, pid: number): Footprint {
   const bundle = join(ctd.state, 'io.containerd.runtime.v2.task/default', id);
   return {
@@ -127,15 +118,6 @@ function footprintOf(id: string, pid: number): Footprint {
     netns: statSync(`/proc/${pid}/ns/net`).ino,
     rootfs: join(bundle, 'rootfs'),
   };
-}
-
-function leftovers(f: Footprint): Promise<string[]> {
-  return leftAfter({
-    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
-    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
-    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
-    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
-  });
 }
 
 /** prebake's log lines for a task (the shim's bundle dir holds log.json). */
@@ -205,7 +187,7 @@ test.serial('ctr task exec, ps, pause and resume in a restored task; kill -s KIL
   t.is(ctr(['task', 'kill', '-s', 'KILL', id]).status, 0);
   t.is(await run.exited, 137, 'ctr run returns 128 + SIGKILL');
   t.false(ctr(['container', 'ls', '-q']).stdout.split('\n').includes(id), '--rm removed the container');
-  t.deepEqual(await leftovers(f), []);
+  t.deepEqual(await footprintLeft(f), []);
 });
 
 test.serial('two tasks of the image at once are both restored and independent', async (t) => {
@@ -232,7 +214,7 @@ test.serial('two tasks of the image at once are both restored and independent', 
   t.regex(del.stderr, /exit code 137/, 'ctr task delete reports the exit status of the killed task');
   t.is(get(pb).served, rb + 2);
   t.is(ctr(['container', 'delete', a]).status, 0);
-  t.deepEqual(await leftovers(fa), []);
+  t.deepEqual(await footprintLeft(fa), []);
   t.true(existsSync(fb.dirs.prebake!), "b's state is untouched");
 });
 
@@ -254,7 +236,7 @@ test.serial('ctr run -t of the image baked without a terminal starts cold, says 
   t.false(existsSync(f.dirs.prebake!), 'no prebake state for a cold start');
   t.is(ctr(['task', 'kill', '-s', 'TERM', id]).status, 0);
   t.is(await run.exited, 0, 'the exit status reaches ctr run through the terminal session');
-  t.deepEqual(await leftovers(f), []);
+  t.deepEqual(await footprintLeft(f), []);
 });
 
 test.serial('a task joining a network namespace by path (ctr --with-ns) is not restored into CRIU\'s own: it starts cold there and serves', async (t) => {

@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { argvRecorder, bakeNoopInto, type Containerd, type Dockerd, httpGet, isMounted, leftAfter, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
+import { argvRecorder, bakeNoopInto, type Containerd, type Dockerd, httpGet, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
 
 const IMAGE = 'prebake/noop:baked';
 let ctd: Containerd;
@@ -34,7 +34,6 @@ test.after.always(async (t) => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-
 /** prebake's log for a running container: dockerd's bundle dir in containerd's state. */
 function prebakeLog(id: string): { level: string; msg: string }[] {
   const file = join(ctd.state, 'io.containerd.runtime.v2.task/moby', id, 'log.json');
@@ -44,17 +43,7 @@ function prebakeLog(id: string): { level: string; msg: string }[] {
     .map((l) => JSON.parse(l));
 }
 
-interface Footprint {
-  /** runc's state (under dockerd's runc root), prebake's (the same path under /run/prebake), containerd's bundle. */
-  dirs: Record<string, string>;
-  pid: number;
-  /** The inode of the network namespace docker made for it. */
-  netns: number;
-  /** Its rootfs mount (the overlay's merged dir). */
-  rootfs: string;
-}
-
-/** Where a running container lives on the host: all of it must be gone once the container is. */
+/** A running docker container's footprint: runc's and prebake's state under dockerd's runc root, containerd's bundle. */
 async function footprintOf(id: string): Promise<Footprint> {
   const root = join(dk.execRoot, 'runtime-runc/moby');
   const st = JSON.parse(await dk.docker(['inspect', id]))[0];
@@ -69,16 +58,6 @@ async function footprintOf(id: string): Promise<Footprint> {
     netns: statSync(st.NetworkSettings.SandboxKey as string).ino,
     rootfs: st.GraphDriver.Data.MergedDir as string,
   };
-}
-
-/** What is still there of a container's footprint (polled: dockerd removes asynchronously). */
-function leftovers(f: Footprint): Promise<string[]> {
-  return leftAfter({
-    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
-    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
-    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
-    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
-  });
 }
 
 async function runDetached(args: string[]): Promise<{ id: string; port: number }> {
@@ -209,7 +188,7 @@ test.serial('attached docker run --rm: restored, its output reaches the client, 
   await dk.docker(['stop', '-t', '5', name]);
   t.is(await exited, 0, 'docker run returns the exit status of the restored process (0 on SIGTERM)');
   t.is((await dk.docker(['ps', '-aq', '--filter', `name=^${name}$`])).trim(), '', '--rm removed the container');
-  t.deepEqual(await leftovers(f), []);
+  t.deepEqual(await footprintLeft(f), []);
 });
 
 test.serial('docker kill of a restored container: the exit status of the signal reaches inspect and docker wait; its state is gone', async (t) => {
@@ -234,8 +213,8 @@ test.serial('docker kill of a restored container: the exit status of the signal 
   t.is(state.Status, 'exited');
   t.is(state.ExitCode, 0);
   // An exited container keeps its docker record, but not its task: runc's and prebake's state are gone.
-  t.deepEqual(await leftovers(fa), []);
-  t.deepEqual(await leftovers(fb), []);
+  t.deepEqual(await footprintLeft(fa), []);
+  t.deepEqual(await footprintLeft(fb), []);
 });
 
 test.serial('docker rm -f of a running restored container leaves no runc state, prebake state, process or rootfs mount', async (t) => {
@@ -250,7 +229,7 @@ test.serial('docker rm -f of a running restored container leaves no runc state, 
   t.true(existsSync(join(f.dirs.prebake!, 'criu')), 'prebake state holds the restore of this container');
   await dk.docker(['rm', '-f', id]);
   t.is((await dk.docker(['ps', '-aq', '--no-trunc'])).split('\n').filter((l) => l === id).length, 0);
-  t.deepEqual(await leftovers(f), []);
+  t.deepEqual(await footprintLeft(f), []);
   const list = spawnSync('runc', ['--root', join(dk.execRoot, 'runtime-runc/moby'), 'list', '-q'], { encoding: 'utf8' });
   t.false(list.stdout.split('\n').includes(id), 'runc no longer lists it');
 });

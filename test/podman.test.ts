@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE } from './helpers/bundle.ts';
-import { argvRecorder, bakeNoopInto, httpGet, isMounted, leftAfter, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
+import { argvRecorder, bakeNoopInto, footprintLeft, type Footprint, httpGet, isMounted, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
 
 const IMAGE = 'localhost/prebake/noop:baked';
 let pm: Podman;
@@ -51,18 +51,13 @@ function runcRoot(id: string): string {
   return /(?:^|\s)--?root[= ](\S+)/.exec(create ?? '')?.[1] ?? '/run/runc';
 }
 
-interface Footprint {
-  /** runc's state, and prebake's (the same path under /run/prebake). */
-  dirs: Record<string, string>;
-  pid: number;
+interface PodmanFootprint extends Footprint {
   conmon: number;
-  /** The network namespace podman made (its file and its inode). */
+  /** The network namespace file podman made. */
   netnsFile: string;
-  netns: number;
-  rootfs: string;
 }
 
-function footprintOf(id: string): Footprint {
+function footprintOf(id: string): PodmanFootprint {
   const st = inspect(id);
   const root = runcRoot(id);
   const netnsFile = st.NetworkSettings.SandboxKey as string;
@@ -76,15 +71,11 @@ function footprintOf(id: string): Footprint {
   };
 }
 
-/** What is still there of a container that is gone (or whose task is), polled. */
-function leftovers(f: Footprint, opts: { netnsFile: boolean } = { netnsFile: true }): Promise<string[]> {
-  return leftAfter({
-    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
-    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
+/** What is still there of a container that is gone (or whose task is), polled; conmon too. */
+function leftovers(f: PodmanFootprint, opts: { netnsFile: boolean } = { netnsFile: true }): Promise<string[]> {
+  return footprintLeft(f, {
     [`conmon ${f.conmon}`]: () => existsSync(`/proc/${f.conmon}`),
-    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
     ...(opts.netnsFile ? { [`network namespace ${f.netnsFile}`]: () => existsSync(f.netnsFile) } : {}),
-    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
   });
 }
 

@@ -31,6 +31,28 @@ export function isMounted(path: string): boolean {
     .some((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === path);
 }
 
+/** Where a running container lives on the host: all of it must be gone once the container is. */
+export interface Footprint {
+  /** State dirs by owner: runc's, prebake's (the same path under /run/prebake), the engine's. */
+  dirs: Record<string, string>;
+  pid: number;
+  /** The inode of its network namespace. */
+  netns: number;
+  /** Its rootfs mount. */
+  rootfs: string;
+}
+
+/** What is still there of a container's footprint, and of `also` (polled, as leftAfter). */
+export function footprintLeft(f: Footprint, also: Record<string, () => boolean> = {}): Promise<string[]> {
+  return leftAfter({
+    ...Object.fromEntries(Object.entries(f.dirs).map(([k, d]) => [`${k} state ${d}`, () => existsSync(d)])),
+    [`process ${f.pid}`]: () => existsSync(`/proc/${f.pid}`),
+    'a process in its network namespace': () => processesInNetns(f.netns).length > 0,
+    ...also,
+    [`rootfs mount ${f.rootfs}`]: () => isMounted(f.rootfs),
+  });
+}
+
 /**
  * Polls until none of `what` holds any more (removal is asynchronous in the engines); resolves to
  * the descriptions of what still does after `timeoutMs`, [] when all is gone.
