@@ -8,12 +8,12 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { killAndDelete, overlayBundle, PREBAKE, run, runtimeDirs, type TestBundle, uniqueName } from './helpers/bundle.ts';
+import { functionPids, killAndDelete, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
 /** prebake's state base (PREBAKE_STATE_DIR is not set for the runtime in these tests). */
@@ -87,17 +87,6 @@ function firewall(netns: string): string {
   }
 }
 
-/** Processes in the network namespace that run the function. */
-function functionPids(netns: string): number[] {
-  const pids = execFileSync('ip', ['netns', 'pids', netns], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  return pids.filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('/app/function.py');
-    } catch {
-      return false;
-    }
-  });
-}
 
 async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -127,15 +116,7 @@ async function prebakeCreate(
   layers: string[],
   opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void; env?: NodeJS.ProcessEnv },
 ): Promise<Container> {
-  const b = overlayBundle(layers);
-  const rt = runtimeDirs();
-  const id = uniqueName(opts.prefix);
-  t.teardown(async () => {
-    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
-    b.cleanup();
-    rt.cleanup();
-    rmSync(dirname(rt.state), { recursive: true, force: true });
-  });
+  const { b, rt, id } = testReplica(t, layers, opts.prefix);
   opts.rootfs?.(b.rootfs, b);
   b.writeSpec(baked.spec(b.netnsPath, (s) => opts.spec?.(s, b)));
   const client = await NetnsClient.start(b.netns);

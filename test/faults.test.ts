@@ -12,7 +12,7 @@ import { hostFacts } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { containerStateDir } from '../src/runtime/config.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, type TestBundle, uniqueName } from './helpers/bundle.ts';
+import { functionPids, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
 
 let baked: BakedFunction;
 test.before(async () => {
@@ -25,16 +25,9 @@ test.after.always(() => {
 });
 
 function replica(t: ExecutionContext) {
-  const b = overlayBundle(baked.layers);
-  const rt = runtimeDirs();
-  const id = uniqueName('fault');
-  t.teardown(async () => {
-    await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id]);
-    b.cleanup();
-    rt.cleanup();
-  });
-  b.writeSpec(baked.spec(b.netnsPath));
-  return { b, rt, id };
+  const r = testReplica(t, baked.layers, 'fault');
+  r.b.writeSpec(baked.spec(r.b.netnsPath));
+  return r;
 }
 
 test('CRIU missing (runc --criu pointing nowhere): cold start that serves, reason logged', async (t) => {
@@ -149,16 +142,9 @@ interface FullDiskReplica {
 
 /** A bundle of the baked function, not yet created; torn down (with the engine's delete --force) when the test ends. */
 async function fullDiskReplica(t: ExecutionContext, opts: { env?: NodeJS.ProcessEnv; log?: string; pidFile?: string; spec?: (s: Spec) => void } = {}): Promise<FullDiskReplica> {
-  const b = overlayBundle(baked.layers);
-  const rt = runtimeDirs();
-  const id = uniqueName('full');
   const env = opts.env ?? process.env;
   const stateBase = env.PREBAKE_STATE_DIR ?? '/run/prebake';
-  t.teardown(async () => {
-    await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id], env);
-    b.cleanup();
-    rt.cleanup();
-  });
+  const { b, rt, id } = testReplica(t, baked.layers, 'full', env);
   b.writeSpec(baked.spec(b.netnsPath, opts.spec));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
@@ -236,17 +222,6 @@ function checkNothingLeft(t: ExecutionContext, r: FullDiskReplica, what: string,
   t.deepEqual(functionPids(r.b.netns), [], `${what}: no process of the function's left in its network namespace`);
 }
 
-/** Processes in the network namespace that run the function (the test's HTTP client runs there too). */
-function functionPids(netns: string): number[] {
-  const pids = spawnSync('ip', ['netns', 'pids', netns], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
-  return pids.filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('/app/function.py');
-    } catch {
-      return false;
-    }
-  });
-}
 
 test("disk full: no space left for data in prebake's state dir: the restore needs only its empty marker and goes on; nothing is left", async (t) => {
   const disk = stateDisk(t);

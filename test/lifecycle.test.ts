@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { spawnPiped } from '../src/lib/pipe.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { overlayBundle, PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
 import { startConsole } from './helpers/console.ts';
 
 let baked: BakedFunction;
@@ -23,15 +23,8 @@ test.after.always(() => {
 });
 
 function replica(t: import('ava').ExecutionContext, layers: string[]) {
-  const b = overlayBundle(layers);
-  const rt = runtimeDirs();
-  const id = uniqueName('life');
-  t.teardown(async () => {
-    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
-    b.cleanup();
-    rt.cleanup();
-  });
-  return { b, rt, id, g: ['--root', rt.root, '--log', rt.log, '--log-format', 'json'] };
+  const r = testReplica(t, layers, 'life');
+  return { ...r, g: ['--root', r.rt.root, '--log', r.rt.log, '--log-format', 'json'] };
 }
 
 test('a terminal container baked with a terminal is restored and talks through the console socket', async (t) => {

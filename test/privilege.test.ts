@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { bakeNoop, type BakedFunction } from './helpers/baked.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
 
 const CAPS = [
   'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
@@ -29,14 +29,7 @@ test.before(async () => {
 test.after.always(() => baked?.cleanup());
 
 async function restoredStatus(t: import('ava').ExecutionContext, change: (s: Spec) => void) {
-  const b = overlayBundle(baked.layers);
-  const rt = runtimeDirs();
-  const id = uniqueName('priv');
-  t.teardown(async () => {
-    await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id]);
-    b.cleanup();
-    rt.cleanup();
-  });
+  const { b, rt, id } = testReplica(t, baked.layers, 'priv');
   const spec = baked.spec(b.netnsPath, change);
   b.writeSpec(spec);
   const pidFile = join(b.dir, 'pid');

@@ -5,7 +5,7 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { killAndDelete, overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { killAndDelete, PREBAKE, run, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
 let baked: BakedFunction;
@@ -20,14 +20,7 @@ async function served(client: NetnsClient): Promise<number> {
 }
 
 test('create restores a baked function: its request count goes on, prebake logs the restore', async (t) => {
-  const b = overlayBundle(baked.layers);
-  const rt = runtimeDirs();
-  const id = uniqueName('restore');
-  t.teardown(async () => {
-    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
-    b.cleanup();
-    rt.cleanup();
-  });
+  const { b, rt, id } = testReplica(t, baked.layers, 'restore');
   b.writeSpec(baked.spec(b.netnsPath));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());

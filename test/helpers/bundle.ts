@@ -1,6 +1,8 @@
 // Test bundles: an overlay rootfs over read-only layers (as engines mount images), a spec,
 // a network namespace, and the prebake runtime driven with its own runc root.
 
+import type { ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -121,4 +123,32 @@ export async function killAndDelete(rt: { root: string }, id: string): Promise<R
   for (let i = 0; i < 100 && JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id])).output).status !== 'stopped'; i++)
     await new Promise((r) => setTimeout(r, 20));
   return run(PREBAKE, ['--root', rt.root, 'delete', id]);
+}
+
+/**
+ * A container-to-be of the test's own: an overlay bundle of `layers`, runtime dirs and an id; the
+ * container (deleted with --force, as engines do), the bundle and the dirs go when the test ends.
+ */
+export function testReplica(t: ExecutionContext, layers: string[], prefix: string, env?: NodeJS.ProcessEnv) {
+  const b = overlayBundle(layers);
+  const rt = runtimeDirs();
+  const id = uniqueName(prefix);
+  t.teardown(async () => {
+    await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id], env);
+    b.cleanup();
+    rt.cleanup();
+  });
+  return { b, rt, id };
+}
+
+/** Processes in the network namespace that run the function (/app/function.py). */
+export function functionPids(netns: string): number[] {
+  const pids = spawnSync('ip', ['netns', 'pids', netns], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+  return pids.filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('/app/function.py');
+    } catch {
+      return false;
+    }
+  });
 }
