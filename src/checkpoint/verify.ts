@@ -9,45 +9,46 @@ import type { HostFacts } from '../lib/host.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
 import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, securityMismatch } from './security.ts';
 
-/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
-export function readContained(path: string, max: number): Buffer {
+/** Opens a regular file that must not be a symlink, refusing it past `max` bytes, for `use`. */
+function withContained<T>(path: string, max: number, use: (fd: number, size: number) => T): T {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new Error(`${path} is not a regular file`);
     if (st.size > max) throw new Error(`${path} is ${st.size} bytes, more than the ${max} allowed`);
-    const buf = Buffer.alloc(st.size);
-    let off = 0;
-    while (off < st.size) {
-      const n = readSync(fd, buf, off, st.size - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    return buf.subarray(0, off);
+    return use(fd, st.size);
   } finally {
     closeSync(fd);
   }
 }
 
+/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
+export function readContained(path: string, max: number): Buffer {
+  return withContained(path, max, (fd, size) => {
+    const buf = Buffer.alloc(size);
+    let off = 0;
+    while (off < size) {
+      const n = readSync(fd, buf, off, size - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return buf.subarray(0, off);
+  });
+}
+
 let chunk: Buffer | undefined;
 
 /**
- * The sha256 of a regular file that must not be a symlink, refused past `max` bytes: read in
- * 1 MB pieces into one buffer, not whole (a 12 MB pages image hashes ~40% faster that way).
+ * The sha256 of a regular file as readContained takes it: read in 1 MB pieces into one buffer,
+ * not whole (a 12 MB pages image hashes ~40% faster that way).
  */
 function sha256Contained(path: string, max: number): string {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
-    if (st.size > max) throw new Error(`${path} is ${st.size} bytes, more than the ${max} allowed`);
+  return withContained(path, max, (fd) => {
     chunk ??= Buffer.allocUnsafe(1 << 20);
     const hash = createHash('sha256');
     for (let off = 0, n; off < max && (n = readSync(fd, chunk, 0, Math.min(chunk.length, max - off), off)) > 0; off += n) hash.update(chunk.subarray(0, n));
     return hash.digest('hex');
-  } finally {
-    closeSync(fd);
-  }
+  });
 }
 
 export function loadManifest(dir: string): CheckpointManifest {
