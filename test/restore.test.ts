@@ -2,7 +2,7 @@
 // serves from its own network namespace, and the usual lifecycle commands work on it.
 
 import test from 'ava';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { killAndDelete, PREBAKE, run, testReplica } from './helpers/bundle.ts';
@@ -36,6 +36,8 @@ test('create restores a baked function: its request count goes on, prebake logs 
   const log = rt.logLines();
   t.true(log.some((l) => l.level === 'info' && /^restored /.test(l.msg)), JSON.stringify(log));
   for (const l of log) t.deepEqual(typeof l.time + typeof l.level + typeof l.msg, 'stringstringstring');
+  const criu = readFileSync(join(rt.state, id, 'criu', 'restore.log'), 'utf8');
+  t.log(criu.split('\n').filter((l) => /script|post-restore|prebake/.test(l)).join('\n'));
 
   const state = await run(PREBAKE, ['--root', rt.root, 'state', id]);
   t.is(JSON.parse(state.output).status, 'running');

@@ -2,16 +2,16 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
 import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
-import { type RuntimeConfig, containerStateDir } from './config.ts';
+import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir } from './config.ts';
 import { type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -171,12 +171,12 @@ function restoredPid(call: RuntimeCall, plan: RestorePlan, pidFile: string | und
 }
 
 /** Removes what a restore attempt left: runc's container (if any), CRIU's network lock, prebake's state. */
-function discardAttempt(plan: RestorePlan, call: RuntimeCall, cfg: RuntimeConfig): void {
-  spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', plan.id], { stdio: 'ignore' });
-  if (plan.netnsPath) unlockNetwork(plan.netnsPath);
+function discardAttempt(attempt: { id: string; stateDir: string; netnsPath?: string }, call: RuntimeCall, cfg: RuntimeConfig): void {
+  spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'delete', '--force', attempt.id], { stdio: 'ignore' });
+  if (attempt.netnsPath) unlockNetwork(attempt.netnsPath);
   // The marker first: a cold container must not find one, or its start would be skipped.
-  rmSync(join(plan.stateDir, RESTORED_MARKER), { force: true });
-  rmSync(plan.stateDir, { recursive: true, force: true });
+  rmSync(join(attempt.stateDir, RESTORED_MARKER), { force: true });
+  rmSync(attempt.stateDir, { recursive: true, force: true });
 }
 
 /**
@@ -202,6 +202,29 @@ function prepareState(plan: RestorePlan): { work: string; runcLog: string } {
   return { work, runcLog };
 }
 
+/** runc's argv (after the binary) for restoring the plan: create's global and mapped flags. */
+function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs): string[] {
+  const args = [...globalsWithoutLog(call.global), '--log', join(plan.stateDir, 'runc-restore.log'), '--log-format', 'json', 'restore', '--detach'];
+  args.push('--image-path', plan.imagePath, '--work-path', join(plan.stateDir, 'criu'), '--bundle', plan.bundle);
+  const pidFile = flagValue(createArgs, 'pid-file');
+  if (pidFile !== undefined) args.push('--pid-file', pidFile);
+  const console = flagValue(createArgs, 'console-socket');
+  if (console !== undefined) args.push('--console-socket', console);
+  if (flagIsSet(createArgs, 'no-pivot')) args.push('--no-pivot');
+  args.push(plan.id);
+  return args;
+}
+
+/**
+ * What follows a successful `runc restore`: the loopback of a network namespace runc made
+ * (CRIU restores it down) and the restore signal. Throws if the restored process is gone.
+ */
+function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): void {
+  const pid = restoredPid(call, plan, flagValue(createArgs, 'pid-file'), cfg);
+  if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+  if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
+}
+
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
 function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
   let state: { work: string; runcLog: string };
@@ -210,26 +233,15 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   } catch (e) {
     return (e as Error).message;
   }
-  const { work, runcLog } = state;
-  const args = [...globalsWithoutLog(call.global), '--log', runcLog, '--log-format', 'json', 'restore', '--detach'];
-  args.push('--image-path', plan.imagePath, '--work-path', work, '--bundle', plan.bundle);
-  const pidFile = flagValue(createArgs, 'pid-file');
-  if (pidFile !== undefined) args.push('--pid-file', pidFile);
-  const console = flagValue(createArgs, 'console-socket');
-  if (console !== undefined) args.push('--console-socket', console);
-  if (flagIsSet(createArgs, 'no-pivot')) args.push('--no-pivot');
-  args.push(plan.id);
   let reason: string;
   try {
     // The restored process takes runc's stdio in place of the pipes it had at bake time.
-    const status = statusOf(spawnSync(cfg.runc, args, { stdio: 'inherit' }));
+    const status = statusOf(spawnSync(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit' }));
     if (status === 0) {
-      const pid = restoredPid(call, plan, pidFile, cfg);
-      if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
-      if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
+      finishRestored(plan, call, createArgs, cfg);
       return null;
     }
-    reason = failureReason(runcLog, join(work, 'restore.log'));
+    reason = failureReason(state.runcLog, join(state.work, 'restore.log'));
   } catch (e) {
     // A restored container prebake cannot finish (its process gone before the restore signal)
     // is torn down like a failed restore: the cold start below replaces it.
@@ -237,6 +249,172 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   }
   discardAttempt(plan, call, cfg);
   return reason;
+}
+
+/** Paths compare equal after normalising (the shell does not tidy "a/./b" or "a//b"). */
+function sameArgv(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i] || (isAbsolute(x) && isAbsolute(b[i]!) && resolve(x) === resolve(b[i]!)));
+}
+
+/** One line from a pipe bin/prebake holds open (so this neither blocks on the open nor sees EOF). */
+function readLine(fifo: string): string {
+  const fd = openSync(fifo, 'r');
+  try {
+    const buf = Buffer.alloc(1);
+    let line = '';
+    while (readSync(fd, buf, 0, 1, null) === 1 && buf[0] !== 0x0a) line += String.fromCharCode(buf[0]!);
+    return line;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const nap = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/** The pid a file holds, waiting up to 1 s for the file to be written. */
+function pidIn(file: string): number | undefined {
+  for (let i = 0; i < 1000; i++) {
+    const pid = (() => {
+      try {
+        return readFileSync(file, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    })();
+    if (/^\d+\n?$/.test(pid)) return Number(pid);
+    nap(1);
+  }
+  return undefined;
+}
+
+/** The children of a process (all its threads'), from /proc. */
+function childrenOf(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((t) =>
+      readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
+    );
+  } catch {
+    return [];
+  }
+}
+
+/** Unmounts (lazily) every mount at or below the given directories, deepest first. */
+function unmountUnder(dirs: readonly string[]): void {
+  let points: string[];
+  try {
+    points = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) ?? '')
+      .filter((m) => dirs.some((d) => m === d || m.startsWith(`${d}/`)));
+  } catch {
+    return;
+  }
+  for (const m of points.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m], { stdio: 'ignore' });
+}
+
+/** The parent of a process, from /proc (-1: gone). */
+function parentOf(pid: number): number {
+  try {
+    return Number(/^\d+ \(.*\) \S (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+}
+
+/** Whether a process is gone or a zombie (killed, not yet reaped). */
+function dead(pid: number): boolean {
+  try {
+    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Kills a process and everything under it. Each is stopped as soon as it is found (a stopped
+ * process forks no more, and its children stay its children), then all are killed, and waited
+ * for (up to 5 s) until gone or zombies.
+ */
+function killTree(root: number): void {
+  const found = new Set<number>();
+  let todo = [root];
+  while (todo.length) {
+    const next: number[] = [];
+    for (const p of todo) {
+      if (found.has(p)) continue;
+      found.add(p);
+      try {
+        process.kill(p, 'SIGSTOP');
+      } catch {
+        continue; // already gone
+      }
+      next.push(...childrenOf(p));
+    }
+    todo = next;
+  }
+  for (const p of found) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  for (let i = 0; i < 5000 && [...found].some((p) => !dead(p)); i++) nap(1);
+}
+
+/**
+ * The early restore bin/prebake started in `dir` before this program ran: runc restoring the
+ * checkpoint the shell found, with CRIU waiting at its post-restore stage for a verdict. The
+ * verdict is ok only if that restore is exactly the one `plan` asks for (same checkpoint,
+ * bundle, state and flags); then runc's exit status decides. Returns null if the container is
+ * restored; otherwise the attempt is cleaned away and the result says why (undefined: the plan
+ * itself was refused, or differs from the shell's guess, and the caller goes on without it).
+ */
+function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined): { reason?: string } | null {
+  let ok = false;
+  if (plan && createArgs && resolve(plan.stateDir) === resolve(dir)) {
+    try {
+      const theirs = readFileSync(join(dir, 'argv'), 'utf8').split('\0').slice(0, -1);
+      ok = sameArgv([cfg.runc, ...restoreArgs(plan, call, createArgs)], theirs);
+    } catch {
+      /* no argv recorded: refuse */
+    }
+  }
+  if (ok && plan && createArgs) {
+    const gate = openSync(join(dir, 'gate'), 'r+');
+    try {
+      writeSync(gate, 'ok\n');
+    } finally {
+      closeSync(gate);
+    }
+    const status = Number(readLine(join(dir, 'status')));
+    let reason: string;
+    if (status === 0) {
+      try {
+        finishRestored(plan, call, createArgs, cfg);
+        return null;
+      } catch (e) {
+        reason = (e as Error).message;
+      }
+    } else reason = failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log'));
+    discardAttempt(plan, call, cfg);
+    return { reason };
+  }
+  // Refused: runc, CRIU and the tasks it was restoring (which never ran again) are killed, and
+  // the attempt is cleared away.
+  const runcPid = pidIn(join(dir, 'runc.pid'));
+  // Only while it is still runc, the child of bin/prebake's job (a pid is reused once reaped).
+  if (runcPid !== undefined && childrenOf(process.ppid).includes(parentOf(runcPid))) killTree(runcPid);
+  readLine(join(dir, 'status')); // runc's status, now that it is gone
+  const id = createArgs?.rest[0] ?? '';
+  // The rootfs runc bind-mounts for CRIU, which the killed runc left mounted.
+  const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
+  // What the killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
+  unmountUnder(id ? [runcDir, dir] : [dir]);
+  discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
+  // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
+  if (/^[\w+.-]+$/.test(id) && id !== '.' && id !== '..') rmSync(runcDir, { recursive: true, force: true });
+  return {};
 }
 
 /** The ordinary `runc create`, with the caller's argv and its extra descriptors. */
@@ -247,26 +425,50 @@ function coldCreate(argv: readonly string[], createArgs: ParsedArgs | null, cfg:
   return statusOf(spawnSync(cfg.runc, argv, { stdio: ['inherit', 'inherit', 'inherit', ...extra] }));
 }
 
-export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger): number {
+/**
+ * `create`: a restore if the bundle's checkpoint passes the checks, else the cold `runc create`.
+ * `early` is the state dir of a restore bin/prebake already started for this create (see
+ * settleEarly); without it this program runs the restore itself.
+ */
+export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: string): number {
   let createArgs: ParsedArgs | null = null;
   let plan: RestorePlan | null = null;
+  let netnsPath: string | undefined;
+  // A cold start before the plan: an early restore is refused (and cleaned away) first.
+  const cold = () => {
+    if (early) settleEarly(early, null, call, createArgs, cfg, netnsPath);
+    return coldCreate(argv, createArgs, cfg);
+  };
   try {
     createArgs = parseFlags(CREATE_FLAGS, call.args, 'runc create');
     // A --log file that cannot be opened (no space left for it) fails runc's create: runc,
     // given the same flags, reports it in its own words, as it would without prebake.
-    if (logFileError(log)) return coldCreate(argv, createArgs, cfg);
-    if (createArgs.rest.length !== 1) return coldCreate(argv, createArgs, cfg); // runc reports the usage error
+    if (logFileError(log)) return cold();
+    if (createArgs.rest.length !== 1) return cold(); // runc reports the usage error
     const bundle = resolve(flagValue(createArgs, 'bundle') ?? '.');
     let spec: Spec;
     try {
       spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Spec;
     } catch {
-      return coldCreate(argv, createArgs, cfg); // runc reports the unreadable bundle itself
+      return cold(); // runc reports the unreadable bundle itself
     }
+    netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
     captureSpec(spec, cfg, bundle);
     plan = planRestore(call, createArgs, cfg, spec, bundle);
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
+  }
+  if (early) {
+    const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath);
+    if (settled === null) {
+      // The restore began with this program: its run time is the restore's.
+      log.info({ id: plan!.id, ms: Math.round(performance.now()) }, `restored ${plan!.id} from ${plan!.source}`);
+      return 0;
+    }
+    if (settled.reason !== undefined) {
+      log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);
+      plan = null;
+    } else if (plan) log.debug({ id: plan.id }, 'the early restore was not the planned one; restoring again');
   }
   if (plan && createArgs) {
     const t0 = performance.now();
@@ -279,4 +481,3 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   }
   return coldCreate(argv, createArgs, cfg);
 }
-

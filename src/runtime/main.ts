@@ -38,7 +38,10 @@ export async function main(argv: readonly string[]): Promise<number> {
         format: flagValue(call.global, 'log-format'),
         debug: flagIsSet(call.global, 'debug'),
       });
-      return restoreOrCreate(argv, call, cfg, log);
+      // Set by bin/prebake when it started the restore itself (see its early_restore).
+      const early = process.env.PREBAKE_EARLY;
+      delete process.env.PREBAKE_EARLY;
+      return restoreOrCreate(argv, call, cfg, log, early);
     }
     case 'doctor': {
       const { doctor } = await import('./doctor.ts');
