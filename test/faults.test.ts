@@ -290,8 +290,12 @@ test("disk full: space runs out at each file a create writes in prebake's state 
     checkNothingLeft(t, r, what, { dir: disk.dir, files });
   }
   t.log(outcomes.join(', '));
-  // Short of room for every file, a cold start; with room for all of them, a restore.
-  t.deepEqual(outcomes, Array.from({ length: need + 1 }, (_, free) => `${free}: ${free < need ? 'cold' : 'restored'}`));
+  // Short of room, a cold start; with room for all the files, a restore. In between either, as
+  // the restore beside Node's start-up needs a few files more than the restore Node runs alone
+  // (which a create falls back to when those files find no room), and CRIU's own files come last.
+  t.is(outcomes[0], '0: cold');
+  t.is(outcomes[need], `${need}: restored`);
+  t.deepEqual(outcomes.filter((o) => !/: (cold|restored)$/.test(o)), []);
 });
 
 test('disk full: the --log file takes no more lines: create restores (or falls back) as it would, the lines go to stderr, nothing left', async (t) => {

@@ -2,8 +2,8 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { constants } from 'node:os';
+import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
@@ -19,7 +19,7 @@ export const RESTORED_MARKER = 'restored';
 /** Exit status of a finished child, the way a shell reports it. */
 function statusOf(r: ReturnType<typeof spawnSync>): number {
   if (r.error) throw r.error;
-  if (r.signal) return 128 + (constants.signals[r.signal] ?? 0);
+  if (r.signal) return 128 + (osConstants.signals[r.signal] ?? 0);
   return r.status ?? 1;
 }
 
@@ -79,7 +79,7 @@ export function restoreSignalOf(spec: Spec): NodeJS.Signals | undefined {
   const raw = spec.annotations?.[RESTORE_SIGNAL_ANNOTATION] ?? spec.process?.env?.findLast((e) => e.startsWith(prefix))?.slice(prefix.length);
   if (!raw) return undefined;
   const name = (raw.startsWith('SIG') ? raw : `SIG${raw}`).toUpperCase();
-  if (!(name in constants.signals) || name === 'SIGKILL' || name === 'SIGSTOP') throw new Error(`restore signal ${JSON.stringify(raw)} is not a signal a process can handle`);
+  if (!(name in osConstants.signals) || name === 'SIGKILL' || name === 'SIGSTOP') throw new Error(`restore signal ${JSON.stringify(raw)} is not a signal a process can handle`);
   return name as NodeJS.Signals;
 }
 
@@ -256,14 +256,28 @@ function sameArgv(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i] || (isAbsolute(x) && isAbsolute(b[i]!) && resolve(x) === resolve(b[i]!)));
 }
 
-/** One line from a pipe bin/prebake holds open (so this neither blocks on the open nor sees EOF). */
-function readLine(fifo: string): string {
-  const fd = openSync(fifo, 'r');
+/**
+ * One line from a pipe bin/prebake holds open (so this neither blocks on the open nor sees EOF);
+ * with `timeoutMs`, what came by then ('' if nothing).
+ */
+function readLine(fifo: string, timeoutMs?: number): string {
+  const fd = openSync(fifo, timeoutMs === undefined ? 'r' : constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const buf = Buffer.alloc(1);
     let line = '';
-    while (readSync(fd, buf, 0, 1, null) === 1 && buf[0] !== 0x0a) line += String.fromCharCode(buf[0]!);
-    return line;
+    const end = performance.now() + (timeoutMs ?? 0);
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(fd, buf, 0, 1, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN' || performance.now() > end) return line;
+        nap(1);
+        continue;
+      }
+      if (n !== 1 || buf[0] === 0x0a) return line;
+      line += String.fromCharCode(buf[0]!);
+    }
   } finally {
     closeSync(fd);
   }
@@ -380,13 +394,17 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
       /* no argv recorded: refuse */
     }
   }
-  if (ok && plan && createArgs) {
+  // The verdict; CRIU reads it at post-restore (and waits for it there).
+  const verdict = (v: string) => {
     const gate = openSync(join(dir, 'gate'), 'r+');
     try {
-      writeSync(gate, 'ok\n');
+      writeSync(gate, `${v}\n`);
     } finally {
       closeSync(gate);
     }
+  };
+  if (ok && plan && createArgs) {
+    verdict('ok');
     const status = Number(readLine(join(dir, 'status')));
     let reason: string;
     if (status === 0) {
@@ -405,7 +423,8 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
   const runcPid = pidIn(join(dir, 'runc.pid'));
   // Only while it is still runc, the child of bin/prebake's job (a pid is reused once reaped).
   if (runcPid !== undefined && childrenOf(process.ppid).includes(parentOf(runcPid))) killTree(runcPid);
-  readLine(join(dir, 'status')); // runc's status, now that it is gone
+  verdict('no'); // for a CRIU not found above: the gate then stops it
+  readLine(join(dir, 'status'), 10_000); // runc's status, once it is gone
   const id = createArgs?.rest[0] ?? '';
   // The rootfs runc bind-mounts for CRIU, which the killed runc left mounted.
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
