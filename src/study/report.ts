@@ -8,7 +8,7 @@
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootstrapMedianCI, bootstrapMedianRatioCI, type ConfidenceInterval, summary, type Summary, wilcoxonRankSum } from './stats.ts';
+import { bootstrapMedianCI, bootstrapMedianRatioCI, type ConfidenceInterval, median, summary, type Summary, wilcoxonRankSum } from './stats.ts';
 import { boxplotSvg, ecdfSvg } from './svg.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -41,6 +41,25 @@ export interface ReplicaRecord {
   replica?: string;
   /** Whether it says it was restored (it got the runtime's restore signal). */
   restored?: boolean;
+  /** Where its startup went (bundle runs only). */
+  parts?: StartupParts;
+}
+
+/** One replica's startup, split (ms): the runtime calls, and for a restore what runc and CRIU logged. */
+export interface StartupParts {
+  /** Spawn of `prebake create` to its exit. */
+  create: number;
+  /** The `start` call. */
+  start: number;
+  /** From start's exit to the first HTTP 200. */
+  firstResponse: number;
+  /** The runc restore, as prebake logged it (restored replicas). */
+  runcRestore?: number;
+  /** CRIU's restore.log, first to last line, and its phases. */
+  criu?: number;
+  criuStartup?: number;
+  criuRestore?: number;
+  criuResume?: number;
 }
 
 export interface StudyMeta {
@@ -301,6 +320,51 @@ function comparisonTable(caption: string, c: Comparison): string[] {
   ];
 }
 
+/** The prebaked replicas' startup split, medians, in a sentence (undefined without the data). */
+function prebakedParts(f: FunctionResults | undefined): string | undefined {
+  const rs = (f?.replicas ?? []).filter((r) => r.mode === 'prebaked' && r.parts);
+  const m = (k: keyof StartupParts) => {
+    const xs = rs.map((r) => r.parts![k]).filter((x): x is number => typeof x === 'number');
+    return xs.length ? median(xs) : NaN;
+  };
+  if (!rs.length) return undefined;
+  const create = m('create');
+  const runc = m('runcRestore');
+  const criu = m('criu');
+  return (
+    `create ${fmtMs(create)} ms (runc restore ${fmtMs(runc)}, of it CRIU ${fmtMs(criu)} with ${fmtMs(m('criuRestore'))} restoring ` +
+    `namespaces, mounts, memory and tasks; runc outside CRIU ${fmtMs(runc - criu)}; prebake's own ${fmtMs(create - runc)}), ` +
+    `start ${fmtMs(m('start'))} ms, first response ${fmtMs(m('firstResponse'))} ms`
+  );
+}
+
+/** Where the startup time goes, medians per mode, for the replicas that recorded it. */
+function startupParts(f: FunctionResults): string[] {
+  const of = (mode: 'cold' | 'prebaked', k: keyof StartupParts) => {
+    const xs = (f.replicas ?? []).filter((r) => r.mode === mode).map((r) => r.parts?.[k]).filter((x): x is number => typeof x === 'number');
+    return xs.length ? fmtMs(median(xs)) : '';
+  };
+  if (!(f.replicas ?? []).some((r) => r.parts)) return [];
+  const row = (cells: string[]) => `| ${cells.join(' | ')} |`;
+  const line = (label: string, k: keyof StartupParts) => row([label, of('cold', k), of('prebaked', k)]);
+  return [
+    row(['where the startup goes (median ms)', 'cold', 'prebaked']),
+    row([':--', '--:', '--:']),
+    line('`prebake create`, spawn to exit', 'create'),
+    line('&nbsp;&nbsp;of it, the runc restore (prebake\'s log)', 'runcRestore'),
+    line('&nbsp;&nbsp;&nbsp;&nbsp;of it, CRIU (restore.log, first to last line)', 'criu'),
+    line('&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;start-up and kernel probing', 'criuStartup'),
+    line('&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;namespaces, mounts, files, memory, tasks', 'criuRestore'),
+    line('&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;network unlock to tasks resumed, and after', 'criuResume'),
+    line('`prebake start`', 'start'),
+    line('start to the first HTTP 200 (cold: the function initialising)', 'firstResponse'),
+    '',
+    'The rest of a restoring create is prebake\'s own (its shell entry point and Node start-up run beside runc; what remains is ' +
+      'the entry point before runc starts and the bookkeeping after it), and runc outside CRIU is the runc restore minus CRIU.',
+    '',
+  ];
+}
+
 /** The whole report as Markdown; figures are linked by the names writeReport gives them. */
 export function markdownReport(results: StudyResults, options: ReportOptions = {}): string {
   const { meta } = results;
@@ -320,7 +384,13 @@ export function markdownReport(results: StudyResults, options: ReportOptions = {
 
   out.push('## Targets', '');
   out.push(`${evaluated.filter((o) => o.met).length} of ${outcomes.length} met${evaluated.length < outcomes.length ? ` (${outcomes.length - evaluated.length} not evaluated for lack of data)` : ''}.`, '');
-  for (const o of outcomes) out.push(o.line);
+  for (const o of outcomes) {
+    out.push(o.line);
+    if (o.met === false && o.target.metric === 'startup') {
+      const where = prebakedParts(results.functions.find((f) => f.name === o.target.fn));
+      if (where) out.push(`  Where the prebaked startup goes (medians): ${where}.`);
+    }
+  }
   out.push('');
 
   out.push('## Figure 1: startup time', '', `![Figure 1: startup time per function, cold vs prebaked](${files.startup})`, '');
@@ -329,6 +399,7 @@ export function markdownReport(results: StudyResults, options: ReportOptions = {
     out.push(`### ${md(f.name)}`, '');
     out.push(...comparisonTable('startup (ms)', compare(f.startupMs, options)), '');
     out.push(...comparisonTable('latency after startup (ms)', compare(f.latencyMs, options)), '');
+    out.push(...startupParts(f));
     const file = files.latency.get(f.name)!;
     out.push(`Figure 2 (${md(f.name)}): [${file}](${file})`, '', `![Figure 2 (${md(f.name)}): ECDF of request latency after startup](${file})`, '');
   }

@@ -5,7 +5,7 @@
 // started privately for the study (docker, containerd, podman: src/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../build/spec.ts';
@@ -16,12 +16,14 @@ import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../i
 import { readImage } from '../image/read.ts';
 import { CACHE, withLock } from '../image/rootfs.ts';
 import { unpackLayers } from '../image/unpack.ts';
+import { parseCriuLog, criuPhases } from '../lib/criu-log.ts';
 import { criuVersion, runcVersion } from '../lib/host.ts';
+import { containerStateDir, loadRuntimeConfig } from '../runtime/config.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { mountOverlay } from '../lib/overlay.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 import { spawnPiped } from '../lib/pipe.ts';
-import type { FunctionResults, ReplicaRecord, StudyResults } from './report.ts';
+import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
 
 /** With two CPUs or more, the bundle study keeps client and replica on CPUs of their own. */
 const PIN = cpus().length >= 2;
@@ -44,7 +46,7 @@ export interface StudyOptions {
 type Mode = 'cold' | 'prebaked';
 
 /** Starts one replica of a function in a mode; resolves once it has answered its first request. */
-type StartReplica = (mode: Mode) => Promise<Started>;
+type StartReplica = (mode: Mode) => Promise<Started & { parts?: StartupParts }>;
 
 /** The baked image of a function for runc, cached beside its image (keyed by the image's directory name). */
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
@@ -100,12 +102,16 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       // A cold replica refuses the readiness polls until it listens, a restored one answers the
       // first: warm the client's own code the same way in both modes before timing anything.
       await c.warm(50);
+      const log = join(dir, 'prebake.log');
       const t0 = performance.now();
-      created = spawnPiped(prebake, ['--root', root, 'create', '--bundle', dir, id]);
+      created = spawnPiped(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', dir, id]);
       if ((await created.exit) !== 0) throw new Error(`prebake create (${mode}) failed`);
+      const t1 = performance.now();
       execFileSync(prebake, ['--root', root, 'start', id]);
+      const t2 = performance.now();
       const first = await c.waitHttp({ port: FUNCTION_PORT, path: '/', intervalMs: 1, timeoutMs: 60000 });
       const startupMs = performance.now() - t0;
+      const parts = startupParts(log, containerStateDir(loadRuntimeConfig(), root, id), { create: t1 - t0, start: t2 - t1, firstResponse: t0 + startupMs - t2 });
       // For the latency, the replica on CPUs of its own (the client is on CPU 0), in both modes
       // alike: left to itself the scheduler stacks a just-restored server on its client's CPU far
       // more often than a cold one, which costs each request ~0.15 ms on this kind of machine and
@@ -115,7 +121,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
         execFileSync('taskset', ['-a', '-pc', '0', String(c.pid)], { stdio: 'ignore' });
         execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]);
       };
-      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle };
+      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle, parts };
     } catch (e) {
       await remove().catch(() => {});
       throw e;
@@ -123,8 +129,33 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
   };
 }
 
+/** Untimed, after the first 200: the runc restore prebake logged and CRIU's restore.log, if it restored. */
+function startupParts(log: string, state: string, timed: StartupParts): StartupParts {
+  const parts: StartupParts = { ...timed };
+  try {
+    const restored = readFileSync(log, 'utf8')
+      .split('\n')
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as { msg?: string; ms?: number }];
+        } catch {
+          return [];
+        }
+      })
+      .find((o) => /^restored /.test(o.msg ?? '') && typeof o.ms === 'number');
+    if (restored) parts.runcRestore = restored.ms;
+  } catch {
+    /* no log: a cold start that logged nothing */
+  }
+  const criu = parseCriuLog(join(state, 'criu', 'restore.log'));
+  const phases = criu && criuPhases(criu);
+  if (criu) parts.criu = criu.totalMs;
+  if (phases) Object.assign(parts, { criuStartup: phases.startup, criuRestore: phases.restore, criuResume: phases.unlock + phases.tail });
+  return parts;
+}
+
 /** After its start: the replica's status, then `requests` requests of the function's own work; removes it. */
-async function measure(name: FunctionName, c: Started, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
+async function measure(name: FunctionName, c: Started & { parts?: StartupParts }, mode: Mode, requests: number): Promise<{ record: ReplicaRecord; latencyMs: number[] }> {
   try {
     const r = FUNCTIONS[name];
     let status = JSON.parse(c.first.body) as { served: number; replica?: string; restored?: boolean };
@@ -141,7 +172,14 @@ async function measure(name: FunctionName, c: Started, mode: Mode, requests: num
       if (res.status !== 200) throw new Error(`${name} answered ${res.status} to ${r.warmup.method} ${r.warmup.path}`);
       latencyMs.push(res.ms);
     }
-    const record: ReplicaRecord = { mode, startupMs: c.startupMs, served: Number(status.served), ...(status.replica ? { replica: status.replica } : {}), ...(status.restored !== undefined ? { restored: status.restored } : {}) };
+    const record: ReplicaRecord = {
+      mode,
+      startupMs: c.startupMs,
+      served: Number(status.served),
+      ...(status.replica ? { replica: status.replica } : {}),
+      ...(status.restored !== undefined ? { restored: status.restored } : {}),
+      ...(c.parts ? { parts: c.parts } : {}),
+    };
     return { record, latencyMs };
   } finally {
     await c.remove();
