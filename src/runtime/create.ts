@@ -485,6 +485,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
       log.info({ id: plan!.id, ms: Math.round(performance.now()) }, `restored ${plan!.id} from ${plan!.source}`);
       return 0;
     }
+    if (settled.reason === undefined) log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
     if (settled.reason !== undefined) {
       log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);
       plan = null;
