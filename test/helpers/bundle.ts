@@ -2,14 +2,13 @@
 // a network namespace, and the prebake runtime driven with its own runc root.
 
 import type { ExecutionContext } from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { createNetns, deleteNetns } from '../../src/lib/netns.ts';
 import { mountOverlay } from '../../src/lib/overlay.ts';
-import { spawnPiped } from '../../src/lib/pipe.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const PREBAKE = join(REPO, 'bin/prebake');
@@ -64,30 +63,44 @@ export interface RunResult {
 }
 
 /** How long a pipe still held open must stay silent after the exit before its output counts as read. */
-const QUIET_MS = 100;
+/** Ends the output of a command run(): the shell's line with its exit status. */
+const EXIT_MARK = '\u001eprebake-test-exit ';
 
 /**
  * Runs a command with stdout and stderr on one real pipe (as engines give the runtime) and
  * resolves when it exits, not when the pipe closes: a container keeps the pipe it inherited.
  */
 export async function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult> {
-  const p = spawnPiped(cmd, args, env);
-  let text = '';
-  let last = Date.now();
-  let ended = false;
-  p.output.on('data', (d: Buffer) => {
-    text += d.toString();
-    last = Date.now();
+  // The shell writes the exit status into the same pipe after the command's own output, so the
+  // output is whole once the status line has come through, however late `cat` runs. A container
+  // the command started may hold the pipe and write more; outputNow() has that too.
+  const sh = spawn('sh', ['-c', `{ "$@" 2>&1; printf '\\n${EXIT_MARK}%s\\n' "$?"; } | cat`, 'sh', cmd, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: env ?? process.env,
   });
-  p.output.on('close', () => (ended = true));
-  const code = await p.exit;
-  // The exit status can arrive before the last of the output has passed through the pipe.
-  // The pipe ends unless something the command started holds it (a container does): then
-  // wait until it has been quiet for a while.
-  const exited = Date.now();
-  while (!ended && Date.now() - Math.max(last, exited) < QUIET_MS) await new Promise((r) => setTimeout(r, 5));
-  const output = text;
-  return { code, output, outputNow: () => text, close: p.close };
+  let text = '';
+  const markAt = () => text.indexOf(`\n${EXIT_MARK}`);
+  const code = await new Promise<number>((resolve, reject) => {
+    sh.stdout.on('data', (d: Buffer) => {
+      text += d.toString();
+      const at = markAt();
+      const m = at >= 0 ? new RegExp(`^\\n${EXIT_MARK}(\\d+)\\n`).exec(text.slice(at)) : null;
+      if (m) resolve(Number(m[1]));
+    });
+    sh.stdout.on('error', () => {});
+    sh.stdout.on('close', () => reject(new Error(`${cmd} did not report an exit status`)));
+    sh.on('error', reject);
+  });
+  const without = () => text.replace(new RegExp(`\\n${EXIT_MARK}\\d+\\n`), '');
+  return {
+    code,
+    output: without(),
+    outputNow: without,
+    close: () => {
+      sh.stdout.destroy();
+      sh.kill();
+    },
+  };
 }
 
 /** A runc --root and log file of the test's own, so that state left behind can be checked. */
