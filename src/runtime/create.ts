@@ -422,8 +422,7 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
   // the attempt is cleared away.
   const runcPid = pidIn(join(dir, 'runc.pid'));
   // Only while it is still runc, the child of bin/prebake's job (a pid is reused once reaped).
-  const shell = Number(process.env.PREBAKE_EARLY_SHELL) || process.ppid;
-  if (runcPid !== undefined && childrenOf(shell).includes(parentOf(runcPid))) killTree(runcPid);
+  if (runcPid !== undefined && childrenOf(process.ppid).includes(parentOf(runcPid))) killTree(runcPid);
   verdict('no'); // for a CRIU not found above: the gate then stops it
   readLine(join(dir, 'status'), 10_000); // runc's status, once it is gone
   const id = createArgs?.rest[0] ?? '';

@@ -2,8 +2,6 @@
 // prebake's own commands; anything else reaching it is passed to runc unchanged.
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseRuntimeCall, flagIsSet, flagValue } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
 import { restoreOrCreate } from './create.ts';
@@ -19,17 +17,6 @@ function passThrough(runc: string, argv: readonly string[]): number {
     return 127;
   }
   return r.status ?? 1;
-}
-
-/** Gives bin/prebake the create's exit status (the "done" pipe it holds open), so that it returns without waiting for Node to exit. */
-function tellDone(early: string, code: number): void {
-  try {
-    const fd = openSync(join(early, 'done'), 'r+');
-    writeSync(fd, `${code}\n`);
-    closeSync(fd);
-  } catch {
-    /* bin/prebake takes the status from this process's exit instead */
-  }
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -53,10 +40,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       });
       // Set by bin/prebake when it started the restore itself (see its early_restore).
       const early = process.env.PREBAKE_EARLY;
-      delete process.env.PREBAKE_EARLY; // PREBAKE_EARLY_SHELL, its shell's pid, stays for settleEarly
-      const code = restoreOrCreate(argv, call, cfg, log, early);
-      if (early) tellDone(early, code);
-      return code;
+      delete process.env.PREBAKE_EARLY;
+      return restoreOrCreate(argv, call, cfg, log, early);
     }
     case 'doctor': {
       const { doctor } = await import('./doctor.ts');
