@@ -126,6 +126,13 @@ function stateDisk(t: ExecutionContext, inodes = 256): { dir: string; env: NodeJ
   return { dir, env: { ...process.env, PREBAKE_STATE_DIR: dir } };
 }
 
+/** A state disk filled by `fill`, and the files it holds then (what may stay after a create). */
+function filledStateDisk(t: ExecutionContext, fill: (dir: string) => void, inodes?: number): { dir: string; env: NodeJS.ProcessEnv; files: string[] } {
+  const disk = stateDisk(t, inodes);
+  fill(disk.dir);
+  return { ...disk, files: filesUnder(disk.dir) };
+}
+
 interface FullDiskReplica {
   b: TestBundle;
   rt: ReturnType<typeof runtimeDirs>;
@@ -224,22 +231,18 @@ function checkNothingLeft(t: ExecutionContext, r: FullDiskReplica, what: string,
 
 
 test("disk full: no space left for data in prebake's state dir: the restore needs only its empty marker and goes on; nothing is left", async (t) => {
-  const disk = stateDisk(t);
-  fillBlocks(t, disk.dir);
-  const files = filesUnder(disk.dir);
+  const disk = filledStateDisk(t, (dir) => fillBlocks(t, dir));
   const r = await fullDiskReplica(t, { env: disk.env });
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
   t.is(await outcomeOf(r), 'restored', JSON.stringify(logLines(r.log)));
   t.true(logLines(r.log).some((l) => l.level === 'info' && /^restored /.test(l.msg)));
   await checkStartAndServe(t, r, 'restored', 'no block left');
-  checkNothingLeft(t, r, 'no block left', { dir: disk.dir, files });
+  checkNothingLeft(t, r, 'no block left', disk);
 });
 
 test("disk full: no inode left in prebake's state dir: cold start that serves, reason logged, nothing left", async (t) => {
-  const disk = stateDisk(t);
-  fillInodes(t, disk.dir);
-  const files = filesUnder(disk.dir);
+  const disk = filledStateDisk(t, (dir) => fillInodes(t, dir));
   const r = await fullDiskReplica(t, { env: disk.env });
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
@@ -249,7 +252,7 @@ test("disk full: no inode left in prebake's state dir: cold start that serves, r
   t.regex(warnings[0]?.msg ?? '', /^cold start: .*no space left on device/i);
   t.log(warnings[0]?.msg);
   await checkStartAndServe(t, r, 'cold', 'no inode left');
-  checkNothingLeft(t, r, 'no inode left', { dir: disk.dir, files });
+  checkNothingLeft(t, r, 'no inode left', disk);
 });
 
 test("disk full: space runs out at each file a create writes in prebake's state dir (0 to all the inodes it needs): always a start that is right, nothing left", async (t) => {
@@ -270,9 +273,7 @@ test("disk full: space runs out at each file a create writes in prebake's state 
 
   const outcomes: string[] = [];
   for (let free = 0; free <= need; free++) {
-    const disk = stateDisk(t, 64);
-    fillInodes(t, disk.dir, free);
-    const files = filesUnder(disk.dir);
+    const disk = filledStateDisk(t, (dir) => fillInodes(t, dir, free), 64);
     const r = await fullDiskReplica(t, { env: disk.env });
     const c = await createFull(t, r);
     const what = `${free} inode(s) free`;
@@ -287,7 +288,7 @@ test("disk full: space runs out at each file a create writes in prebake's state 
       t.log(`${what}: ${warning.replace(/^.* failed: /, '')}`);
     }
     await checkStartAndServe(t, r, outcome, what);
-    checkNothingLeft(t, r, what, { dir: disk.dir, files });
+    checkNothingLeft(t, r, what, disk);
   }
   t.log(outcomes.join(', '));
   // Short of room, a cold start; with room for all the files, a restore. In between either, as
@@ -368,9 +369,7 @@ test("disk full: the --pid-file cannot be written (no inode left): runc's restor
 });
 
 test("disk full: the spec capture prebake-build asks for cannot be written in prebake's state dir: no partial capture is left", async (t) => {
-  const disk = stateDisk(t);
-  fillBlocks(t, disk.dir);
-  const files = filesUnder(disk.dir);
+  const disk = filledStateDisk(t, (dir) => fillBlocks(t, dir));
   const token = `full-${process.pid}`;
   const r = await fullDiskReplica(t, { env: disk.env, spec: (s) => void s.process!.env!.push(`PREBAKE_CAPTURE_SPEC=${token}`) });
   const c = await createFull(t, r);
@@ -382,5 +381,5 @@ test("disk full: the spec capture prebake-build asks for cannot be written in pr
     'no capture, whole or partial',
   );
   await checkStartAndServe(t, r, 'cold', 'capture');
-  checkNothingLeft(t, r, 'capture', { dir: disk.dir, files });
+  checkNothingLeft(t, r, 'capture', disk);
 });

@@ -322,12 +322,8 @@ function comparisonTable(caption: string, c: Comparison): string[] {
 
 /** The prebaked replicas' startup split, medians, in a sentence (undefined without the data). */
 function prebakedParts(f: FunctionResults | undefined): string | undefined {
-  const rs = (f?.replicas ?? []).filter((r) => r.mode === 'prebaked' && r.parts);
-  const m = (k: keyof StartupParts) => {
-    const xs = rs.map((r) => r.parts![k]).filter((x): x is number => typeof x === 'number');
-    return xs.length ? median(xs) : NaN;
-  };
-  if (!rs.length) return undefined;
+  if (!f?.replicas?.some((r) => r.mode === 'prebaked' && r.parts)) return undefined;
+  const m = (k: keyof StartupParts) => partMedian(f, 'prebaked', k);
   const create = m('create');
   const runc = m('runcRestore');
   const criu = m('criu');
@@ -338,11 +334,17 @@ function prebakedParts(f: FunctionResults | undefined): string | undefined {
   );
 }
 
+/** The median of one part of the startup over a mode's replicas that recorded it (NaN: none did). */
+function partMedian(f: FunctionResults, mode: 'cold' | 'prebaked', k: keyof StartupParts): number {
+  const xs = (f.replicas ?? []).filter((r) => r.mode === mode).map((r) => r.parts?.[k]).filter((x): x is number => typeof x === 'number');
+  return xs.length ? median(xs) : NaN;
+}
+
 /** Where the startup time goes, medians per mode, for the replicas that recorded it. */
 function startupParts(f: FunctionResults): string[] {
   const of = (mode: 'cold' | 'prebaked', k: keyof StartupParts) => {
-    const xs = (f.replicas ?? []).filter((r) => r.mode === mode).map((r) => r.parts?.[k]).filter((x): x is number => typeof x === 'number');
-    return xs.length ? fmtMs(median(xs)) : '';
+    const v = partMedian(f, mode, k);
+    return Number.isNaN(v) ? '' : fmtMs(v);
   };
   if (!(f.replicas ?? []).some((r) => r.parts)) return [];
   const row = (cells: string[]) => `| ${cells.join(' | ')} |`;
