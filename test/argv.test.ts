@@ -104,7 +104,13 @@ async function standIns(t: import('ava').ExecutionContext) {
   const { execFileSync } = await import('node:child_process');
   const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const record = (name: string) => `#!/bin/sh\nprintf '%s\\n' "$PREBAKE_EARLY" "$@" > "${dir}/${name}.args"\necho ${name}\n`;
+  // runc's delete is recorded apart; node keeps a copy of the argv an early restore recorded.
+  const record = (name: string) => `#!/bin/sh
+f=${name}; case " $* " in *" delete "*) f=${name}-delete ;; esac
+printf '%s\\n' "$PREBAKE_EARLY" "$@" > "${dir}/$f.args"
+[ -n "$PREBAKE_EARLY" ] && cp "$PREBAKE_EARLY/argv" "${dir}/early-argv"
+echo ${name}
+`;
   writeFileSync(join(dir, 'runc'), record('runc'), { mode: 0o755 });
   writeFileSync(join(dir, 'node'), record('node'), { mode: 0o755 });
   const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state') };
@@ -154,7 +160,11 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   t.is(e.earlyDir, state);
   t.deepEqual(e.runc, ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
     '--image-path', `${b}/rootfs/.prebake/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
-  t.deepEqual(readFileSync(join(state, 'argv'), 'utf8').split('\0').slice(0, -1), [join(dir, 'runc'), ...e.runc!], 'the argv recorded for Node is the one run');
+  t.deepEqual(readFileSync(join(dir, 'early-argv'), 'utf8').split('\0').slice(0, -1), [join(dir, 'runc'), ...e.runc!], 'the argv recorded for Node is the one run');
+  // This node did not settle the restore (it left argv in place): bin/prebake deleted the
+  // container runc restored, with the same global flags, and prebake's state.
+  t.deepEqual(args('runc-delete').slice(1), ['--root', '/r', '--systemd-cgroup', 'delete', '--force', 'ctr']);
+  t.false(existsSync(state));
   // Shapes left to Node alone: a terminal, descriptors to hand on, an unknown flag, a second
   // argument, an odd id, a symlink among the images, a path leaving the rootfs.
   for (const argv of [

@@ -1,12 +1,16 @@
-// The restore bin/prebake starts beside the Node program's start-up: a checkpoint the checks
-// refuse is never resumed, not even for a moment. The function here appends "<token> <count>"
+// The restore bin/prebake starts beside the Node program's start-up, CRIU leaving the restored
+// tasks stopped until the Node program accepts the checkpoint: a checkpoint the checks refuse
+// is never resumed, not even for a moment, whether the refusal comes while runc is still
+// restoring or after it is done, and a Node program that dies before its verdict leaves
+// nothing behind. The function here appends "<token> <count>"
 // to a file in its rootfs every 2 ms from a thread of its own; a restored process keeps the
 // token it had at the bake and counts on from there, a cold one draws a new token. The file
 // is part of the rootfs changes the checkpoint layer carries, so each replica's writable
 // layer shows what every process of that replica wrote.
 
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { bakeNoop, type BakedFunction, PORT } from './helpers/baked.ts';
@@ -46,26 +50,52 @@ test.before(async () => {
 });
 test.after.always(() => baked?.cleanup());
 
+/**
+ * A Node program that starts late: after 1 s (runc has long finished restoring), it records
+ * what runc and /proc say of the replica's init, then runs node, or with `exitWith`, exits.
+ */
+function lateNode(t: import('ava').ExecutionContext, root: string, id: string, exitWith?: number) {
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-late-node-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const node = join(dir, 'node');
+  writeFileSync(node, `#!/bin/sh
+sleep 1
+runc --root '${root}' state '${id}' > '${dir}/state.json' 2>&1
+pid=$(sed -n 's/^ *"pid": *\\([0-9]*\\).*/\\1/p' '${dir}/state.json')
+[ -n "$pid" ] && cut -d' ' -f3 /proc/$pid/stat > '${dir}/proc-state'
+${exitWith === undefined ? `exec '${process.execPath}' "$@"` : `exit ${exitWith}`}
+`);
+  chmodSync(node, 0o755);
+  const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').trim() : '');
+  return { node, restored: () => ({ status: (JSON.parse(read('state.json') || '{}') as { status?: string }).status, proc: read('proc-state') }) };
+}
+
+/** What the processes of a replica wrote in its ticks file: lines of the baked process after the bake, lines of others. */
+function ticksIn(upper: string) {
+  const ticks = join(upper, 'var/ticks');
+  const lines = existsSync(ticks) ? readFileSync(ticks, 'utf8').trim().split('\n').map((l) => l.split(' ')) : [];
+  return { bake: lines.filter(([tok, n]) => tok === bakeToken && Number(n) > bakeCount).length, other: lines.filter(([tok]) => tok !== bakeToken).length };
+}
+
 /** Creates a replica (with --debug), starts it, and returns what its processes wrote once it serves. */
-async function replica(t: import('ava').ExecutionContext, prefix: string, dropCaps: boolean) {
+async function replica(t: import('ava').ExecutionContext, prefix: string, dropCaps: boolean, late = false) {
   const { b, rt, id } = testReplica(t, baked.layers, prefix);
   b.writeSpec(baked.spec(b.netnsPath, (s) => {
     if (dropCaps) s.process!.capabilities = { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] };
   }));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
-  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id]);
+  const node = late ? lateNode(t, rt.root, id) : undefined;
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], node && { ...process.env, PREBAKE_NODE: node.node });
   t.teardown(() => create.close());
   t.is(create.code, 0, create.output);
   t.is((await run(PREBAKE, ['--root', rt.root, 'start', id])).code, 0);
   const first = await client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 });
   await new Promise((r) => setTimeout(r, 100));
-  const ticks = join(b.upper, 'var/ticks');
-  const lines = existsSync(ticks) ? readFileSync(ticks, 'utf8').trim().split('\n').map((l) => l.split(' ')) : [];
-  const written = { bake: lines.filter(([tok, n]) => tok === bakeToken && Number(n) > bakeCount).length, other: lines.filter(([tok]) => tok !== bakeToken).length };
+  const written = ticksIn(b.upper);
   const log = rt.logLines();
   t.is((await killAndDelete(rt, id)).code, 0);
-  return { first: first.body, written, log };
+  return { first: first.body, written, log, restored: node?.restored() };
 }
 
 test('a checkpoint the checks refuse is never resumed: its process writes nothing, the cold one does', async (t) => {
@@ -83,4 +113,29 @@ test('the same checkpoint passing the checks is resumed: the restored process co
   t.is(r.first.split(' ')[0], bakeToken, 'the replica that serves has the bake token');
   t.true(r.written.bake > 0, 'the restored process wrote on after the bake');
   t.is(r.written.other, 0);
+});
+
+test('a refusal after runc has finished restoring kills the tasks CRIU left stopped: they never ran', async (t) => {
+  const r = await replica(t, 'refused-late', true, true);
+  t.deepEqual(r.restored, { status: 'running', proc: 'T' }, 'runc had restored the container, its init stopped');
+  t.true(r.log.some((l) => l.level === 'debug' && /early restore refused before its tasks ran again/.test(l.msg)), JSON.stringify(r.log));
+  t.not(r.first.split(' ')[0], bakeToken, 'the replica that serves is a cold one');
+  t.is(r.written.bake, 0, 'the restored process never ran: it wrote nothing after the bake');
+  t.true(r.written.other > 0);
+});
+
+test('a Node program that dies before it settles the restore fails the create and leaves nothing: the stopped tasks are killed', async (t) => {
+  const { b, rt, id } = testReplica(t, baked.layers, 'node-died');
+  b.writeSpec(baked.spec(b.netnsPath));
+  const node = lateNode(t, rt.root, id, 3);
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], { ...process.env, PREBAKE_NODE: node.node });
+  t.teardown(() => create.close());
+  t.is(create.code, 3, create.output);
+  t.deepEqual(node.restored(), { status: 'running', proc: 'T' }, 'runc had restored the container, its init stopped');
+  const state = await run('runc', ['--root', rt.root, 'state', id]);
+  t.not(state.code, 0, 'no container left');
+  t.regex(state.output, /does not exist/);
+  t.false(existsSync(join(rt.state, id)), "no prebake state left");
+  await new Promise((r) => setTimeout(r, 100));
+  t.is(ticksIn(b.upper).bake, 0, 'the restored process never ran');
 });

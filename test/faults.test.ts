@@ -56,7 +56,7 @@ test('prebake killed with SIGKILL during a restore, then the engine\'s delete --
     t.is(del.code, 0, `after ${delayMs} ms: ${del.output}`);
     t.false(existsSync(join(rt.root, id)), `runc state gone (killed after ${delayMs} ms)`);
     t.false(existsSync(join(rt.state, id)), `prebake state gone (killed after ${delayMs} ms)`);
-    const ps = spawnSync('pgrep', ['-f', `criu.*${id}|runc.*${id}`], { encoding: 'utf8' }).stdout.trim();
+    const ps = spawnSync('pgrep', ['-f', `(criu|runc).*${id}( |$)`], { encoding: 'utf8' }).stdout.trim();
     t.is(ps, '', `no runc or CRIU process left for ${id}`);
     t.is(spawnSync('ip', ['netns', 'pids', b.netns], { encoding: 'utf8' }).stdout.trim(), '', `no process left in the container's network namespace`);
   }
@@ -225,7 +225,7 @@ function checkNothingLeft(t: ExecutionContext, r: FullDiskReplica, what: string,
     t.is(mounts.length, 1, `${what}: mounts under the state dir: ${mounts.join('\n')}`);
   }
   t.deepEqual(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(r.id)), [], `${what}: no mount of the container's`);
-  t.is(spawnSync('pgrep', ['-f', `criu.*${r.id}|runc.*${r.id}`], { encoding: 'utf8' }).stdout.trim(), '', `${what}: no runc or CRIU process left`);
+  t.is(spawnSync('pgrep', ['-f', `(criu|runc).*${r.id}( |$)`], { encoding: 'utf8' }).stdout.trim(), '', `${what}: no runc or CRIU process left`);
   t.deepEqual(functionPids(r.b.netns), [], `${what}: no process of the function's left in its network namespace`);
 }
 

@@ -2,7 +2,7 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -219,10 +219,11 @@ function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArg
  * What follows a successful `runc restore`: the loopback of a network namespace runc made
  * (CRIU restores it down) and the restore signal. Throws if the restored process is gone.
  */
-function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): void {
+function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): number | undefined {
   const pid = restoredPid(call, plan, flagValue(createArgs, 'pid-file'), cfg);
   if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
   if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
+  return pid ? Number(pid) : undefined;
 }
 
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
@@ -376,11 +377,26 @@ function killTree(root: number): void {
   for (let i = 0; i < 5000 && [...found].some((p) => !dead(p)); i++) nap(1);
 }
 
+/** Resumes a process CRIU left stopped and everything under it (stopped, none of them forks). */
+function resumeTree(root: number): void {
+  const found = new Set<number>();
+  for (let todo = [root]; todo.length; ) {
+    const next: number[] = [];
+    for (const p of todo) {
+      if (found.has(p)) continue;
+      found.add(p);
+      next.push(...childrenOf(p));
+    }
+    todo = next;
+  }
+  for (const p of found) process.kill(p, 'SIGCONT');
+}
+
 /**
  * The early restore bin/prebake started in `dir` before this program ran: runc restoring the
- * checkpoint the shell found, with CRIU waiting at its post-restore stage for a verdict. The
- * verdict is ok only if that restore is exactly the one `plan` asks for (same checkpoint,
- * bundle, state and flags); then runc's exit status decides. Returns null if the container is
+ * checkpoint the shell found, its tasks left stopped by CRIU. It is accepted only if it is
+ * exactly the restore `plan` asks for (same checkpoint, bundle, state and flags); then runc's
+ * exit status decides, and the tasks are resumed once the container is finished. Returns null if the container is
  * restored; otherwise the attempt is cleaned away and the result says why (undefined: the plan
  * itself was refused, or differs from the shell's guess, and the caller goes on without it).
  */
@@ -394,22 +410,15 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
       /* no argv recorded: refuse */
     }
   }
-  // The verdict; CRIU reads it at post-restore (and waits for it there).
-  const verdict = (v: string) => {
-    const gate = openSync(join(dir, 'gate'), 'r+');
-    try {
-      writeSync(gate, `${v}\n`);
-    } finally {
-      closeSync(gate);
-    }
-  };
   if (ok && plan && createArgs) {
-    verdict('ok');
     const status = Number(readLine(join(dir, 'status')));
     let reason: string;
     if (status === 0) {
       try {
-        finishRestored(plan, call, createArgs, cfg);
+        const pid = finishRestored(plan, call, createArgs, cfg);
+        if (pid === undefined) throw new Error('the restored process is gone');
+        resumeTree(pid);
+        rmSync(join(dir, 'argv')); // settled (bin/prebake clears away an attempt that was not)
         return null;
       } catch (e) {
         reason = (e as Error).message;
@@ -423,13 +432,12 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
   const runcPid = pidIn(join(dir, 'runc.pid'));
   // Only while it is still runc, the child of bin/prebake's job (a pid is reused once reaped).
   if (runcPid !== undefined && childrenOf(process.ppid).includes(parentOf(runcPid))) killTree(runcPid);
-  verdict('no'); // for a CRIU not found above: the gate then stops it
   readLine(join(dir, 'status'), 10_000); // runc's status, once it is gone
   const id = createArgs?.rest[0] ?? '';
-  // The rootfs runc bind-mounts for CRIU, which the killed runc left mounted.
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
-  // What the killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
+  // What a killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
   unmountUnder(id ? [runcDir, dir] : [dir]);
+  // A restore runc finished is a container whose tasks are still stopped: runc's delete kills them.
   discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
   // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
   if (/^[\w+.-]+$/.test(id) && id !== '.' && id !== '..') rmSync(runcDir, { recursive: true, force: true });
