@@ -345,27 +345,35 @@ function dead(pid: number): boolean {
   }
 }
 
+/** Whether a process is stopped (also by a tracer), a zombie, or gone. */
+function stoppedOrGone(pid: number): boolean {
+  try {
+    return /^\d+ \(.*\) [TtZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
 /**
  * Kills a process and everything under it. Each is stopped as soon as it is found (a stopped
- * process forks no more, and its children stay its children), then all are killed, and waited
+ * process forks no more, and its children stay its children); once all found are stopped, their
+ * children are looked for again (a fork under way when the stop came completes first, CRIU's
+ * with CLONE_PARENT one level up), until no new one turns up. Then all are killed, and waited
  * for (up to 5 s) until gone or zombies.
  */
 function killTree(root: number): void {
   const found = new Set<number>();
-  let todo = [root];
-  while (todo.length) {
-    const next: number[] = [];
+  for (let todo = [root], round = 0; todo.length && round < 100; round++) {
     for (const p of todo) {
-      if (found.has(p)) continue;
       found.add(p);
       try {
         process.kill(p, 'SIGSTOP');
       } catch {
-        continue; // already gone
+        /* already gone */
       }
-      next.push(...childrenOf(p));
     }
-    todo = next;
+    for (let i = 0; i < 200 && [...found].some((p) => !stoppedOrGone(p)); i++) nap(1);
+    todo = [...new Set([...found].flatMap(childrenOf))].filter((p) => !found.has(p));
   }
   for (const p of found) {
     try {
