@@ -2,7 +2,7 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -12,7 +12,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir } from './config.ts';
-import { type Logger, logFileError } from './log.ts';
+import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
 
@@ -219,11 +219,10 @@ function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArg
  * What follows a successful `runc restore`: the loopback of a network namespace runc made
  * (CRIU restores it down) and the restore signal. Throws if the restored process is gone.
  */
-function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): number | undefined {
+function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): void {
   const pid = restoredPid(call, plan, flagValue(createArgs, 'pid-file'), cfg);
   if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
   if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
-  return pid ? Number(pid) : undefined;
 }
 
 /** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
@@ -257,50 +256,7 @@ function sameArgv(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i] || (isAbsolute(x) && isAbsolute(b[i]!) && resolve(x) === resolve(b[i]!)));
 }
 
-/**
- * One line from a pipe bin/prebake holds open (so this neither blocks on the open nor sees EOF);
- * with `timeoutMs`, what came by then ('' if nothing).
- */
-function readLine(fifo: string, timeoutMs?: number): string {
-  const fd = openSync(fifo, timeoutMs === undefined ? 'r' : constants.O_RDONLY | constants.O_NONBLOCK);
-  try {
-    const buf = Buffer.alloc(1);
-    let line = '';
-    const end = performance.now() + (timeoutMs ?? 0);
-    for (;;) {
-      let n: number;
-      try {
-        n = readSync(fd, buf, 0, 1, null);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN' || performance.now() > end) return line;
-        nap(1);
-        continue;
-      }
-      if (n !== 1 || buf[0] === 0x0a) return line;
-      line += String.fromCharCode(buf[0]!);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
 const nap = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-
-/** The pid a file holds, waiting up to 1 s for the file to be written. */
-function pidIn(file: string): number | undefined {
-  for (let i = 0; i < 1000; i++) {
-    const pid = (() => {
-      try {
-        return readFileSync(file, 'utf8').trim();
-      } catch {
-        return '';
-      }
-    })();
-    if (/^\d+\n?$/.test(pid)) return Number(pid);
-    nap(1);
-  }
-  return undefined;
-}
 
 /** The children of a process (all its threads'), from /proc. */
 function childrenOf(pid: number): number[] {
@@ -385,30 +341,60 @@ function killTree(root: number): void {
   for (let i = 0; i < 5000 && [...found].some((p) => !dead(p)); i++) nap(1);
 }
 
-/** Resumes a process CRIU left stopped and everything under it (stopped, none of them forks). */
-function resumeTree(root: number): void {
-  const found = new Set<number>();
-  for (let todo = [root]; todo.length; ) {
-    const next: number[] = [];
-    for (const p of todo) {
-      if (found.has(p)) continue;
-      found.add(p);
-      next.push(...childrenOf(p));
-    }
-    todo = next;
-  }
-  for (const p of found) process.kill(p, 'SIGCONT');
+/** A restore bin/prebake started before this program ran (see its early_restore). */
+export interface EarlyRestore {
+  /** The container's state dir, as the shell wrote it (with the argv it ran). */
+  dir: string;
+  /** runc's pid: a child of bin/prebake, as this program is. */
+  runcPid?: number;
+  /**
+   * Set when bin/prebake calls again after this program accepted the restore: runc's exit
+   * status (0: runc restored it, but the shell could not resume it).
+   */
+  status?: number;
+}
+
+/** Where this program hands bin/prebake an accepted restore's finishing steps. */
+const VERDICT_FD = 9;
+/** Stands for the restore's ms in the log line bin/prebake completes. */
+const MS_PLACEHOLDER = 987654321;
+
+const shQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
+
+/**
+ * Accepts an early restore: hands bin/prebake, on VERDICT_FD, what it needs to finish the
+ * container once runc is done (shell assignments): the restore signal, whether to bring the
+ * loopback up, the log line (split where the restore's ms go; empty if the log level leaves it
+ * out) and where it goes (the --log file, or '' for stderr).
+ */
+function handOver(plan: RestorePlan, log: Logger): void {
+  const { text, file } = captureLines(log, () => log.info({ id: plan.id, ms: MS_PLACEHOLDER }, `restored ${plan.id} from ${plan.source}`));
+  const line = text.replace(/\n$/, '');
+  const key = [`"ms":${MS_PLACEHOLDER}`, `ms="${MS_PLACEHOLDER}"`].find((k) => line.includes(k));
+  const at = key ? line.indexOf(key) + key.indexOf(String(MS_PLACEHOLDER)) : -1;
+  const [pre, post] = at < 0 ? ['', ''] : [line.slice(0, at), line.slice(at + String(MS_PLACEHOLDER).length)];
+  const assignments = [
+    `sig=${shQuote(plan.restoreSignal?.replace(/^SIG/, '') ?? '')}`,
+    `lo=${plan.netnsPath ? '' : '1'}`,
+    `log_file=${shQuote(file)}`,
+    `log_pre=${shQuote(pre)}`,
+    `log_post=${shQuote(post)}`,
+    'accepted=1',
+  ];
+  writeSync(VERDICT_FD, `${assignments.join('\n')}\n`);
 }
 
 /**
- * The early restore bin/prebake started in `dir` before this program ran: runc restoring the
- * checkpoint the shell found, its tasks left stopped by CRIU. It is accepted only if it is
- * exactly the restore `plan` asks for (same checkpoint, bundle, state and flags); then runc's
- * exit status decides, and the tasks are resumed once the container is finished. Returns null if the container is
- * restored; otherwise the attempt is cleaned away and the result says why (undefined: the plan
- * itself was refused, or differs from the shell's guess, and the caller goes on without it).
+ * The early restore bin/prebake started: runc restoring the checkpoint the shell found, CRIU
+ * leaving the restored tasks stopped. It is accepted only if it is exactly the restore `plan`
+ * asks for (same checkpoint, bundle, state and flags): then bin/prebake, once runc is done,
+ * resumes the tasks and finishes the container ('accepted'). On bin/prebake's second call (runc
+ * failed, or the tasks could not be resumed) the attempt is cleared away and the result says
+ * why. Anything else is refused: runc, CRIU and the tasks (which never ran again) are killed and
+ * cleared away, and the caller goes on without them (reason undefined).
  */
-function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined): { reason?: string } | null {
+function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | { reason?: string } {
+  const { dir } = early;
   let ok = false;
   if (plan && createArgs && resolve(plan.stateDir) === resolve(dir)) {
     try {
@@ -418,34 +404,35 @@ function settleEarly(dir: string, plan: RestorePlan | null, call: RuntimeCall, c
       /* no argv recorded: refuse */
     }
   }
-  if (ok && plan && createArgs) {
-    const status = Number(readLine(join(dir, 'status')));
-    let reason: string;
-    if (status === 0) {
-      try {
-        const pid = finishRestored(plan, call, createArgs, cfg);
-        if (pid === undefined) throw new Error('the restored process is gone');
-        resumeTree(pid);
-        rmSync(join(dir, 'argv')); // settled (bin/prebake clears away an attempt that was not)
-        return null;
-      } catch (e) {
-        reason = (e as Error).message;
+  if (early.status === undefined) {
+    try {
+      if (ok && plan) {
+        handOver(plan, log);
+        return 'accepted';
       }
-    } else reason = failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log'));
+    } catch {
+      /* not handed over: refused below */
+    } finally {
+      // Nothing this program starts may hold the shell's pipe open.
+      try {
+        closeSync(VERDICT_FD);
+      } catch {
+        /* not open */
+      }
+    }
+  } else if (ok && plan) {
+    const reason = early.status !== 0 ? failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log')) : 'the restored process could not be resumed';
     discardAttempt(plan, call, cfg);
     return { reason };
   }
-  // Refused: runc, CRIU and the tasks it was restoring (which never ran again) are killed, and
-  // the attempt is cleared away.
-  const runcPid = pidIn(join(dir, 'runc.pid'));
-  // Only while it is still runc, the child of bin/prebake's job (a pid is reused once reaped).
-  if (runcPid !== undefined && childrenOf(process.ppid).includes(parentOf(runcPid))) killTree(runcPid);
-  readLine(join(dir, 'status'), 10_000); // runc's status, once it is gone
+  // Refused. runc still at work (still bin/prebake's child) is stopped and killed with CRIU and
+  // every task CRIU made; a restore runc finished is a container whose tasks are still stopped,
+  // which runc's delete kills.
+  if (early.runcPid !== undefined && parentOf(early.runcPid) === process.ppid) killTree(early.runcPid);
   const id = createArgs?.rest[0] ?? '';
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
   // What a killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
   unmountUnder(id ? [runcDir, dir] : [dir]);
-  // A restore runc finished is a container whose tasks are still stopped: runc's delete kills them.
   discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
   // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
   if (/^[\w+.-]+$/.test(id) && id !== '.' && id !== '..') rmSync(runcDir, { recursive: true, force: true });
@@ -462,16 +449,16 @@ function coldCreate(argv: readonly string[], createArgs: ParsedArgs | null, cfg:
 
 /**
  * `create`: a restore if the bundle's checkpoint passes the checks, else the cold `runc create`.
- * `early` is the state dir of a restore bin/prebake already started for this create (see
- * settleEarly); without it this program runs the restore itself.
+ * `early` is a restore bin/prebake already started for this create (see settleEarly); without
+ * it this program runs the restore itself.
  */
-export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: string): number {
+export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore): number {
   let createArgs: ParsedArgs | null = null;
   let plan: RestorePlan | null = null;
   let netnsPath: string | undefined;
   // A cold start before the plan: an early restore is refused (and cleaned away) first.
   const cold = () => {
-    if (early) settleEarly(early, null, call, createArgs, cfg, netnsPath);
+    if (early) settleEarly(early, null, call, createArgs, cfg, netnsPath, log);
     return coldCreate(argv, createArgs, cfg);
   };
   try {
@@ -494,12 +481,8 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
   }
   if (early) {
-    const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath);
-    if (settled === null) {
-      // The restore began with this program: its run time is the restore's.
-      log.info({ id: plan!.id, ms: Math.round(performance.now()) }, `restored ${plan!.id} from ${plan!.source}`);
-      return 0;
-    }
+    const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath, log);
+    if (settled === 'accepted') return 0; // bin/prebake finishes it once runc is done
     if (settled.reason === undefined) log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
     if (settled.reason !== undefined) {
       log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);

@@ -46,6 +46,9 @@ export interface LogOptions {
 /** Loggers whose --log file could not be opened, with the reason. */
 const unopened = new WeakMap<Logger, Error>();
 
+/** Per logger: where its lines go (the --log file, or '' for stderr), and a capture under way. */
+const sinks = new WeakMap<Logger, { file: string; capture?: string[] }>();
+
 /**
  * Why the --log file given to this logger could not be opened (runc fails the call then, with
  * that reason), or undefined. Such a logger writes to stderr.
@@ -66,8 +69,10 @@ export function createLogger(opts: LogOptions): Logger {
     }
   }
   const line = (s: string) => (opts.format === 'json' ? s : textLine(s));
+  const sink: { file: string; capture?: string[] } = { file: fd === undefined ? '' : opts.file! };
   const stream = {
     write: (s: string) => {
+      if (sink.capture) return void sink.capture.push(line(s));
       if (fd === undefined) return toStderr(line(s));
       try {
         writeAll(fd, line(s));
@@ -87,5 +92,21 @@ export function createLogger(opts: LogOptions): Logger {
     stream,
   );
   if (openError) unopened.set(log, openError);
+  sinks.set(log, sink);
   return log;
+}
+
+/**
+ * The line(s) `emit` would log, formatted as this logger writes them, without writing them (''
+ * if its level is filtered out), and where they would go: the --log file, or '' for stderr.
+ */
+export function captureLines(log: Logger, emit: () => void): { text: string; file: string } {
+  const sink = sinks.get(log)!;
+  sink.capture = [];
+  try {
+    emit();
+    return { text: sink.capture.join(''), file: sink.file };
+  } finally {
+    delete sink.capture;
+  }
 }

@@ -39,8 +39,14 @@ export async function main(argv: readonly string[]): Promise<number> {
         debug: flagIsSet(call.global, 'debug'),
       });
       // Set by bin/prebake when it started the restore itself (see its early_restore).
-      const early = process.env.PREBAKE_EARLY;
-      delete process.env.PREBAKE_EARLY;
+      const env = process.env;
+      const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : undefined);
+      const runcPid = num(env.PREBAKE_EARLY_RUNC);
+      const status = num(env.PREBAKE_EARLY_STATUS);
+      const early = env.PREBAKE_EARLY ? { dir: env.PREBAKE_EARLY, ...(runcPid ? { runcPid } : {}), ...(status !== undefined ? { status } : {}) } : undefined;
+      delete env.PREBAKE_EARLY;
+      delete env.PREBAKE_EARLY_RUNC;
+      delete env.PREBAKE_EARLY_STATUS;
       return restoreOrCreate(argv, call, cfg, log, early);
     }
     case 'doctor': {
