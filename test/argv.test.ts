@@ -165,6 +165,9 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   // container runc restored, with the same global flags, and prebake's state.
   t.deepEqual(args('runc-delete').slice(1), ['--root', '/r', '--systemd-cgroup', 'delete', '--force', 'ctr']);
   t.false(existsSync(state));
+  // Without a pid file of the caller's, runc writes the restored init's pid in prebake's state.
+  t.deepEqual(early(['--root', '/r', 'create', '--bundle', b, 'ctr']).runc, ['--root', '/r', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
+    '--image-path', `${b}/rootfs/.prebake/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', `${state}/pid`, 'ctr']);
   // Shapes left to Node alone: a terminal, descriptors to hand on, an unknown flag, a second
   // argument, an odd id, a symlink among the images, a path leaving the rootfs.
   for (const argv of [

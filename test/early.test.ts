@@ -9,6 +9,7 @@
 // layer shows what every process of that replica wrote.
 
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -138,4 +139,23 @@ test('a Node program that dies before it settles the restore fails the create an
   t.false(existsSync(join(rt.state, id)), "no prebake state left");
   await new Promise((r) => setTimeout(r, 100));
   t.is(ticksIn(b.upper).bake, 0, 'the restored process never ran');
+});
+
+test('bin/prebake killed before the Node program settles: the Node program clears the restore away and creates nothing', async (t) => {
+  const { b, rt, id } = testReplica(t, baked.layers, 'shell-killed');
+  b.writeSpec(baked.spec(b.netnsPath));
+  const node = lateNode(t, rt.root, id);
+  const shell = spawn(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], { stdio: 'ignore', env: { ...process.env, PREBAKE_NODE: node.node } });
+  const exited = new Promise((r) => shell.on('exit', r));
+  await new Promise((r) => setTimeout(r, 300));
+  shell.kill('SIGKILL'); // runc restores on; the Node program starts after this
+  await exited;
+  const abandoned = () => rt.logLines().some((l) => l.level === 'warning' && /^create abandoned: /.test(l.msg));
+  for (let i = 0; i < 200 && !abandoned(); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(abandoned(), JSON.stringify(rt.logLines()));
+  t.deepEqual(node.restored(), { status: 'running', proc: 'T' }, 'runc had restored the container, its init stopped');
+  t.regex((await run('runc', ['--root', rt.root, 'state', id])).output, /does not exist/, 'no container left, none created');
+  t.false(existsSync(join(rt.state, id)), 'no prebake state left');
+  t.is(ticksIn(b.upper).bake, 0, 'the restored process never ran');
+  t.is(ticksIn(b.upper).other, 0, 'no cold one either');
 });

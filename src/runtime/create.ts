@@ -203,11 +203,15 @@ function prepareState(plan: RestorePlan): { work: string; runcLog: string } {
 }
 
 /** runc's argv (after the binary) for restoring the plan: create's global and mapped flags. */
+/** The pid file of a restore: the one create was given, else one in prebake's state. */
+function restorePidFile(plan: RestorePlan, createArgs: ParsedArgs): string {
+  return flagValue(createArgs, 'pid-file') || join(plan.stateDir, 'pid');
+}
+
 function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs): string[] {
   const args = [...globalsWithoutLog(call.global), '--log', join(plan.stateDir, 'runc-restore.log'), '--log-format', 'json', 'restore', '--detach'];
   args.push('--image-path', plan.imagePath, '--work-path', join(plan.stateDir, 'criu'), '--bundle', plan.bundle);
-  const pidFile = flagValue(createArgs, 'pid-file');
-  if (pidFile !== undefined) args.push('--pid-file', pidFile);
+  args.push('--pid-file', restorePidFile(plan, createArgs));
   const console = flagValue(createArgs, 'console-socket');
   if (console !== undefined) args.push('--console-socket', console);
   if (flagIsSet(createArgs, 'no-pivot')) args.push('--no-pivot');
@@ -220,7 +224,7 @@ function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArg
  * (CRIU restores it down) and the restore signal. Throws if the restored process is gone.
  */
 function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): void {
-  const pid = restoredPid(call, plan, flagValue(createArgs, 'pid-file'), cfg);
+  const pid = restoredPid(call, plan, restorePidFile(plan, createArgs), cfg);
   if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
   if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
 }
@@ -347,6 +351,8 @@ export interface EarlyRestore {
   dir: string;
   /** runc's pid: a child of bin/prebake, as this program is. */
   runcPid?: number;
+  /** bin/prebake's pid: this program's parent while the create's caller waits for it. */
+  shellPid?: number;
   /**
    * Set when bin/prebake calls again after this program accepted the restore: runc's exit
    * status (0: runc restored it, but the shell could not resume it).
@@ -393,8 +399,10 @@ function handOver(plan: RestorePlan, log: Logger): void {
  * why. Anything else is refused: runc, CRIU and the tasks (which never ran again) are killed and
  * cleared away, and the caller goes on without them (reason undefined).
  */
-function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | { reason?: string } {
+function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | { reason?: string; abandoned?: true } {
   const { dir } = early;
+  // bin/prebake killed (by an engine giving up on the create): nobody waits for this create.
+  const callerGone = () => early.shellPid !== undefined && process.ppid !== early.shellPid;
   let ok = false;
   if (plan && createArgs && resolve(plan.stateDir) === resolve(dir)) {
     try {
@@ -406,7 +414,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   }
   if (early.status === undefined) {
     try {
-      if (ok && plan) {
+      if (ok && plan && !callerGone()) {
         handOver(plan, log);
         return 'accepted';
       }
@@ -428,7 +436,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   // Refused. runc still at work (still bin/prebake's child) is stopped and killed with CRIU and
   // every task CRIU made; a restore runc finished is a container whose tasks are still stopped,
   // which runc's delete kills.
-  if (early.runcPid !== undefined && parentOf(early.runcPid) === process.ppid) killTree(early.runcPid);
+  if (early.runcPid !== undefined && isEarlyRunc(early.runcPid, early, dir)) killTree(early.runcPid);
   const id = createArgs?.rest[0] ?? '';
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
   // What a killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
@@ -436,7 +444,21 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
   // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
   if (/^[\w+.-]+$/.test(id) && id !== '.' && id !== '..') rmSync(runcDir, { recursive: true, force: true });
-  return {};
+  return callerGone() ? { abandoned: true } : {};
+}
+
+/**
+ * Whether `pid` is still the runc of this early restore: bin/prebake's child (a pid is reused
+ * only once bin/prebake has reaped it), or, bin/prebake gone, the runc whose CRIU work dir is in
+ * `dir`.
+ */
+function isEarlyRunc(pid: number, early: EarlyRestore, dir: string): boolean {
+  if (early.shellPid !== undefined && parentOf(pid) === early.shellPid) return true;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(join(dir, 'criu'));
+  } catch {
+    return false;
+  }
 }
 
 /** The ordinary `runc create`, with the caller's argv and its extra descriptors. */
@@ -458,8 +480,12 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   let netnsPath: string | undefined;
   // A cold start before the plan: an early restore is refused (and cleaned away) first.
   const cold = () => {
-    if (early) settleEarly(early, null, call, createArgs, cfg, netnsPath, log);
-    return coldCreate(argv, createArgs, cfg);
+    const settled = early ? settleEarly(early, null, call, createArgs, cfg, netnsPath, log) : {};
+    return settled !== 'accepted' && settled.abandoned ? abandon() : coldCreate(argv, createArgs, cfg);
+  };
+  const abandon = () => {
+    log.warn({ id: createArgs?.rest[0] }, 'create abandoned: bin/prebake, which ran it, is gone; the restore it started was cleared away');
+    return 1;
   };
   try {
     createArgs = parseFlags(CREATE_FLAGS, call.args, 'runc create');
@@ -483,6 +509,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   if (early) {
     const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath, log);
     if (settled === 'accepted') return 0; // bin/prebake finishes it once runc is done
+    if (settled.abandoned) return abandon();
     if (settled.reason === undefined) log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
     if (settled.reason !== undefined) {
       log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);

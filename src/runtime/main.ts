@@ -42,11 +42,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       const env = process.env;
       const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : undefined);
       const runcPid = num(env.PREBAKE_EARLY_RUNC);
+      const shellPid = num(env.PREBAKE_EARLY_SHELL);
       const status = num(env.PREBAKE_EARLY_STATUS);
-      const early = env.PREBAKE_EARLY ? { dir: env.PREBAKE_EARLY, ...(runcPid ? { runcPid } : {}), ...(status !== undefined ? { status } : {}) } : undefined;
-      delete env.PREBAKE_EARLY;
-      delete env.PREBAKE_EARLY_RUNC;
-      delete env.PREBAKE_EARLY_STATUS;
+      const early = env.PREBAKE_EARLY
+        ? { dir: env.PREBAKE_EARLY, ...(runcPid ? { runcPid } : {}), ...(shellPid ? { shellPid } : {}), ...(status !== undefined ? { status } : {}) }
+        : undefined;
+      for (const k of ['PREBAKE_EARLY', 'PREBAKE_EARLY_RUNC', 'PREBAKE_EARLY_SHELL', 'PREBAKE_EARLY_STATUS']) delete env[k];
       return restoreOrCreate(argv, call, cfg, log, early);
     }
     case 'doctor': {
