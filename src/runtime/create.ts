@@ -202,12 +202,12 @@ function prepareState(plan: RestorePlan): { work: string; runcLog: string } {
   return { work, runcLog };
 }
 
-/** runc's argv (after the binary) for restoring the plan: create's global and mapped flags. */
 /** The pid file of a restore: the one create was given, else one in prebake's state. */
 function restorePidFile(plan: RestorePlan, createArgs: ParsedArgs): string {
   return flagValue(createArgs, 'pid-file') || join(plan.stateDir, 'pid');
 }
 
+/** runc's argv (after the binary) for restoring the plan: create's global and mapped flags. */
 function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs): string[] {
   const args = [...globalsWithoutLog(call.global), '--log', join(plan.stateDir, 'runc-restore.log'), '--log-format', 'json', 'restore', '--detach'];
   args.push('--image-path', plan.imagePath, '--work-path', join(plan.stateDir, 'criu'), '--bundle', plan.bundle);
@@ -287,32 +287,22 @@ function unmountUnder(dirs: readonly string[]): void {
   for (const m of points.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m], { stdio: 'ignore' });
 }
 
-/** The parent of a process, from /proc (-1: gone). */
-function parentOf(pid: number): number {
+/** A process's state letter and parent, from /proc/<pid>/stat; undefined if it is gone. */
+function procStat(pid: number): { state: string; ppid: number } | undefined {
   try {
-    return Number(/^\d+ \(.*\) \S (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1] ?? -1);
+    const m = /^\d+ \(.*\) (\S) (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    return m ? { state: m[1]!, ppid: Number(m[2]) } : undefined;
   } catch {
-    return -1;
+    return undefined;
   }
 }
 
+/** The parent of a process (-1: gone). */
+const parentOf = (pid: number) => procStat(pid)?.ppid ?? -1;
 /** Whether a process is gone or a zombie (killed, not yet reaped). */
-function dead(pid: number): boolean {
-  try {
-    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
-
+const dead = (pid: number) => /^Z?$/.test(procStat(pid)?.state ?? '');
 /** Whether a process is stopped (also by a tracer), a zombie, or gone. */
-function stoppedOrGone(pid: number): boolean {
-  try {
-    return /^\d+ \(.*\) [TtZX]/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
+const stoppedOrGone = (pid: number) => /^[TtZX]?$/.test(procStat(pid)?.state ?? '');
 
 /**
  * Kills a process and everything under it. Each is stopped as soon as it is found (a stopped
@@ -510,11 +500,13 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath, log);
     if (settled === 'accepted') return 0; // bin/prebake finishes it once runc is done
     if (settled.abandoned) return abandon();
-    if (settled.reason === undefined) log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
     if (settled.reason !== undefined) {
       log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);
       plan = null;
-    } else if (plan) log.debug({ id: plan.id }, 'the early restore was not the planned one; restoring again');
+    } else {
+      log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
+      if (plan) log.debug({ id: plan.id }, 'the early restore was not the planned one; restoring again');
+    }
   }
   if (plan && createArgs) {
     const t0 = performance.now();

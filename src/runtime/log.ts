@@ -43,18 +43,23 @@ export interface LogOptions {
   debug?: boolean;
 }
 
-/** Loggers whose --log file could not be opened, with the reason. */
-const unopened = new WeakMap<Logger, Error>();
-
-/** Per logger: where its lines go (the --log file, or '' for stderr), and a capture under way. */
-const sinks = new WeakMap<Logger, { file: string; capture?: string[] }>();
+/**
+ * Per logger: where its lines go (the --log file, or '' for stderr), why the --log file could
+ * not be opened, and a capture under way.
+ */
+interface Sink {
+  file: string;
+  openError?: Error;
+  capture?: string[];
+}
+const sinks = new WeakMap<Logger, Sink>();
 
 /**
  * Why the --log file given to this logger could not be opened (runc fails the call then, with
  * that reason), or undefined. Such a logger writes to stderr.
  */
 export function logFileError(log: Logger): Error | undefined {
-  return unopened.get(log);
+  return sinks.get(log)?.openError;
 }
 
 export function createLogger(opts: LogOptions): Logger {
@@ -69,7 +74,7 @@ export function createLogger(opts: LogOptions): Logger {
     }
   }
   const line = (s: string) => (opts.format === 'json' ? s : textLine(s));
-  const sink: { file: string; capture?: string[] } = { file: fd === undefined ? '' : opts.file! };
+  const sink: Sink = { file: fd === undefined ? '' : opts.file!, ...(openError ? { openError } : {}) };
   const stream = {
     write: (s: string) => {
       if (sink.capture) return void sink.capture.push(line(s));
@@ -91,7 +96,6 @@ export function createLogger(opts: LogOptions): Logger {
     },
     stream,
   );
-  if (openError) unopened.set(log, openError);
   sinks.set(log, sink);
   return log;
 }
