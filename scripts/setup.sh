@@ -14,7 +14,7 @@ criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
   v=$(criu --version 2>/dev/null | sed -n 's/^Version: *//p')
   major=${v%%.*}; rest=${v#*.}; minor=${rest%%.*}
-  [ "${major:-0}" -gt 4 ] || { [ "${major:-0}" -eq 4 ] && [ "${minor:-0}" -ge 2 ]; }
+  { [ "${major:-0}" -gt 4 ] || { [ "${major:-0}" -eq 4 ] && [ "${minor:-0}" -ge 2 ]; }; } && criu check >/dev/null 2>&1
 }
 
 missing=""
@@ -37,45 +37,81 @@ if [ -n "$missing" ]; then
     || { echo "setup: apt-get install failed for:$missing" >&2; exit 1; }
 fi
 
-if ! criu_ok; then
-  # CRIU >= 4.2 is needed: bookworm's 3.17 does not run on current kernels and trixie's 4.1
-  # cannot dump TCP sockets on kernels >= 6.16. sid has it; pin trixie and sid low so that
-  # nothing else moves, take trixie's libraries first, then only criu and its own libs from sid.
-  if [ ! -f /etc/apt/sources.list.d/prebake-criu.sources ]; then
-    cat > /etc/apt/sources.list.d/prebake-criu.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    cat > /etc/apt/preferences.d/prebake-criu <<'PIN'
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-
-Package: *
-Pin: release n=sid
-Pin-Priority: 50
-PIN
-    updated=""
-  fi
-  apt_update
-  echo "setup: installing criu (trixie libraries, sid criu)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie criu >/dev/null \
-    || { echo "setup: could not install criu from trixie" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq criu/sid >/dev/null \
-    || { echo "setup: could not install criu from sid" >&2; exit 1; }
-  criu_ok || { echo "setup: criu >= 4.2 is required, found: $(criu --version 2>&1 | head -1)" >&2; exit 1; }
+# Left by an earlier version of this script, which took CRIU from trixie/sid: those binary
+# sources let apt move host packages to another release, so they go.
+if [ -f /etc/apt/sources.list.d/prebake-criu.sources ] || [ -f /etc/apt/preferences.d/prebake-criu ]; then
+  echo "setup: removing the trixie/sid apt sources an earlier setup added" >&2
+  rm -f /etc/apt/sources.list.d/prebake-criu.sources /etc/apt/preferences.d/prebake-criu
+  updated=""; apt_update
 fi
 
-# The CRI API definition (api.proto) that test/helpers/cri.ts loads: not in bookworm; the low-pinned
-# trixie/sid sources above have it, its dependencies stay bookworm's.
-if ! dpkg-query -W -f='${Status}' golang-k8s-cri-api-dev 2>/dev/null | grep -q 'install ok installed'; then
-  apt_update
-  echo "setup: installing golang-k8s-cri-api-dev" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-k8s-cri-api-dev >/dev/null \
-    || { echo "setup: could not install golang-k8s-cri-api-dev (it needs the trixie/sid sources in /etc/apt/sources.list.d/prebake-criu.sources)" >&2; exit 1; }
+# Files that are not in this host's release are fetched by exact name and checked against a
+# pinned sha256 (the digests Debian's signed indexes give for them), into a root-owned cache.
+# Nothing from another release is installed as a package: no host package changes release.
+cache=/var/cache/prebake
+fetch_pinned() { # URL SHA256 DEST
+  [ -f "$3" ] && echo "$2  $3" | sha256sum -c --status && return 0
+  mkdir -p "$(dirname "$3")"
+  curl -fsSL --retry 3 -o "$3.part" "$1" || { echo "setup: could not download $1" >&2; rm -f "$3.part"; return 1; }
+  echo "$2  $3.part" | sha256sum -c --status || { echo "setup: $1 does not have the pinned sha256 $2" >&2; rm -f "$3.part"; return 1; }
+  mv "$3.part" "$3"
+}
+
+# CRIU >= 4.2: bookworm's 3.17 fails `criu check` on current kernels, and 4.1 cannot dump a TCP
+# socket on kernels >= 6.16. Use the release's own criu when it is new enough; otherwise build
+# CRIU's upstream release (the tarball Debian's archive serves) against this release's libraries
+# and install the one binary as /usr/local/sbin/criu, where runc finds it on PATH.
+CRIU_VERSION=4.2.1
+CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+CRIU_URL=http://deb.debian.org/debian/pool/main/c/criu/criu_$CRIU_VERSION.orig.tar.xz
+CRIU_BUILD_PKGS="gcc make libc6-dev pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler libnl-3-dev libnet1-dev libcap-dev libbsd-dev python3-protobuf uuid-dev"
+criu_src=$cache/criu-$CRIU_VERSION
+if ! criu_ok; then
+  candidate=$(apt-cache policy criu 2>/dev/null | sed -n 's/^ *Candidate: *//p')
+  case "$candidate" in 4.[2-9]*|4.[1-9][0-9]*|[5-9].*)
+    echo "setup: installing this release's criu $candidate" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends criu >/dev/null || true ;;
+  esac
+fi
+if ! criu_ok; then
+  if [ ! -x "$criu_src/criu/criu" ]; then
+    missing=""
+    for p in $CRIU_BUILD_PKGS; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+      apt_update
+      echo "setup: installing CRIU's build dependencies (this release's):$missing" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+        || { echo "setup: apt-get install failed for:$missing" >&2; exit 1; }
+    fi
+    fetch_pinned "$CRIU_URL" "$CRIU_SHA256" "$cache/criu_$CRIU_VERSION.orig.tar.xz" || exit 1
+    echo "setup: building CRIU $CRIU_VERSION in $criu_src (~30 s)" >&2
+    rm -rf "$criu_src" && mkdir -p "$cache" && tar -C "$cache" -xJf "$cache/criu_$CRIU_VERSION.orig.tar.xz" \
+      && make -C "$criu_src" -j"$(nproc)" criu >"$cache/criu-build.log" 2>&1 \
+      || { echo "setup: building CRIU failed; see $cache/criu-build.log" >&2; exit 1; }
+  fi
+  install -m 0755 "$criu_src/criu/criu" /usr/local/sbin/criu
+  hash -r 2>/dev/null || true
+  criu_ok || { echo "setup: criu >= 4.2 passing 'criu check' on $(uname -r) is required, found: $(criu --version 2>&1 | head -1); $(criu check 2>&1 | tail -1)" >&2; exit 1; }
+fi
+# CRIU's image definitions, for the tests that read and edit checkpoint images.
+if [ ! -f /usr/local/share/prebake/criu-images/core.proto ]; then
+  if [ ! -f "$criu_src/images/core.proto" ]; then
+    fetch_pinned "$CRIU_URL" "$CRIU_SHA256" "$cache/criu_$CRIU_VERSION.orig.tar.xz" || exit 1
+    tar -C "$cache" -xJf "$cache/criu_$CRIU_VERSION.orig.tar.xz" "criu-$CRIU_VERSION/images"
+  fi
+  mkdir -p /usr/local/share/prebake/criu-images && cp "$criu_src"/images/*.proto /usr/local/share/prebake/criu-images/
+fi
+
+# The CRI API definition (api.proto) that test/helpers/cri.ts loads: not in bookworm. The .deb of
+# trixie's golang-github-kubernetes-cri-api-dev is unpacked into the cache, never installed.
+CRI_DEB=golang-github-kubernetes-cri-api-dev_0.32.3-1_all.deb
+CRI_SHA256=634610347b36362eb4614eb98c494cb9363d5d873da99806ba2b181460a93b20
+cri_root=$cache/cri-api
+if [ ! -f "$cri_root/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto" ]; then
+  fetch_pinned "http://deb.debian.org/debian/pool/main/g/golang-github-kubernetes-cri-api/$CRI_DEB" "$CRI_SHA256" "$cache/$CRI_DEB" || exit 1
+  rm -rf "$cri_root" && dpkg-deb -x "$cache/$CRI_DEB" "$cri_root"
 fi
 
 sh "$here/scripts/criu-kdat.sh"

@@ -1,5 +1,5 @@
 // The CRI path for tests: a CRI client (gRPC over containerd's unix socket, the API definition
-// loaded from the Debian package golang-k8s-cri-api-dev) and a containerd with its CRI plugin
+// loaded from trixie's golang-github-kubernetes-cri-api-dev .deb, which scripts/setup.sh unpacks into its cache) and a containerd with its CRI plugin
 // enabled, with root, state, socket, config, CNI config and a bridge of its own, the `prebake`
 // runtime handler registered by `prebake install containerd`, and pods' network namespaces,
 // cgroups and logs kept apart from anything else on the host.
@@ -15,8 +15,8 @@ import { packLayer } from '../../src/image/pack.ts';
 import { scratchImage, writeImage } from '../../src/image/write.ts';
 import { PREBAKE, REPO } from './bundle.ts';
 
-/** Where golang-k8s-cri-api-dev puts the CRI API definition (package runtime.v1). */
-export const CRI_PROTO = '/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
+/** Where scripts/setup.sh unpacks the CRI API definition (package runtime.v1). */
+export const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
 /** The CNI plugins of containernetworking-plugins. */
 export const CNI_BIN = '/usr/lib/cni';
 /** The test pods' bridge and /24; nothing else here uses them. */
@@ -44,7 +44,7 @@ let loaded: { RuntimeService: grpc.ServiceClientConstructor; ImageService: grpc.
 
 function criServices(): NonNullable<typeof loaded> {
   if (loaded) return loaded;
-  if (!existsSync(CRI_PROTO)) throw new Error(`the CRI API definition ${CRI_PROTO} is missing: install the Debian package golang-k8s-cri-api-dev (scripts/setup.sh does)`);
+  if (!existsSync(CRI_PROTO)) throw new Error(`the CRI API definition ${CRI_PROTO} is missing: run scripts/setup.sh, which unpacks it`);
   // Field names as in the .proto (snake_case), enums by name, int64 as strings (nanosecond times).
   const def = protoLoader.loadSync(CRI_PROTO, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
   const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: NonNullable<typeof loaded> } };
@@ -205,7 +205,7 @@ export interface CriContainerdOptions {
  */
 export async function startCriContainerd(options: CriContainerdOptions = {}): Promise<CriContainerd> {
   for (const [path, pkg] of [
-    [CRI_PROTO, 'golang-k8s-cri-api-dev'],
+    [CRI_PROTO, 'golang-github-kubernetes-cri-api-dev (unpacked by scripts/setup.sh)'],
     [join(CNI_BIN, 'bridge'), 'containernetworking-plugins'],
     [join(CNI_BIN, 'host-local'), 'containernetworking-plugins'],
     [join(CNI_BIN, 'loopback'), 'containernetworking-plugins'],
