@@ -1,14 +1,22 @@
 #!/bin/sh
 # Installs what prebake, its demo and its tests need on a Debian 12 host, idempotently.
 # Quick when everything is present; fails with a message naming what could not be had.
+# --system: only the system part (packages, CRIU, the CRI API definition, CRIU's kernel cache); no npm.
 set -eu
+
+system_only=""
+case "${1:-}" in
+  --system) system_only=1 ;;
+  "") ;;
+  *) echo "usage: setup.sh [--system]" >&2; exit 2 ;;
+esac
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (apt-get, runc and CRIU need it)" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the programs and tests use; CRIU is handled apart below.
-PKGS="python3 runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd containernetworking-plugins docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
+PKGS="python3 openssl runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd containernetworking-plugins docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
 
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
@@ -115,6 +123,22 @@ if [ ! -f "$cri_root/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api
 fi
 
 sh "$here/scripts/criu-kdat.sh"
+
+# This host's bake key, made and trusted on first use (`prebake install` does the same): what is
+# baked here is signed with it, and this host's runtime restores only what a trusted key signed.
+key=/etc/prebake/keys/bake.key
+if [ ! -f "$key" ]; then
+  echo "setup: creating this host's bake key $key" >&2
+  mkdir -p /etc/prebake/keys
+  (umask 077 && openssl genpkey -algorithm ed25519 -out "$key.tmp") && mv "$key.tmp" "$key" \
+    && openssl pkey -in "$key" -pubout -out /etc/prebake/keys/bake.pub \
+    || { echo "setup: could not create the bake key $key" >&2; exit 1; }
+fi
+key_id=$(openssl pkey -pubin -in /etc/prebake/keys/bake.pub -outform DER | sha256sum | cut -d' ' -f1)
+if [ ! -f "/etc/prebake/trust/$key_id.pub" ]; then
+  mkdir -p /etc/prebake/trust && cp /etc/prebake/keys/bake.pub "/etc/prebake/trust/$key_id.pub"
+fi
+[ -z "$system_only" ] || exit 0
 
 # Node dependencies and the build of the two programs.
 cd "$here"

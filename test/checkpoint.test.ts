@@ -1,6 +1,6 @@
 // Units of the checkpoint checks: the privilege rule, manifest parsing, path resolution.
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,12 @@ function spec(change: (s: Spec) => void = () => {}): Spec {
   };
   change(s);
   return s;
+}
+/** Takes any checkpoint (no signature needed), into a store of the test's own. */
+function anyPolicy(t: ExecutionContext) {
+  const store = mkdtempSync(join(tmpdir(), 'prebake-store-'));
+  t.teardown(() => rmSync(store, { recursive: true, force: true }));
+  return { trusted: new Map(), any: true, store };
 }
 const mismatch = (baked: Spec, wanted: Spec) => securityMismatch(bakedSpecOf(baked).security, bakedSpecOf(wanted).security);
 
@@ -144,9 +150,10 @@ test('of several named checkpoints, the first one whose baked spec fits the cont
     writeManifest(join(root, name), { spec: s, runc: 'runc', prebakeVersion: 'test' });
   }
   const facts = hostFacts('criu', root);
-  t.is(chooseCheckpoint(root, spec(), facts).dir, join(root, 'b-runc'));
-  t.is(chooseCheckpoint(root, withMount, facts).dir, join(root, 'a-docker'));
-  const error = t.throws(() => chooseCheckpoint(root, spec((s) => (s.mounts = [{ destination: '/other' }])), facts));
+  const policy = anyPolicy(t);
+  t.is(chooseCheckpoint(root, spec(), facts, policy).dir, join(root, 'b-runc'));
+  t.is(chooseCheckpoint(root, withMount, facts, policy).dir, join(root, 'a-docker'));
+  const error = t.throws(() => chooseCheckpoint(root, spec((s) => (s.mounts = [{ destination: '/other' }])), facts, policy));
   t.regex(error!.message, /a-docker: mount destinations differ .*\+\/other.*-\/extra/);
   t.regex(error!.message, /b-runc: mount destinations differ .*\+\/other/);
 });
@@ -181,6 +188,7 @@ test('a network namespace CRIU saved is not restored where the container joins o
   const root = mkdtempSync(join(tmpdir(), 'prebake-net-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   const facts = hostFacts('criu', root);
+  const policy = anyPolicy(t);
   const expected: [string, Spec, Spec, RegExp | null][] = [
     ['own-own', own, own, null],
     ['own-joined', own, joined, /baked in a network namespace of its own, the container asks for a network namespace joined by path/],
@@ -196,8 +204,8 @@ test('a network namespace CRIU saved is not restored where the container joins o
     mkdirSync(join(dir, 'checkpoint'), { recursive: true });
     writeFileSync(join(dir, 'checkpoint', 'inventory.img'), name);
     writeManifest(dir, { spec: baked, runc: 'runc', prebakeVersion: 'test' });
-    if (why) t.throws(() => chooseCheckpoint(dir, wanted, facts), { message: why }, name);
-    else t.is(chooseCheckpoint(dir, wanted, facts).dir, dir, name);
+    if (why) t.throws(() => chooseCheckpoint(dir, wanted, facts, policy), { message: why }, name);
+    else t.is(chooseCheckpoint(dir, wanted, facts, policy).dir, dir, name);
   }
   // A manifest from before the mode was recorded is not held to it.
   const { network: _network, ...older } = goodManifest().spec;

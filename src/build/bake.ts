@@ -1,12 +1,15 @@
 // Bakes a running bundle: runs it with runc in its network namespace, waits until it is ready,
-// warms it up, closes client connections, checkpoints it and writes the manifest beside it.
+// warms it up, closes client connections, checkpoints it and writes the manifest beside it,
+// signed.
 
 import { execFileSync } from 'node:child_process';
+import type { KeyObject } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest } from '../checkpoint/manifest.ts';
+import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../checkpoint/trust.ts';
 import { writeManifest } from '../checkpoint/write.ts';
 import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../lib/pipe.ts';
@@ -33,6 +36,8 @@ export interface BakeOptions {
    * there holds the terminal during the bake; CRIU dumps it as an external terminal.
    */
   consoleSocket?: string;
+  /** Signs the manifest (manifest.sig); default: this host's bake key. */
+  signingKey?: KeyObject;
   /** Progress lines. */
   onStep?: (step: string, ms: number) => void;
 }
@@ -101,6 +106,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
   const runc = opts.runc ?? 'runc';
   const step = opts.onStep ?? (() => {});
   const spec = JSON.parse(readFileSync(join(opts.bundle, 'config.json'), 'utf8')) as Spec;
+  const signingKey = opts.signingKey ?? loadSigningKey(DEFAULT_KEY);
   const out = new Output();
   const work = mkdtempSync(join(tmpdir(), 'prebake-bake-'));
   let t = performance.now();
@@ -174,6 +180,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
       probe: probeText(opts.ready),
       ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
     });
+    signCheckpoint(opts.outDir, signingKey);
     lap('manifest');
     return { manifest, output: out.text };
   } catch (e) {

@@ -9,6 +9,8 @@ import { parseArgs } from 'node:util';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
 import type { CheckpointManifest } from '../checkpoint/manifest.ts';
+import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
+import type { KeyObject } from 'node:crypto';
 import { packLayer } from '../image/pack.ts';
 import { readImage, type SourceImage } from '../image/read.ts';
 import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
@@ -49,6 +51,8 @@ containers-storage:NAME:TAG.
                            prebake registered, generates; runc: runc's own, no engine needed
   --allow-secrets          bake even when the environment or arguments look like they hold
                            secrets (process memory is shipped inside the image)
+  --key FILE               the ed25519 key that signs the checkpoint (default ${DEFAULT_KEY});
+                           hosts restore it only if they trust its public key
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
   --quiet                  no progress on stderr
@@ -76,6 +80,7 @@ export interface BuildOptions {
   allowSecrets: boolean;
   json: boolean;
   quiet: boolean;
+  signingKey: KeyObject;
 }
 
 export function parseBuildArgs(argv: string[]): BuildOptions {
@@ -95,6 +100,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         arg: { type: 'string', multiple: true },
         target: { type: 'string', multiple: true },
         'no-verify': { type: 'boolean' },
+        key: { type: 'string' },
         'allow-secrets': { type: 'boolean' },
         json: { type: 'boolean' },
         quiet: { type: 'boolean' },
@@ -137,6 +143,13 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     allowSecrets: v['allow-secrets'] ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
+    signingKey: (() => {
+      try {
+        return loadSigningKey(v.key ?? DEFAULT_KEY);
+      } catch (e) {
+        throw new UsageError(`--key: ${(e as Error).message}`);
+      }
+    })(),
   };
   if (v.ready !== undefined) opts.ready = parseProbe(v.ready);
   const warmup = int('warmup', v.warmup, 0);
@@ -260,6 +273,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
         outDir,
         prebakeVersion: VERSION,
         baseImage: image.configDigest,
+        signingKey: opts.signingKey,
         onStep: (s, ms) => progress(`  ${target}: ${s.padEnd(16)} ${Math.round(ms)} ms`),
       });
       manifests.push(manifest);
@@ -289,23 +303,27 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       'io.prebake.targets': opts.targets.join(','),
       'io.prebake.probe': probeText(ready),
       'io.prebake.criu': criu,
+      'io.prebake.key-id': keyIdOf(opts.signingKey),
     };
     const m0 = manifests[0]!;
+    // checkpointctl's names, as labels only: podman copies a manifest's annotations into every
+    // container's spec, and the runtime refuses any org.criu.* annotation there (runc hands
+    // org.criu.config to CRIU).
+    const criuLabels: Record<string, string> = {
+      'org.criu.checkpoint.container.name': opts.targets.join(','),
+      'org.criu.checkpoint.engine': 'prebake',
+      'org.criu.checkpoint.rootfsImageName': formatImageRef(opts.source),
+      'org.criu.checkpoint.rootfsImageID': image.configDigest,
+      'org.criu.checkpoint.criu.version': criu,
+      'org.criu.checkpoint.runtime.name': 'runc',
+      'org.criu.checkpoint.created': m0.created,
+    };
     const written = await writeImage(opts.dest, {
       source: image,
       addLayer: layer,
       env: { [CHECKPOINT_ENV]: '/.prebake' },
-      labels,
-      annotations: {
-        ...labels,
-        'org.criu.checkpoint.container.name': opts.targets.join(','),
-        'org.criu.checkpoint.engine': 'prebake',
-        'org.criu.checkpoint.rootfsImageName': formatImageRef(opts.source),
-        'org.criu.checkpoint.rootfsImageID': image.configDigest,
-        'org.criu.checkpoint.criu.version': criu,
-        'org.criu.checkpoint.runtime.name': 'runc',
-        'org.criu.checkpoint.created': m0.created,
-      },
+      labels: { ...labels, ...criuLabels },
+      annotations: labels,
       createdBy: `prebake-build ${VERSION}: checkpoint after ${probeText(ready)}${warmupCount ? `, ${warmupCount} warm-up request(s)` : ''}`,
     });
     lap('write image');

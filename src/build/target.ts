@@ -136,15 +136,20 @@ export async function captureEngineSpec(target: keyof typeof ENGINES, stateBase 
   const engine = ENGINES[target];
   const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
   const file = join(stateBase, 'captures', `${token}.json`);
+  // The runtime captures a spec only for a token prebake-build asked for here (root's state).
+  const request = join(stateBase, 'captures', `${token}.request`);
   try {
     engine.check();
     await ensureSpecProbeImage(target);
+    mkdirSync(join(stateBase, 'captures'), { recursive: true, mode: 0o700 });
+    writeFileSync(request, '', { mode: 0o600 });
     engine.run(`${CAPTURE_ENV}=${token}`);
     return JSON.parse(readFileSync(file, 'utf8')) as Spec;
   } catch (e) {
     throw new Error(`--target ${target}: could not capture the engine's spec: ${(e as Error).message}`);
   } finally {
     rmSync(file, { force: true });
+    rmSync(request, { force: true });
   }
 }
 

@@ -3,7 +3,8 @@
 
 import type { BakedSpec } from './security.ts';
 
-export const MANIFEST_FORMAT = 1;
+/** 2: signed (manifest.sig) and with spec.restored. Format 1 checkpoints are unsigned: refused. */
+export const MANIFEST_FORMAT = 2;
 export const MANIFEST_FILE = 'manifest.json';
 export const CHECKPOINT_DIR = 'checkpoint';
 /** A manifest larger than this is refused unread. */
@@ -62,6 +63,9 @@ export function parseManifest(text: string): CheckpointManifest {
   const proc = spec.process;
   if (!isObject(proc) || !isStringArray(proc.args) || typeof proc.cwd !== 'string' || !isStringArray(proc.env))
     fail('spec.process.args, spec.process.cwd and spec.process.env are required');
+  const r = spec.restored;
+  if (!isObject(r) || !(r.userns === null || typeof r.userns === 'string') || !isObject(r.mountOptions) || typeof r.devices !== 'string' || typeof r.sysctl !== 'string' || !(r.oomScoreAdj === null || typeof r.oomScoreAdj === 'number'))
+    fail('spec.restored (userns, mountOptions, devices, sysctl, oomScoreAdj) is required');
   if (spec.network !== undefined && !['new', 'path', 'host'].includes(spec.network as string)) fail(`spec.network ${JSON.stringify(spec.network)} is not new, path or host`);
   if (!isObject(m.files) || Object.keys(m.files).length === 0) fail('files must list the checkpoint files');
   for (const [name, d] of Object.entries(m.files)) {

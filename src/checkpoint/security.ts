@@ -34,6 +34,69 @@ export interface BakedSpec {
    * Absent in manifests written before it was recorded.
    */
   network?: NetworkMode;
+  /** The rest of the spec that CRIU restores from the images instead of taking it from the new spec. */
+  restored: RestoredState;
+}
+
+/**
+ * What a restored process gets from the images, not from the spec it is restored into: so the
+ * new spec must ask for exactly what was baked.
+ */
+export interface RestoredState {
+  /** The user namespace's ID mappings (canonical JSON), or null when there is no user namespace. */
+  userns: string | null;
+  /** Per mount destination: its type (bind for bind mounts) and its ro/nosuid/nodev/noexec flags. */
+  mountOptions: Record<string, string>;
+  /** linux.devices, by path (canonical JSON). */
+  devices: string;
+  /** linux.sysctl (canonical JSON). */
+  sysctl: string;
+  oomScoreAdj: number | null;
+}
+
+const MOUNT_FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'];
+
+/** A mount's type and security flags as one word list, e.g. "bind ro nosuid". */
+export function mountShape(m: { type?: string; options?: string[] }): string {
+  const opts = m.options ?? [];
+  const bind = m.type === 'bind' || opts.includes('bind') || opts.includes('rbind');
+  return [bind ? 'bind' : (m.type ?? 'none'), ...MOUNT_FLAGS.filter((f) => opts.includes(f))].join(' ');
+}
+
+export function restoredStateOf(spec: Spec): RestoredState {
+  const user = spec.linux?.namespaces?.some((n) => n.type === 'user');
+  const mountOptions: Record<string, string> = {};
+  for (const m of spec.mounts ?? []) mountOptions[m.destination] = mountShape(m);
+  const devices = [...((spec.linux?.devices as { path: string }[] | undefined) ?? [])].sort((a, b) => (a.path < b.path ? -1 : 1));
+  return {
+    userns: user ? canonicalJson({ uidMappings: spec.linux?.uidMappings ?? [], gidMappings: spec.linux?.gidMappings ?? [] }) : null,
+    mountOptions,
+    devices: canonicalJson(devices),
+    sysctl: canonicalJson(spec.linux?.sysctl ?? {}),
+    oomScoreAdj: spec.process?.oomScoreAdj ?? null,
+  };
+}
+
+/** Why a process baked with `baked` cannot be restored where `wanted` is asked for, or null. */
+export function restoredMismatch(baked: RestoredState, wanted: RestoredState): string | null {
+  if (baked.userns !== wanted.userns)
+    return wanted.userns === null
+      ? 'the checkpoint was baked in a user namespace, the container asks for none'
+      : baked.userns === null
+        ? 'the container asks for a user namespace, the checkpoint was baked without one (it would restore as the host\'s root)'
+        : 'the user namespace ID mappings differ from the baked ones';
+  for (const [dest, shape] of Object.entries(wanted.mountOptions))
+    if (baked.mountOptions[dest] !== undefined && baked.mountOptions[dest] !== shape)
+      return `mount ${dest} is "${shape}", it was baked as "${baked.mountOptions[dest]}"`;
+  if (baked.devices !== wanted.devices) return 'linux.devices differ from the baked ones';
+  if (baked.sysctl !== wanted.sysctl) return 'linux.sysctl differs from the baked one';
+  if (baked.oomScoreAdj !== wanted.oomScoreAdj) return `oomScoreAdj ${wanted.oomScoreAdj} asked for, ${baked.oomScoreAdj} was baked`;
+  return null;
+}
+
+/** Annotations runc or CRIU act on (runc hands `org.criu.config` to CRIU as its config file). */
+export function criuAnnotations(spec: Spec): string[] {
+  return Object.keys(spec.annotations ?? {}).filter((k) => k.startsWith('org.criu.'));
 }
 
 export type NetworkMode = 'new' | 'path' | 'host';
@@ -131,6 +194,7 @@ export function bakedSpecOf(spec: Spec): BakedSpec {
     terminal: p?.terminal ?? false,
     process: bakedProcessOf(spec),
     network: networkModeOf(spec),
+    restored: restoredStateOf(spec),
   };
 }
 

@@ -1,54 +1,31 @@
 // Chooses the checkpoint under a /.prebake directory that fits a container, and checks it
-// before CRIU sees it: manifest shape, host compatibility, spec, and every file's digest.
+// before CRIU sees it: the signature of a trusted key over the manifest, its shape, host
+// compatibility and spec; then the verified store's copy, hashed as it is made, is what CRIU gets.
 
-import { createHash } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
-import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
-import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, securityMismatch } from './security.ts';
+import { type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
+import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, restoredMismatch, securityMismatch } from './security.ts';
+import { importCheckpoint } from './store.ts';
+import { SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
 
-/** Opens a regular file that must not be a symlink, refusing it past `max` bytes, for `use`. */
-function withContained<T>(path: string, max: number, use: (fd: number, size: number) => T): T {
+/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
+export function readContained(path: string, max: number): Buffer {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new Error(`${path} is not a regular file`);
     if (st.size > max) throw new Error(`${path} is ${st.size} bytes, more than the ${max} allowed`);
-    return use(fd, st.size);
+    const buf = Buffer.alloc(st.size);
+    let off = 0;
+    for (let n; off < st.size && (n = readSync(fd, buf, off, st.size - off, off)) > 0; ) off += n;
+    return buf.subarray(0, off);
   } finally {
     closeSync(fd);
   }
-}
-
-/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
-export function readContained(path: string, max: number): Buffer {
-  return withContained(path, max, (fd, size) => {
-    const buf = Buffer.alloc(size);
-    let off = 0;
-    while (off < size) {
-      const n = readSync(fd, buf, off, size - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    return buf.subarray(0, off);
-  });
-}
-
-let chunk: Buffer | undefined;
-
-/**
- * The sha256 of a regular file as readContained takes it: read in 1 MB pieces into one buffer,
- * not whole (a 12 MB pages image hashes ~40% faster that way).
- */
-function sha256Contained(path: string, max: number): string {
-  return withContained(path, max, (fd) => {
-    chunk ??= Buffer.allocUnsafe(1 << 20);
-    const hash = createHash('sha256');
-    for (let off = 0, n; off < max && (n = readSync(fd, chunk, 0, Math.min(chunk.length, max - off), off)) > 0; off += n) hash.update(chunk.subarray(0, n));
-    return hash.digest('hex');
-  });
 }
 
 export function loadManifest(dir: string): CheckpointManifest {
@@ -73,98 +50,62 @@ export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFac
     return `the checkpoint was baked ${m.spec.terminal ? 'with' : 'without'} a terminal, the container asks ${wanted.terminal ? 'for one' : 'for none'}`;
   const proc = processMismatch(m.spec.process, wanted.process);
   if (proc) return proc;
-  const why = securityMismatch(m.spec.security, wanted.security);
+  const why = securityMismatch(m.spec.security, wanted.security) ?? restoredMismatch(m.spec.restored, wanted.restored);
   return why && `security: ${why}`;
-}
-
-/**
- * Identity of every checkpoint file as the filesystem reports it. A file cannot change content
- * without changing its ctime, so equal identities mean the hashes checked before still hold.
- */
-function fileIdentities(base: string, m: CheckpointManifest): string {
-  // No st_dev: each container's overlay mount has its own, while the files below it (and their
-  // inode numbers and times) are the image layer's, shared by every replica.
-  const id = (name: string) => {
-    const st = lstatSync(join(base, name), { bigint: true, throwIfNoEntry: false });
-    return st ? `${name} ${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}` : `${name} missing`;
-  };
-  const dirs = new Set(Object.keys(m.files).map((f) => f.split('/').slice(0, -1).join('/')));
-  return [...[...dirs].sort().map((d) => id(d || '.')), ...Object.keys(m.files).sort().map(id)].join('\n');
-}
-
-/** Where `cacheDir` remembers a verification of this manifest's files: verified/<sha256 of the file list>. */
-export function verifiedEntry(cacheDir: string, m: CheckpointManifest): string {
-  return join(cacheDir, 'verified', createHash('sha256').update(JSON.stringify(m.files)).digest('hex'));
-}
-
-/**
- * Like verifyFiles, but remembers a successful verification in `cacheDir` (root's, under /run):
- * the next create of the same unchanged files pays a few lstat calls instead of hashing them all.
- */
-export function verifyFilesCached(dir: string, m: CheckpointManifest, cacheDir: string): 'cached' | 'hashed' {
-  const base = checkpointDirOf(dir);
-  const stamp = verifiedEntry(cacheDir, m);
-  const ids = fileIdentities(base, m);
-  try {
-    if (readFileSync(stamp, 'utf8') === ids) return 'cached';
-  } catch {
-    /* not verified on this host yet */
-  }
-  verifyFiles(dir, m);
-  try {
-    mkdirSync(join(cacheDir, 'verified'), { recursive: true, mode: 0o700 });
-    writeFileSync(`${stamp}.${process.pid}`, ids);
-    renameSync(`${stamp}.${process.pid}`, stamp);
-  } catch {
-    // An unwritable cache (no space left) costs time, nothing else; a half-written entry goes.
-    rmSync(`${stamp}.${process.pid}`, { force: true });
-  }
-  return 'hashed';
-}
-
-/** checkpoint/ must be a real directory inside the image: a symlink could point at host files. */
-function checkpointDirOf(dir: string): string {
-  const base = join(dir, CHECKPOINT_DIR);
-  const st = lstatSync(base, { throwIfNoEntry: false });
-  if (!st) throw new Error(`${base} does not exist`);
-  if (st.isSymbolicLink()) throw new Error(`${base} is a symlink, refused`);
-  if (!st.isDirectory()) throw new Error(`${base} is not a directory`);
-  return base;
-}
-
-/** Checks that checkpoint/ holds exactly the manifest's files, each with its size and sha256. */
-export function verifyFiles(dir: string, m: CheckpointManifest): void {
-  const base = checkpointDirOf(dir);
-  const listed = new Set(Object.keys(m.files));
-  const walk = (rel: string) => {
-    for (const e of readdirSync(join(base, rel), { withFileTypes: true })) {
-      const name = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(name);
-      else if (!e.isFile()) throw new Error(`checkpoint file ${name} is not a regular file`);
-      else if (!listed.has(name)) throw new Error(`checkpoint file ${name} is not in the manifest`);
-    }
-  };
-  walk('');
-  for (const [name, want] of Object.entries(m.files)) {
-    const path = join(base, name);
-    const st = lstatSync(path, { throwIfNoEntry: false });
-    if (!st?.isFile()) throw new Error(`checkpoint file ${name} is missing`);
-    if (st.size !== want.size) throw new Error(`checkpoint file ${name} is ${st.size} bytes, the manifest says ${want.size}`);
-    const got = sha256Contained(path, want.size);
-    if (got !== want.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
-  }
 }
 
 export interface ChosenCheckpoint {
   dir: string;
   manifest: CheckpointManifest;
+  /** The verified store's copy (entry/checkpoint is CRIU's image directory). */
+  entry: string;
+  /** The key that signed it ("none": not signed, taken because the host trusts any checkpoint). */
+  keyId: string;
+}
+
+/** Which checkpoints this host restores, and where it keeps the verified copies. */
+export interface TrustPolicy {
+  trusted: ReadonlyMap<string, KeyObject>;
+  /** Development only: unsigned or untrusted checkpoints are taken too. */
+  any: boolean;
+  store: string;
+}
+
+/** The manifest's bytes and the signature beside it (null: none), both bounded. */
+export function readSigned(dir: string): { manifest: Buffer; signature: string | null } {
+  const manifest = readContained(join(dir, MANIFEST_FILE), MANIFEST_MAX_BYTES);
+  let signature: string | null = null;
+  try {
+    signature = readContained(join(dir, SIGNATURE_FILE), SIGNATURE_MAX_BYTES).toString('utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  return { manifest, signature };
+}
+
+/** Authenticates, parses and checks one checkpoint directory, and imports it into the store. */
+function admit(dir: string, spec: Spec, host: HostFacts, wanted: BakedSpec, policy: TrustPolicy): ChosenCheckpoint {
+  const { manifest: bytes, signature } = readSigned(dir);
+  let keyId: string;
+  try {
+    keyId = verifyManifestSignature(bytes, signature, policy.trusted);
+  } catch (e) {
+    if (!policy.any) throw e;
+    keyId = 'none';
+  }
+  const manifest = parseManifest(bytes.toString('utf8'));
+  const why = incompatibility(manifest, spec, host, wanted);
+  if (why) throw new Error(why);
+  const entry = importCheckpoint(policy.store, dir, bytes, signature, manifest, keyId);
+  return { dir, manifest, entry, keyId };
 }
 
 /**
  * `root` holds either one checkpoint (manifest.json) or several (<name>/manifest.json).
- * Returns the first that fits; throws with every candidate's reason otherwise.
+ * Returns the first that is signed by a trusted key and fits; throws with every candidate's
+ * reason otherwise.
  */
-export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, cacheDir?: string): ChosenCheckpoint {
+export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, policy: TrustPolicy): ChosenCheckpoint {
   const single = lstatSync(join(root, MANIFEST_FILE), { throwIfNoEntry: false });
   const dirs = single
     ? [root]
@@ -178,15 +119,7 @@ export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, cach
   const wanted = bakedSpecOf(spec);
   for (const dir of dirs) {
     try {
-      const manifest = loadManifest(dir);
-      const why = incompatibility(manifest, spec, host, wanted);
-      if (why) {
-        reasons.push(dirs.length > 1 ? `${dir}: ${why}` : why);
-        continue;
-      }
-      if (cacheDir) verifyFilesCached(dir, manifest, cacheDir);
-      else verifyFiles(dir, manifest);
-      return { dir, manifest };
+      return admit(dir, spec, host, wanted, policy);
     } catch (e) {
       reasons.push(dirs.length > 1 ? `${dir}: ${(e as Error).message}` : (e as Error).message);
     }

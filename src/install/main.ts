@@ -1,9 +1,15 @@
-// `prebake install|uninstall ENGINE… [--config FILE] [--path BIN]`: registers the runtime with
-// docker, containerd (CRI handler "prebake", what a RuntimeClass and nerdctl use) and podman.
+// prebake's own commands, none on an engine's hot path: `prebake install|uninstall ENGINE…`
+// registers the runtime with docker, containerd (CRI handler "prebake", what a RuntimeClass and
+// nerdctl use) and podman; `prebake key generate` makes a bake key; `prebake trust add|list|remove`
+// edits the host's trust store.
 
-import { realpathSync } from 'node:fs';
+import { existsSync, lstatSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { dropEntries } from '../checkpoint/store.ts';
+import { DEFAULT_KEY, generateKey, loadTrustStore, publicFileOf, shortId, trustAdd, trustRemove } from '../checkpoint/trust.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
+import { loadRuntimeConfig } from '../runtime/config.ts';
 import { type Engine, ENGINES, install, type InstallResult, reloadDocker, uninstall } from './engines.ts';
 
 const USAGE = `usage: prebake install|uninstall ENGINE... [--config FILE] [--path BIN]
@@ -13,8 +19,93 @@ const USAGE = `usage: prebake install|uninstall ENGINE... [--config FILE] [--pat
   --path   the runtime path the engine is given (default: this prebake)
 `;
 
+const KEY_USAGE = `usage: prebake key generate [--out FILE]
+  writes an ed25519 bake key FILE (default ${DEFAULT_KEY}, mode 0600) and FILE.pub
+usage: prebake trust add PUBFILE | list | remove KEYID
+  the keys whose signed checkpoints this host restores (the "trust" directory of the runtime's
+  config, default /etc/prebake/trust)
+`;
+
+/** The host's bake key, made and trusted on first use: local bakes then restore on this host. */
+export function ensureHostKey(): { keyId: string; created: boolean } {
+  const cfg = loadRuntimeConfig();
+  let created = false;
+  let pub = publicFileOf(DEFAULT_KEY);
+  if (!existsSync(DEFAULT_KEY)) {
+    pub = generateKey(DEFAULT_KEY).publicFile;
+    created = true;
+  }
+  return { keyId: trustAdd(cfg.trustDir, pub), created };
+}
+
+function keyOrTrust(command: string, rest: string[]): number {
+  const cfg = loadRuntimeConfig();
+  const fail = (msg: string) => {
+    process.stderr.write(`prebake ${command}: ${msg}\n${KEY_USAGE}`);
+    return 2;
+  };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, allowPositionals: true, options: { out: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+  const [verb, arg, ...extra] = parsed.positionals;
+  if (parsed.values.help) {
+    process.stdout.write(KEY_USAGE);
+    return 0;
+  }
+  if (extra.length) return fail(`unexpected ${extra.join(' ')}`);
+  try {
+    if (command === 'key' && verb === 'generate' && !arg) {
+      const { keyId, publicFile } = generateKey(parsed.values.out ?? DEFAULT_KEY);
+      process.stdout.write(`key ${keyId}\nprivate ${parsed.values.out ?? DEFAULT_KEY}\npublic ${publicFile}\n`);
+      return 0;
+    }
+    if (command === 'trust' && verb === 'add' && arg) {
+      process.stdout.write(`trusted ${trustAdd(cfg.trustDir, arg)} (${cfg.trustDir})\n`);
+      return 0;
+    }
+    if (command === 'trust' && verb === 'list' && !arg) {
+      for (const id of loadTrustStore(cfg.trustDir).keys()) process.stdout.write(`${id}\n`);
+      return 0;
+    }
+    if (command === 'trust' && verb === 'remove' && arg) {
+      const gone = trustRemove(cfg.trustDir, arg);
+      if (gone.length === 0) {
+        process.stderr.write(`prebake trust: no trusted key id starts with ${arg}\n`);
+        return 1;
+      }
+      // What the host imported under a key it no longer trusts goes too.
+      const dropped = dropEntries(cfg.store, gone);
+      process.stdout.write(`${gone.map((id) => `removed ${id}`).join('\n')}\n${dropped} verified checkpoint(s) dropped from ${cfg.store}\n`);
+      return 0;
+    }
+  } catch (e) {
+    process.stderr.write(`prebake ${command} ${verb}: ${(e as Error).message}\n`);
+    return 1;
+  }
+  return fail(verb ? `unknown: ${[verb, arg].filter(Boolean).join(' ')}` : 'what to do?');
+}
+
+/**
+ * Why an engine must not be given this runtime: the binary, or the dist/ beside it, is not
+ * root's, or others can write to it (whoever can is root in every container the engine starts).
+ */
+function unsafeRuntime(path: string): string | null {
+  const real = realpathSync(path);
+  for (const p of [real, dirname(real), join(dirname(real), '..', 'dist'), join(dirname(real), '..', 'dist', 'prebake.cjs'), join(dirname(real), '..', 'dist', 'prebake.blob')]) {
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (!st) continue;
+    if (st.uid !== 0) return `${p} is owned by uid ${st.uid}, not root`;
+    if (st.mode & 0o022) return `${p} is writable by ${st.mode & 0o002 ? 'everyone' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`;
+  }
+  return null;
+}
+
 export function main(argv: string[]): number {
   const [command, ...rest] = argv;
+  if (command === 'key' || command === 'trust') return keyOrTrust(command, rest);
   let parsed;
   try {
     parsed = parseArgs({ args: rest, allowPositionals: true, options: { config: { type: 'string' }, path: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
@@ -30,6 +121,15 @@ export function main(argv: string[]): number {
     return parsed.values.help ? 0 : 2;
   }
   const runtimePath = parsed.values.path ?? realpathSync(PREBAKE_BIN());
+  if (command === 'install') {
+    const unsafe = unsafeRuntime(runtimePath);
+    if (unsafe) {
+      process.stderr.write(`prebake install: refused: ${unsafe}; every container the engine starts would run it as root\n`);
+      return 1;
+    }
+    const { keyId, created } = ensureHostKey();
+    if (created) process.stdout.write(`created this host's bake key ${DEFAULT_KEY} (key ${shortId(keyId)}), trusted\n`);
+  }
   let status = 0;
   for (const engine of engines as Engine[]) {
     const o = { engine, runtimePath, ...(parsed.values.config ? { config: parsed.values.config } : {}) };

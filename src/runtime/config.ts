@@ -1,31 +1,50 @@
-// Where the runtime finds runc and keeps its own per-container state. The runc binary comes
-// from PREBAKE_RUNC, else the "runc" key of /etc/prebake/config.json (PREBAKE_CONFIG), else PATH.
+// Where the runtime finds runc, keeps its own per-container state and its verified checkpoints,
+// and which checkpoints it trusts. From /etc/prebake/config.json (PREBAKE_CONFIG names another):
+// "runc" (else PREBAKE_RUNC, else PATH), "store", "trust" (a directory of public keys) and
+// "trustAnyCheckpoint" (development only). PREBAKE_STATE_DIR and PREBAKE_STORE_DIR move the
+// state and the store.
 
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { DEFAULT_STORE } from '../checkpoint/store.ts';
+import { DEFAULT_TRUST_DIR } from '../checkpoint/trust.ts';
 
 export const DEFAULT_RUNC_ROOT = '/run/runc';
+export const DEFAULT_CONFIG = '/etc/prebake/config.json';
 
 export interface RuntimeConfig {
   runc: string;
   /** Base of prebake's state; a container's state is <stateBase><runc root>/<id>. */
   stateBase: string;
+  /** The verified store (checkpoint/store.ts). */
+  store: string;
+  /** The trust store: a directory of ed25519 public keys (*.pub). */
+  trustDir: string;
+  /** Restore unsigned and untrusted checkpoints too (development only; warned on every create). */
+  trustAny: boolean;
 }
 
 export function loadRuntimeConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
-  let runc = env.PREBAKE_RUNC;
-  if (!runc) {
-    try {
-      const conf = JSON.parse(readFileSync(env.PREBAKE_CONFIG ?? '/etc/prebake/config.json', 'utf8')) as { runc?: unknown };
-      if (typeof conf.runc === 'string' && conf.runc) runc = conf.runc;
-    } catch {
-      /* no config file: defaults */
-    }
+  let conf: { runc?: unknown; store?: unknown; trust?: unknown; trustAnyCheckpoint?: unknown } = {};
+  try {
+    conf = JSON.parse(readFileSync(env.PREBAKE_CONFIG ?? DEFAULT_CONFIG, 'utf8')) as typeof conf;
+  } catch {
+    /* no config file: defaults */
   }
-  return { runc: runc || 'runc', stateBase: env.PREBAKE_STATE_DIR ?? '/run/prebake' };
+  const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
+  return {
+    runc: env.PREBAKE_RUNC || str(conf.runc) || 'runc',
+    stateBase: env.PREBAKE_STATE_DIR ?? '/run/prebake',
+    store: env.PREBAKE_STORE_DIR || str(conf.store) || DEFAULT_STORE,
+    trustDir: str(conf.trust) ?? DEFAULT_TRUST_DIR,
+    trustAny: conf.trustAnyCheckpoint === true,
+  };
 }
 
 /** prebake's state directory for one container, mirroring runc's --root under stateBase. */
-export function containerStateDir(cfg: RuntimeConfig, runcRoot: string | undefined, id: string): string {
+export function containerStateDir(cfg: Pick<RuntimeConfig, 'stateBase'>, runcRoot: string | undefined, id: string): string {
   return join(cfg.stateBase, resolve(runcRoot ?? DEFAULT_RUNC_ROOT), id);
 }
+
+/** runc's rule for container ids (libcontainer's idRegex), checked before any path is built. */
+export const validId = (id: string) => /^[\w+\-.]+$/.test(id) && id !== '.' && id !== '..';

@@ -2,16 +2,19 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { basename, isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
 import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
+import { criuAnnotations } from '../checkpoint/security.ts';
+import { shortId, loadTrustStore } from '../checkpoint/trust.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
-import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir } from './config.ts';
+import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
+import { restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -61,6 +64,10 @@ function failureReason(runcLog: string, criuLog: string): string {
 interface RestorePlan {
   id: string;
   bundle: string;
+  spec: Spec;
+  /** The key that signed the checkpoint ("none" under trustAnyCheckpoint). */
+  keyId: string;
+  /** CRIU's image directory: the verified store's copy. */
   imagePath: string;
   stateDir: string;
   source: string;
@@ -94,9 +101,12 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
       throw new Error(`create --${f.name} ${v} cannot be honoured by a restore`);
   }
   const id = createArgs.rest[0]!;
+  if (!validId(id)) throw new Error(`container id ${JSON.stringify(id)} is not one runc accepts`);
+  const criu = criuAnnotations(spec);
+  if (criu.length) throw new Error(`the spec carries the annotation ${criu.join(', ')}, which runc would hand to CRIU: refused`);
   const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
   const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
-  const chosen = chooseCheckpoint(root, spec, facts, cfg.stateBase);
+  const chosen = chooseCheckpoint(root, spec, facts, { trusted: loadTrustStore(cfg.trustDir), any: cfg.trustAny, store: cfg.store });
   const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
   const restoreSignal = restoreSignalOf(spec);
   return {
@@ -104,10 +114,12 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
     ...(restoreSignal ? { restoreSignal } : {}),
     id,
     bundle,
-    imagePath: join(chosen.dir, CHECKPOINT_DIR),
+    spec,
+    keyId: chosen.keyId,
+    imagePath: join(chosen.entry, CHECKPOINT_DIR),
     stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
     // Which of several named checkpoints was chosen, if there are several.
-    source: `${req.path}${chosen.dir === root ? '' : `/${basename(chosen.dir)}`} (${req.source})`,
+    source: `${req.path}${chosen.dir === root ? '' : `/${basename(chosen.dir)}`} (${req.source}; key ${chosen.keyId === 'none' ? 'none' : shortId(chosen.keyId)})`,
   };
 }
 
@@ -130,13 +142,15 @@ export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
 /**
  * prebake-build learns the exact spec an engine generates (mounts, capabilities, seccomp profile)
  * by running a probe container whose env holds PREBAKE_CAPTURE_SPEC=<token>: the spec is copied
- * to <state>/captures/<token>.json. The token names the file and nothing else.
+ * to <state>/captures/<token>.json. The token names the file and nothing else, and counts only
+ * while prebake-build's request <state>/captures/<token>.request exists (root's, an image
+ * cannot make one): an image's ENV asking for a capture is ignored.
  */
 function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
   const prefix = `${CAPTURE_ENV}=`;
   const token = spec.process?.env?.find((e) => e.startsWith(prefix))?.slice(prefix.length);
   if (!token || !/^[A-Za-z0-9_-]{1,64}$/.test(token)) return;
-  mkdirSync(join(cfg.stateBase, 'captures'), { recursive: true, mode: 0o700 });
+  if (!existsSync(join(cfg.stateBase, 'captures', `${token}.request`))) return;
   // CRIU checks the mode of the root directory too, which the engine sets on its rootfs mount.
   let rootfsMode: number | undefined;
   try {
@@ -147,7 +161,7 @@ function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
   // Whole or not at all: a full disk must not leave prebake-build a truncated spec to read.
   const file = join(cfg.stateBase, 'captures', `${token}.json`);
   try {
-    writeFileSync(`${file}.${process.pid}`, JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }));
+    writeFileSync(`${file}.${process.pid}`, JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }), { mode: 0o600 });
     renameSync(`${file}.${process.pid}`, file);
   } catch (e) {
     rmSync(`${file}.${process.pid}`, { force: true });
@@ -155,19 +169,14 @@ function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
   }
 }
 
-/** The restored init's pid, from the pid file create was given, else from runc state. */
-function restoredPid(call: RuntimeCall, plan: RestorePlan, pidFile: string | undefined, cfg: RuntimeConfig): string | undefined {
-  let pid: string | undefined;
+/** The restored init's pid, from the restore's pid file. */
+function restoredPid(pidFile: string): number | undefined {
   try {
-    pid = pidFile ? readFileSync(pidFile, 'utf8').trim() : undefined;
+    const pid = readFileSync(pidFile, 'utf8').trim();
+    return /^\d+$/.test(pid) ? Number(pid) : undefined;
   } catch {
-    /* fall back to runc state */
+    return undefined;
   }
-  if (!pid) {
-    const st = spawnSync(cfg.runc, [...globalsWithoutLog(call.global), 'state', plan.id], { encoding: 'utf8' });
-    pid = String((JSON.parse(st.stdout || '{}') as { pid?: number }).pid ?? '');
-  }
-  return /^\d+$/.test(pid) ? pid : undefined;
 }
 
 /** Removes what a restore attempt left: runc's container (if any), CRIU's network lock, prebake's state. */
@@ -186,15 +195,19 @@ function discardAttempt(attempt: { id: string; stateDir: string; netnsPath?: str
  * runc has restored the container nothing is left to write for the engine's `start` to be right.
  * CRIU and runc write into the logs they find; a log that cannot take its lines costs the lines.
  */
-function prepareState(plan: RestorePlan): { work: string; runcLog: string } {
+function prepareState(plan: RestorePlan, stateBase: string): { work: string; runcLog: string } {
   const work = join(plan.stateDir, 'criu');
   const runcLog = join(plan.stateDir, 'runc-restore.log');
   rmSync(plan.stateDir, { recursive: true, force: true });
   try {
-    mkdirSync(work, { recursive: true });
+    // Nobody but root reads prebake's state: the base is 0700 whatever made it before.
+    mkdirSync(stateBase, { recursive: true, mode: 0o700 });
+    chmodSync(stateBase, 0o700);
+    mkdirSync(work, { recursive: true, mode: 0o700 });
     writeFileSync(join(work, 'restore.log'), '', { mode: 0o600 }); // the mode CRIU gives its log
-    writeFileSync(runcLog, '', { mode: 0o644 }); // and runc its own
-    writeFileSync(join(plan.stateDir, RESTORED_MARKER), '');
+    writeFileSync(runcLog, '', { mode: 0o600 });
+    writeFileSync(join(plan.stateDir, RESTORED_MARKER), '', { mode: 0o600 });
+    writeFileSync(join(plan.stateDir, CRIU_CONF), CRIU_CONF_TEXT, { mode: 0o600 });
   } catch (e) {
     rmSync(plan.stateDir, { recursive: true, force: true });
     throw new Error(`cannot write prebake's state in ${plan.stateDir}: ${(e as Error).message}`);
@@ -219,40 +232,77 @@ function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArg
   return args;
 }
 
+/** CRIU's config for every restore (CRIU_CONFIG_FILE): nothing restored runs before the verdict. */
+const CRIU_CONF = 'criu.conf';
+const CRIU_CONF_TEXT = 'leave-stopped\n';
+
 /**
- * What follows a successful `runc restore`: the loopback of a network namespace runc made
- * (CRIU restores it down) and the restore signal. Throws if the restored process is gone.
+ * The verdict on what runc restored, its tasks still stopped: null when it is within the spec,
+ * else why not. The reason is about privilege, not about the checkpoint's files.
  */
-function finishRestored(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): void {
-  const pid = restoredPid(call, plan, restorePidFile(plan, createArgs), cfg);
-  if (!plan.netnsPath && pid) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
-  if (plan.restoreSignal && pid) process.kill(Number(pid), plan.restoreSignal);
+function verdictOn(plan: RestorePlan, pidFile: string): string | null {
+  const pid = restoredPid(pidFile);
+  if (pid === undefined) return 'runc wrote no pid for the restored process';
+  return restoredExcess(pid, plan.spec, plan.bundle);
 }
 
-/** Runs `runc restore --detach` for the plan; returns null on success, the reason otherwise. */
-function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): string | null {
+/** Sends SIGCONT down a stopped process tree, children first (none of them runs before its parent is checked). */
+function resumeTree(pid: number): void {
+  for (const k of childrenOf(pid)) resumeTree(k);
+  try {
+    process.kill(pid, 'SIGCONT');
+  } catch {
+    /* gone */
+  }
+}
+
+/**
+ * What follows an accepted restore: the loopback of a network namespace runc made (CRIU restores
+ * it down), the restore signal, and the tasks resumed. Throws if the restored process is gone.
+ */
+function finishRestored(plan: RestorePlan, pidFile: string): void {
+  const pid = restoredPid(pidFile);
+  if (pid === undefined) throw new Error('the restored process is gone');
+  if (!plan.netnsPath) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+  if (plan.restoreSignal) process.kill(pid, plan.restoreSignal);
+  resumeTree(pid);
+}
+
+/** Why a restore did not happen: runc or CRIU failed, or what they restored exceeded the spec. */
+interface Failure {
+  reason: string;
+  /** The restored tasks exceeded the spec and were killed before they ran again. */
+  excess?: true;
+}
+
+/** Runs `runc restore --detach` for the plan, checks and resumes it; returns null on success. */
+function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): Failure | null {
   let state: { work: string; runcLog: string };
   try {
-    state = prepareState(plan);
+    state = prepareState(plan, cfg.stateBase);
   } catch (e) {
-    return (e as Error).message;
+    return { reason: (e as Error).message };
   }
-  let reason: string;
+  let failure: Failure;
   try {
     // The restored process takes runc's stdio in place of the pipes it had at bake time.
-    const status = statusOf(spawnSync(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit' }));
+    const env = { ...process.env, CRIU_CONFIG_FILE: join(plan.stateDir, CRIU_CONF) };
+    const status = statusOf(spawnSync(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env }));
     if (status === 0) {
-      finishRestored(plan, call, createArgs, cfg);
-      return null;
-    }
-    reason = failureReason(state.runcLog, join(state.work, 'restore.log'));
+      const excess = verdictOn(plan, restorePidFile(plan, createArgs));
+      if (excess === null) {
+        finishRestored(plan, restorePidFile(plan, createArgs));
+        return null;
+      }
+      failure = { reason: excess, excess: true };
+    } else failure = { reason: failureReason(state.runcLog, join(state.work, 'restore.log')) };
   } catch (e) {
     // A restored container prebake cannot finish (its process gone before the restore signal)
     // is torn down like a failed restore: the cold start below replaces it.
-    reason = (e as Error).message;
+    failure = { reason: (e as Error).message };
   }
   discardAttempt(plan, call, cfg);
-  return reason;
+  return failure;
 }
 
 /** Paths compare equal after normalising (the shell does not tidy "a/./b" or "a//b"). */
@@ -274,7 +324,17 @@ function childrenOf(pid: number): number[] {
 }
 
 /** Unmounts (lazily) every mount at or below the given directories, deepest first. */
-function unmountUnder(dirs: readonly string[]): void {
+function unmountUnder(given: readonly string[]): void {
+  // mountinfo names mount points by their real path: docker's --root /var/run/docker/… is
+  // /run/docker/… there when /var/run is a symlink to /run.
+  const real = (d: string): string => {
+    try {
+      return realpathSync(d);
+    } catch {
+      return d === '/' ? d : join(real(dirname(d)), basename(d));
+    }
+  };
+  const dirs = given.flatMap((d) => [...new Set([d, real(d)])]);
   let points: string[];
   try {
     points = readFileSync('/proc/self/mountinfo', 'utf8')
@@ -287,11 +347,15 @@ function unmountUnder(dirs: readonly string[]): void {
   for (const m of points.sort((a, b) => b.length - a.length)) spawnSync('umount', ['-l', m], { stdio: 'ignore' });
 }
 
-/** A process's state letter and parent, from /proc/<pid>/stat; undefined if it is gone. */
-function procStat(pid: number): { state: string; ppid: number } | undefined {
+/**
+ * A process's state letter, parent and (a zombie's) wait status, from /proc/<pid>/stat (fields 3,
+ * 4 and 52); undefined if it is gone.
+ */
+function procStat(pid: number): { state: string; ppid: number; exitCode: number } | undefined {
   try {
-    const m = /^\d+ \(.*\) (\S) (\d+)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    return m ? { state: m[1]!, ppid: Number(m[2]) } : undefined;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: f[0]!, ppid: Number(f[1]), exitCode: Number(f[49] ?? 0) };
   } catch {
     return undefined;
   }
@@ -350,46 +414,53 @@ export interface EarlyRestore {
   status?: number;
 }
 
-/** Where this program hands bin/prebake an accepted restore's finishing steps. */
+/** Where this program hands bin/prebake its verdict on an early restore. */
 const VERDICT_FD = 9;
 /** Stands for the restore's ms in the log line bin/prebake completes. */
 const MS_PLACEHOLDER = 987654321;
 
-const shQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
-
 /**
- * Accepts an early restore: hands bin/prebake, on VERDICT_FD, what it needs to finish the
- * container once runc is done (shell assignments): the restore signal, whether to bring the
- * loopback up, the log line (split where the restore's ms go; empty if the log level leaves it
- * out) and where it goes (the --log file, or '' for stderr).
+ * Accepts an early restore: hands bin/prebake, on VERDICT_FD, what finishing the container
+ * takes, one line each (bin/prebake `read`s them, nothing is evaluated): "accept", the restore
+ * signal (e.g. USR2, or empty), "1" if the loopback must be brought up, where the log line goes
+ * (the --log file, or empty for stderr), and the log line split where the restore's ms go (both
+ * empty if the log level leaves it out).
  */
 function handOver(plan: RestorePlan, log: Logger): void {
   const { text, file } = captureLines(log, () => log.info({ id: plan.id, ms: MS_PLACEHOLDER }, `restored ${plan.id} from ${plan.source}`));
   const line = text.replace(/\n$/, '');
   const key = [`"ms":${MS_PLACEHOLDER}`, `ms="${MS_PLACEHOLDER}"`].find((k) => line.includes(k));
-  const at = key ? line.indexOf(key) + key.indexOf(String(MS_PLACEHOLDER)) : -1;
+  const at = key && !line.includes('\n') ? line.indexOf(key) + key.indexOf(String(MS_PLACEHOLDER)) : -1;
   const [pre, post] = at < 0 ? ['', ''] : [line.slice(0, at), line.slice(at + String(MS_PLACEHOLDER).length)];
-  const assignments = [
-    `sig=${shQuote(plan.restoreSignal?.replace(/^SIG/, '') ?? '')}`,
-    `lo=${plan.netnsPath ? '' : '1'}`,
-    `log_file=${shQuote(file)}`,
-    `log_pre=${shQuote(pre)}`,
-    `log_post=${shQuote(post)}`,
-    'accepted=1',
-  ];
-  writeSync(VERDICT_FD, `${assignments.join('\n')}\n`);
+  const lines = ['accept', plan.restoreSignal?.replace(/^SIG/, '') ?? '', plan.netnsPath ? '' : '1', file.includes('\n') ? '' : file, pre, post];
+  writeSync(VERDICT_FD, `${lines.join('\n')}\n`);
 }
 
 /**
- * The early restore bin/prebake started: runc restoring the checkpoint the shell found, CRIU
- * leaving the restored tasks stopped. It is accepted only if it is exactly the restore `plan`
- * asks for (same checkpoint, bundle, state and flags): then bin/prebake, once runc is done,
- * resumes the tasks and finishes the container ('accepted'). On bin/prebake's second call (runc
- * failed, or the tasks could not be resumed) the attempt is cleared away and the result says
- * why. Anything else is refused: runc, CRIU and the tasks (which never ran again) are killed and
- * cleared away, and the caller goes on without them (reason undefined).
+ * Waits until the early restore's runc has exited (a zombie: bin/prebake reaps it only after
+ * this program is done); returns its exit status, or undefined if the caller went away.
  */
-function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | { reason?: string; abandoned?: true } {
+function runcStatus(early: EarlyRestore, callerGone: () => boolean): number | undefined {
+  for (;;) {
+    if (callerGone()) return undefined;
+    const st = procStat(early.runcPid!);
+    if (!st || st.ppid !== early.shellPid) return undefined;
+    if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
+    nap(1);
+  }
+}
+
+/**
+ * The early restore bin/prebake started: runc restoring the checkpoint the shell found in the
+ * verified store, CRIU leaving the restored tasks stopped. It goes on only if it is exactly the
+ * restore `plan` asks for (same checkpoint, bundle, state and flags). Then this program waits for
+ * runc: if it failed, the attempt is cleared away and the result says why; if it restored, the
+ * stopped tasks are checked (verdictOn) and either handed to bin/prebake to resume ('accepted')
+ * or killed. On bin/prebake's second call (the tasks could not be resumed) the attempt is
+ * cleared away. Anything else is refused: runc, CRIU and the tasks (which never ran again) are
+ * killed and cleared away, and the caller goes on without them (reason undefined).
+ */
+function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | (Partial<Failure> & { abandoned?: true }) {
   const { dir } = early;
   // bin/prebake killed (by an engine giving up on the create): nobody waits for this create.
   const callerGone = () => early.shellPid !== undefined && process.ppid !== early.shellPid;
@@ -404,9 +475,24 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   }
   if (early.status === undefined) {
     try {
-      if (ok && plan && !callerGone()) {
-        handOver(plan, log);
-        return 'accepted';
+      if (ok && plan && createArgs && early.runcPid !== undefined && early.shellPid !== undefined) {
+        const status = runcStatus(early, callerGone);
+        if (status !== undefined && status !== 0) {
+          const reason = failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log'));
+          discardAttempt(plan, call, cfg);
+          return { reason };
+        }
+        if (status === 0) {
+          const excess = verdictOn(plan, restorePidFile(plan, createArgs));
+          if (excess !== null) {
+            discardAttempt(plan, call, cfg);
+            return { reason: excess, excess: true };
+          }
+          if (!callerGone()) {
+            handOver(plan, log);
+            return 'accepted';
+          }
+        }
       }
     } catch {
       /* not handed over: refused below */
@@ -419,9 +505,8 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
       }
     }
   } else if (ok && plan) {
-    const reason = early.status !== 0 ? failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log')) : 'the restored process could not be resumed';
     discardAttempt(plan, call, cfg);
-    return { reason };
+    return { reason: 'the restored process could not be resumed' };
   }
   // Refused. runc still at work (still bin/prebake's child) is stopped and killed with CRIU and
   // every task CRIU made; a restore runc finished is a container whose tasks are still stopped,
@@ -430,10 +515,10 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   const id = createArgs?.rest[0] ?? '';
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
   // What a killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
-  unmountUnder(id ? [runcDir, dir] : [dir]);
+  unmountUnder(validId(id) ? [runcDir, dir] : [dir]);
   discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
   // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
-  if (/^[\w+.-]+$/.test(id) && id !== '.' && id !== '..') rmSync(runcDir, { recursive: true, force: true });
+  if (validId(id)) rmSync(runcDir, { recursive: true, force: true });
   return callerGone() ? { abandoned: true } : {};
 }
 
@@ -496,12 +581,18 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
   }
+  if (cfg.trustAny && plan) log.warn({ id: plan.id }, `trustAnyCheckpoint is set in the runtime's config: checkpoints are restored whoever signed them (key ${plan.keyId === 'none' ? 'none' : shortId(plan.keyId)}); for development only`);
+  const failed = (p: RestorePlan, f: Failure) =>
+    log.warn(
+      { id: p.id },
+      f.excess ? `cold start: the container restored from ${p.source} holds more than its spec grants, killed before it ran again: ${f.reason}` : `cold start: restore of ${p.id} from ${p.imagePath} failed: ${f.reason}`,
+    );
   if (early) {
     const settled = settleEarly(early, plan, call, createArgs, cfg, netnsPath, log);
-    if (settled === 'accepted') return 0; // bin/prebake finishes it once runc is done
+    if (settled === 'accepted') return 0; // bin/prebake resumes it once this program is gone
     if (settled.abandoned) return abandon();
     if (settled.reason !== undefined) {
-      log.warn({ id: plan!.id }, `cold start: restore of ${plan!.id} from ${plan!.imagePath} failed: ${settled.reason}`);
+      failed(plan!, settled as Failure);
       plan = null;
     } else {
       log.debug({ id: createArgs?.rest[0] }, 'early restore refused before its tasks ran again; cleared away');
@@ -510,12 +601,12 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   }
   if (plan && createArgs) {
     const t0 = performance.now();
-    const why = restore(plan, call, createArgs, cfg);
-    if (why === null) {
+    const failure = restore(plan, call, createArgs, cfg);
+    if (failure === null) {
       log.info({ id: plan.id, ms: Math.round(performance.now() - t0) }, `restored ${plan.id} from ${plan.source}`);
       return 0;
     }
-    log.warn({ id: plan.id }, `cold start: restore of ${plan.id} from ${plan.imagePath} failed: ${why}`);
+    failed(plan, failure);
   }
   return coldCreate(argv, createArgs, cfg);
 }

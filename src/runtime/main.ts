@@ -28,8 +28,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     return passThrough(cfg.runc, argv); // runc prints its own usage error
   }
   if (flagIsSet(call.global, 'version')) {
+    // runc's lines first and unchanged (engines and runc's own tests parse them), then prebake's.
+    const status = passThrough(cfg.runc, ['--version']);
     process.stdout.write(`prebake version ${VERSION}\n`);
-    return passThrough(cfg.runc, ['--version']);
+    return status;
   }
   switch (call.command) {
     case 'create': {

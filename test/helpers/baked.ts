@@ -1,7 +1,9 @@
 // A baked Python function for runtime tests: the noop function checkpointed (real runc + CRIU)
 // after it has served requests, as an image layer holding /.prebake above the app and Python layers.
 
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { storeEntry } from '../../src/checkpoint/store.ts';
+import { loadRuntimeConfig } from '../../src/runtime/config.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -76,6 +78,10 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
     baseLayers,
     manifest,
     spec: specFor,
-    cleanup: () => rmSync(tmp, { recursive: true, force: true }),
+    cleanup: () => {
+      // What a restore imported of this bake into the host's verified store goes with it.
+      rmSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(layer, '.prebake/manifest.json'))), { recursive: true, force: true });
+      rmSync(tmp, { recursive: true, force: true });
+    },
   };
 }

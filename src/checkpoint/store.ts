@@ -1,0 +1,148 @@
+// The verified store: root-owned copies of the checkpoints this host has authenticated, one
+// directory per manifest (named by the sha256 of its bytes). CRIU restores only from here: the
+// copy is hashed while it is written, so what CRIU reads is what the signed manifest lists,
+// whatever happens to the image's files afterwards. An entry is whole once its `ok` file exists.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE } from './manifest.ts';
+import { SIGNATURE_FILE } from './trust.ts';
+
+export const DEFAULT_STORE = '/var/lib/prebake/store';
+/** Written last into an entry: its presence means every file was copied and matched. */
+export const STORE_OK = 'ok';
+/** Bounds on what an image may ask this host to copy and hash. */
+export const MAX_FILES = 4096;
+export const MAX_TOTAL_BYTES = 16 * 2 ** 30;
+
+export const manifestDigest = (manifest: Buffer) => createHash('sha256').update(manifest).digest('hex');
+
+export const storeEntry = (store: string, manifest: Buffer) => join(store, manifestDigest(manifest));
+
+export interface StoreRecord {
+  /** The key that signed the manifest, or "none" when the host trusts any checkpoint. */
+  keyId: string;
+  imported: string;
+}
+
+/** The entry's record, or null when the entry is missing or not whole. */
+export function readEntry(entry: string): StoreRecord | null {
+  try {
+    return JSON.parse(readFileSync(join(entry, STORE_OK), 'utf8')) as StoreRecord;
+  } catch {
+    return null;
+  }
+}
+
+let chunk: Buffer | undefined;
+
+/** Copies one regular file (never a symlink) of exactly `size` bytes to `to`; returns its sha256. */
+function copyHashed(from: string, to: string, size: number): string {
+  const src = openSync(from, constants.O_RDONLY | constants.O_NOFOLLOW);
+  let dst: number | undefined;
+  try {
+    const st = fstatSync(src);
+    if (!st.isFile()) throw new Error(`is not a regular file`);
+    if (st.size !== size) throw new Error(`is ${st.size} bytes, the manifest says ${size}`);
+    mkdirSync(dirname(to), { recursive: true, mode: 0o700 });
+    dst = openSync(to, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    chunk ??= Buffer.allocUnsafe(1 << 20);
+    const hash = createHash('sha256');
+    let off = 0;
+    for (let n; off < size && (n = readSync(src, chunk, 0, Math.min(chunk.length, size - off), off)) > 0; off += n) {
+      hash.update(chunk.subarray(0, n));
+      writeSync(dst, chunk, 0, n);
+    }
+    if (off !== size) throw new Error(`ended after ${off} of ${size} bytes`);
+    return hash.digest('hex');
+  } finally {
+    closeSync(src);
+    if (dst !== undefined) closeSync(dst);
+  }
+}
+
+/** Every file below `base`, relative; anything but directories and regular files is an error. */
+function listFiles(base: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string) => {
+    for (const e of readdirSync(join(base, rel), { withFileTypes: true })) {
+      const name = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(name);
+      else if (e.isFile()) out.push(name);
+      else throw new Error(`checkpoint file ${name} is not a regular file`);
+      if (out.length > MAX_FILES) throw new Error(`the checkpoint holds more than ${MAX_FILES} files`);
+    }
+  };
+  walk('');
+  return out;
+}
+
+/**
+ * Imports the checkpoint in `dir` (manifest.json's bytes `manifest`, already authenticated, and
+ * parsed as `m`) into the store, unless it is there already; returns the entry. Every file is
+ * copied and hashed in one pass; a file the manifest does not list, a missing or changed one, or
+ * a checkpoint over the bounds is refused and nothing is kept.
+ */
+export function importCheckpoint(store: string, dir: string, manifest: Buffer, signature: string | null, m: CheckpointManifest, keyId: string): string {
+  const entry = storeEntry(store, manifest);
+  if (readEntry(entry)) return entry;
+  const names = Object.keys(m.files);
+  if (names.length > MAX_FILES) throw new Error(`the checkpoint lists ${names.length} files, more than the ${MAX_FILES} allowed`);
+  const total = names.reduce((n, f) => n + m.files[f]!.size, 0);
+  if (total > MAX_TOTAL_BYTES) throw new Error(`the checkpoint is ${total} bytes, more than the ${MAX_TOTAL_BYTES} allowed`);
+  const src = join(dir, CHECKPOINT_DIR);
+  const st = lstatSync(src, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) throw new Error(`${src} ${!st ? 'does not exist' : st.isSymbolicLink() ? 'is a symlink, refused' : 'is not a directory'}`);
+  const unlisted = listFiles(src).filter((f) => !(f in m.files));
+  if (unlisted.length) throw new Error(`checkpoint file ${unlisted[0]} is not in the manifest`);
+  mkdirSync(store, { recursive: true, mode: 0o700 });
+  const tmp = join(store, `.import-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    mkdirSync(join(tmp, CHECKPOINT_DIR), { recursive: true, mode: 0o700 });
+    writeFileSync(join(tmp, MANIFEST_FILE), manifest, { mode: 0o600 });
+    if (signature !== null) writeFileSync(join(tmp, SIGNATURE_FILE), signature, { mode: 0o600 });
+    for (const name of names.sort()) {
+      let got: string;
+      try {
+        got = copyHashed(join(src, name), join(tmp, CHECKPOINT_DIR, name), m.files[name]!.size);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        throw new Error(`checkpoint file ${name} ${err.code === 'ENOENT' ? 'is missing' : err.code === 'ELOOP' ? 'is a symlink, refused' : err.message}`);
+      }
+      if (got !== m.files[name]!.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
+    }
+    const record: StoreRecord = { keyId, imported: new Date().toISOString() };
+    writeFileSync(join(tmp, STORE_OK), JSON.stringify(record), { mode: 0o600 });
+    try {
+      renameSync(tmp, entry);
+    } catch (e) {
+      // Another create imported the same checkpoint first: theirs is as good.
+      if (!readEntry(entry)) throw e;
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return entry;
+}
+
+/** Removes the store entries imported under any of the given key ids; returns how many. */
+export function dropEntries(store: string, keyIds: readonly string[]): number {
+  let n = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(store);
+  } catch {
+    return 0;
+  }
+  for (const name of names) {
+    const rec = readEntry(join(store, name));
+    if (rec && keyIds.includes(rec.keyId)) {
+      // The record first: a half-removed entry must not look whole.
+      rmSync(join(store, name, STORE_OK), { force: true });
+      rmSync(join(store, name), { recursive: true, force: true });
+      n++;
+    }
+  }
+  return n;
+}

@@ -1,0 +1,210 @@
+// The verdict on a restored container from its tasks' own kernel state, read from /proc while
+// CRIU has left them stopped: capabilities, ids, no_new_privs, seccomp, namespaces and mounts
+// must be within what the new spec grants, whatever the checkpoint's images or manifest claimed.
+
+import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { posix } from 'node:path';
+import type { Spec } from '../../oci/runtime-spec.ts';
+import { mountShape } from '../checkpoint/security.ts';
+
+/** Linux capability numbers, in order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
+const CAP_NAMES = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
+  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
+  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
+  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE',
+];
+
+function capMask(names: readonly string[] | undefined): bigint {
+  let mask = 0n;
+  for (const n of names ?? []) {
+    const i = CAP_NAMES.indexOf(n.replace(/^CAP_/, ''));
+    if (i >= 0) mask |= 1n << BigInt(i);
+  }
+  return mask;
+}
+
+const capList = (mask: bigint) => CAP_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
+
+/** The process tree under `pid` (itself included), every thread of each. */
+function tasksUnder(pid: number): { pid: number; tid: number }[] {
+  const out: { pid: number; tid: number }[] = [];
+  const seen = new Set<number>();
+  const walk = (p: number) => {
+    if (seen.has(p) || seen.size > 100_000) return;
+    seen.add(p);
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`);
+    } catch {
+      return;
+    }
+    for (const t of tids) {
+      out.push({ pid: p, tid: Number(t) });
+      let kids = '';
+      try {
+        kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8');
+      } catch {
+        /* gone */
+      }
+      for (const k of kids.split(' ').filter(Boolean)) walk(Number(k));
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+const NS_FILES: Record<string, string> = { network: 'net', mount: 'mnt', pid: 'pid', ipc: 'ipc', uts: 'uts', user: 'user', cgroup: 'cgroup' };
+
+const nsId = (path: string) => {
+  const st = statSync(path);
+  return `${st.dev}:${st.ino}`;
+};
+
+/** Decodes mountinfo's octal escapes (\040 for a space). */
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+export interface MountInfo {
+  /** major:minor of the mounted filesystem. */
+  dev: string;
+  root: string;
+  mountPoint: string;
+  fsType: string;
+  source: string;
+}
+
+/** /proc/<pid>/mountinfo (or /proc/self/mountinfo), parsed. */
+export function mountInfo(pid: number | 'self' = 'self'): MountInfo[] {
+  return readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [pre, post = ''] = line.split(' - ');
+      const f = pre!.split(' ');
+      const g = post.split(' ');
+      return { dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), fsType: g[0]!, source: unescape(g[1] ?? '') };
+    });
+}
+
+/**
+ * The device (major:minor, as mountinfo shows it) of the filesystem that holds a host path: the
+ * mount with the longest mount point above it in this process's table. (stat's st_dev of a
+ * file on overlayfs can name the layer's device instead.)
+ */
+function devOf(path: string, table: readonly MountInfo[]): string | undefined {
+  const real = realpathSync(path);
+  let best: MountInfo | undefined;
+  for (const m of table)
+    if ((real === m.mountPoint || real.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`)) && m.mountPoint.length >= (best?.mountPoint.length ?? -1)) best = m;
+  return best?.dev;
+}
+
+/** Why the mount table of the restored init holds a mount the spec does not give, or null. */
+function mountExcess(pid: number, spec: Spec, bundle: string): string | null {
+  const host = mountInfo('self');
+  const hostDev = (p: string) => {
+    try {
+      return devOf(posix.isAbsolute(p) ? p : posix.join(bundle, p), host);
+    } catch {
+      return undefined; // gone since runc mounted it: nothing to compare with
+    }
+  };
+  const norm = (p: string) => posix.normalize(`/${p}`).replace(/(.)\/$/, '$1');
+  const byDest = new Map((spec.mounts ?? []).map((m) => [norm(m.destination), m]));
+  const exact = new Set<string>(['/', ...byDest.keys(), ...(spec.linux?.maskedPaths ?? []).map(norm), ...(spec.linux?.readonlyPaths ?? []).map(norm)]);
+  for (const d of (spec.linux?.devices as { path: string }[] | undefined) ?? []) exact.add(norm(d.path));
+  if (spec.process?.terminal) exact.add('/dev/console');
+  // Mounts that bring their submounts: a recursive bind, the cgroup tree.
+  const trees = [...byDest].filter(([, m]) => m.type === 'cgroup' || m.type === 'cgroup2' || (m.options ?? []).includes('rbind')).map(([d]) => d);
+  const rootDev = spec.root?.path ? hostDev(spec.root.path) : undefined;
+  for (const m of mountInfo(pid)) {
+    const mp = norm(m.mountPoint);
+    if (mp === '/' && rootDev && m.dev !== rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${rootDev})`;
+    const inTree = trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
+    if (!exact.has(mp) && !inTree) return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
+    const want = byDest.get(mp);
+    if (!want || inTree) continue;
+    const shape = mountShape(want).split(' ')[0]!;
+    if (shape === 'bind') {
+      const dev = want.source ? hostDev(want.source) : undefined;
+      if (dev && dev !== m.dev) return `mount ${mp} is ${m.fsType} ${m.source} (device ${m.dev}), the spec binds ${want.source} (device ${dev})`;
+    } else if (shape !== m.fsType && !(shape === 'cgroup' && /^(cgroup2?|tmpfs)$/.test(m.fsType))) {
+      return `mount ${mp} is ${m.fsType}, the spec asks for ${shape}`;
+    }
+  }
+  return null;
+}
+
+/**
+ * Why the restored container under `initPid` holds more than `spec` grants, or null. Checks every
+ * task: capability sets within the spec's, ids as the spec's (unless it grants CAP_SETUID /
+ * CAP_SETGID), no_new_privs and a seccomp filter where the spec asks for them, each namespace
+ * the one the spec names (joined by path, new, or the host's); and the init's mount table.
+ */
+export function restoredExcess(initPid: number, spec: Spec, bundle: string): string | null {
+  const p = spec.process;
+  const caps = p?.capabilities ?? {};
+  const allowed: Record<string, bigint> = {
+    CapInh: capMask(caps.inheritable),
+    CapPrm: capMask(caps.permitted),
+    CapEff: capMask(caps.effective),
+    CapBnd: capMask(caps.bounding),
+    CapAmb: capMask(caps.ambient),
+  };
+  const prm = allowed.CapPrm! | allowed.CapBnd!;
+  const anyUid = (prm >> 7n) & 1n; // CAP_SETUID
+  const anyGid = (prm >> 6n) & 1n; // CAP_SETGID
+  const uid = p?.user.uid ?? 0;
+  const gid = p?.user.gid ?? 0;
+  const groups = new Set([gid, ...(p?.user.additionalGids ?? [])]);
+  const nsWanted = new Map<string, string | null>(); // ns file -> wanted id, or null for "new"
+  const spaces = spec.linux?.namespaces ?? [];
+  for (const [type, file] of Object.entries(NS_FILES)) {
+    const ns = spaces.find((n) => n.type === type);
+    try {
+      nsWanted.set(file, !ns ? nsId(`/proc/self/ns/${file}`) : ns.path ? nsId(ns.path) : null);
+    } catch {
+      /* this kernel has no such namespace, or the path is gone: runc would have failed */
+    }
+  }
+  const tasks = tasksUnder(initPid);
+  if (tasks.length === 0) return `the restored process ${initPid} is gone`;
+  const initNs = new Map<string, string>();
+  for (const { pid, tid } of tasks) {
+    const where = `task ${tid}${pid === tid ? '' : ` (of ${pid})`}`;
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+    } catch {
+      continue; // exited while stopped: nothing left to grant anything to
+    }
+    const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)?.[1]?.trim();
+    for (const [set, mask] of Object.entries(allowed)) {
+      const v = field(set);
+      if (v === undefined) continue;
+      const extra = BigInt(`0x${v}`) & ~mask;
+      if (extra) return `${where} has ${set} ${capList(extra).join(',')} beyond the spec`;
+    }
+    const ids = (name: string) => (field(name) ?? '').split(/\s+/).filter(Boolean).map(Number);
+    if (!anyUid && ids('Uid').some((u) => u !== uid)) return `${where} runs as uid ${ids('Uid').join('/')}, the spec asks for ${uid}`;
+    if (!anyGid && ids('Gid').some((g) => g !== gid)) return `${where} runs as gid ${ids('Gid').join('/')}, the spec asks for ${gid}`;
+    if (!anyGid && ids('Groups').some((g) => !groups.has(g))) return `${where} has groups ${ids('Groups').join(',')} beyond the spec's`;
+    if (p?.noNewPrivileges && field('NoNewPrivs') !== '1') return `${where} lacks no_new_privs, which the spec asks for`;
+    if (spec.linux?.seccomp && field('Seccomp') !== '2') return `${where} has seccomp mode ${field('Seccomp')}, the spec asks for a filter`;
+    for (const [file, want] of nsWanted) {
+      let got: string;
+      try {
+        got = nsId(`/proc/${pid}/task/${tid}/ns/${file}`);
+      } catch {
+        continue;
+      }
+      const first = initNs.get(file);
+      if (first === undefined) initNs.set(file, got);
+      else if (first !== got) return `${where} is in another ${file} namespace than the container's init`;
+      if (want === null ? got === nsId(`/proc/self/ns/${file}`) : got !== want)
+        return `${where}'s ${file} namespace is ${want === null ? "the host's, the spec asks for a new one" : 'not the one the spec names'}`;
+    }
+  }
+  return mountExcess(initPid, spec, bundle);
+}
