@@ -113,7 +113,7 @@ echo ${name}
 `;
   writeFileSync(join(dir, 'runc'), record('runc'), { mode: 0o755 });
   writeFileSync(join(dir, 'node'), record('node'), { mode: 0o755 });
-  const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state') };
+  const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state'), PREBAKE_STORE_DIR: join(dir, 'store') };
   const bundle = (name: string, config: string) => {
     execFileSync('mkdir', ['-p', join(dir, name)]);
     writeFileSync(join(dir, name, 'config.json'), config);
@@ -149,6 +149,12 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   mkdirSync(join(b, 'rootfs/.prebake/checkpoint'), { recursive: true });
   writeFileSync(join(b, 'rootfs/.prebake/manifest.json'), '{}');
   writeFileSync(join(b, 'rootfs/.prebake/checkpoint/pages-1.img'), '');
+  // The verified store's entry for that manifest (named by its sha256): the early restore reads
+  // it, never the rootfs's images.
+  const { createHash } = await import('node:crypto');
+  const entry = join(dir, 'store', createHash('sha256').update('{}').digest('hex'));
+  mkdirSync(join(entry, 'checkpoint'), { recursive: true });
+  writeFileSync(join(entry, 'ok'), '{}');
   const early = (argv: string[]) => {
     rmSync(join(dir, 'runc.args'), { force: true });
     t.true(who(argv).split('\n').includes('node'));
@@ -159,7 +165,7 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   const e = early(['--root', '/r', '--log', '/l.json', '--log-format', 'json', '--systemd-cgroup', 'create', '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
   t.is(e.earlyDir, state);
   t.deepEqual(e.runc, ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
-    '--image-path', `${b}/rootfs/.prebake/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
+    '--image-path', `${entry}/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
   t.deepEqual(readFileSync(join(dir, 'early-argv'), 'utf8').split('\0').slice(0, -1), [join(dir, 'runc'), ...e.runc!], 'the argv recorded for Node is the one run');
   // This node did not settle the restore (it left argv in place): bin/prebake deleted the
   // container runc restored, with the same global flags, and prebake's state.
@@ -167,9 +173,10 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   t.false(existsSync(state));
   // Without a pid file of the caller's, runc writes the restored init's pid in prebake's state.
   t.deepEqual(early(['--root', '/r', 'create', '--bundle', b, 'ctr']).runc, ['--root', '/r', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
-    '--image-path', `${b}/rootfs/.prebake/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', `${state}/pid`, 'ctr']);
+    '--image-path', `${entry}/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', `${state}/pid`, 'ctr']);
   // Shapes left to Node alone: a terminal, descriptors to hand on, an unknown flag, a second
-  // argument, an odd id, a symlink among the images, a path leaving the rootfs.
+  // argument, an odd id, a checkpoint not in the store, a config naming the checkpoint twice or
+  // carrying an org.criu.* annotation, a path leaving the rootfs.
   for (const argv of [
     ['create', '--bundle', b, '--console-socket', '/s.sock', 'ctr'],
     ['create', '--bundle', b, '--preserve-fds', '1', 'ctr'],
@@ -178,10 +185,18 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
     ['create', '--bundle', b, 'a/b'],
   ])
     t.deepEqual(early(argv), { earlyDir: '', runc: undefined }, argv.join(' '));
-  const { symlinkSync } = await import('node:fs');
-  symlinkSync('/etc/hostname', join(b, 'rootfs/.prebake/checkpoint/core-1.img'));
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a symlink among the images');
-  rmSync(join(b, 'rootfs/.prebake/checkpoint/core-1.img'));
+  rmSync(join(entry, 'ok'));
+  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a checkpoint the host has not verified');
+  writeFileSync(join(entry, 'ok'), '{}');
+  t.not(early(['create', '--bundle', b, 'ctr']).runc, undefined, 'verified again');
+  for (const [what, other] of [
+    ['the variable twice', { ...config, annotations: { x: `${CHECKPOINT_ENV}=/elsewhere` } }],
+    ['the annotation twice', { ...config, annotations: { [CHECKPOINT_ANNOTATION]: '/.prebake' }, hooks: { note: CHECKPOINT_ANNOTATION } }],
+    ['an org.criu.config annotation', { ...config, annotations: { 'org.criu.config': '/tmp/evil.conf' } }],
+  ] as const) {
+    writeFileSync(join(b, 'config.json'), JSON.stringify(other));
+    t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, what);
+  }
   writeFileSync(join(b, 'config.json'), JSON.stringify({ ...config, process: { env: [`${CHECKPOINT_ENV}=/../rootfs/.prebake`] } }));
   t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a path with ..');
 });

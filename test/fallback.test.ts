@@ -12,29 +12,24 @@ import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { storeEntry } from '../src/checkpoint/store.ts';
+import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { functionPids, killAndDelete, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
-/** prebake's state base (PREBAKE_STATE_DIR is not set for the runtime in these tests). */
-const STATE_BASE = '/run/prebake';
-const verifiedKeys = new Set<string>();
-
-/** The key under which prebake caches a successful verification of a layer's checkpoint files. */
-function verifiedKey(layer: string): string {
-  const m = JSON.parse(readFileSync(join(layer, '.prebake/manifest.json'), 'utf8')) as CheckpointManifest;
-  return createHash('sha256').update(JSON.stringify(m.files)).digest('hex');
-}
+/** Store entries the tests' checkpoints were imported as, removed at the end. */
+const imported = new Set<string>();
+const remember = (layer: string) => imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(layer, '.prebake/manifest.json'))));
 
 let baked: BakedFunction;
 test.before(async () => {
   baked = await bakeNoop();
-  verifiedKeys.add(verifiedKey(baked.layers[0]!));
 });
 test.after.always(() => {
   baked?.cleanup();
-  // prebake remembers verified checkpoints under its state dir; forget this file's.
-  for (const key of verifiedKeys) rmSync(join(STATE_BASE, 'verified', key), { force: true });
+  for (const entry of imported) rmSync(entry, { recursive: true, force: true });
 });
 
 /** A host directory of the test's own, removed when the test ends. */
@@ -63,7 +58,9 @@ function editManifest(layer: string, edit: (m: CheckpointManifest) => void): voi
   const m = JSON.parse(readFileSync(file, 'utf8')) as CheckpointManifest;
   edit(m);
   writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
-  verifiedKeys.add(verifiedKey(layer));
+  // Signed again with the host's key: a trusted signer's broken checkpoint, which reaches CRIU.
+  signCheckpoint(join(layer, '.prebake'), loadSigningKey(DEFAULT_KEY));
+  remember(layer);
 }
 
 /** Removes checkpoint files and their entries in the manifest: every check passes, CRIU cannot use it. */
@@ -381,9 +378,12 @@ test('refused: a symlink in the middle of the path to a host directory holding a
 });
 
 test('refused: /.prebake/checkpoint is a symlink to checkpoint images on the host', async (t) => {
-  // The manifest in the rootfs is genuine and matches the host files it would be pointed at.
+  // The manifest in the rootfs is genuine (signed by a trusted key, not yet in the host's store)
+  // and matches the host files it would be pointed at.
   const decoy = hostDecoy(t);
   const layer = copyCheckpointLayer(t);
+  editManifest(layer, (m) => void (m.created = new Date().toISOString()));
+  for (const f of ['manifest.json', 'manifest.sig']) execFileSync('cp', [join(layer, '.prebake', f), join(decoy, '.prebake', f)]);
   rmSync(join(layer, '.prebake/checkpoint'), { recursive: true });
   symlinkSync(join(decoy, '.prebake/checkpoint'), join(layer, '.prebake/checkpoint'));
   await expectFallback(t, [layer, ...baked.baseLayers], /symlink|symbolic link/, { prefix: 'cplink' });

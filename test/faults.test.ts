@@ -3,7 +3,7 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
@@ -364,14 +364,19 @@ test("disk full: the --pid-file cannot be written (no inode left): runc's restor
 });
 
 test("disk full: the spec capture prebake-build asks for cannot be written in prebake's state dir: no partial capture is left", async (t) => {
-  const disk = filledStateDisk(t, (dir) => fillBlocks(t, dir));
   const token = `full-${process.pid}`;
+  // prebake-build's request for the capture, made before the disk filled up.
+  const disk = filledStateDisk(t, (dir) => {
+    mkdirSync(join(dir, 'captures'), { recursive: true });
+    writeFileSync(join(dir, 'captures', `${token}.request`), '');
+    fillBlocks(t, dir);
+  });
   const r = await fullDiskReplica(t, { env: disk.env, spec: (s) => void s.process!.env!.push(`PREBAKE_CAPTURE_SPEC=${token}`) });
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
   t.regex(logLines(r.log).find((l) => l.level === 'warning')?.msg ?? '', /^cold start: .*no space left on device/i);
   t.deepEqual(
-    filesUnder(disk.dir).filter((f) => f.startsWith('captures/')),
+    filesUnder(disk.dir).filter((f) => f.startsWith('captures/') && !f.endsWith('.request')),
     [],
     'no capture, whole or partial',
   );

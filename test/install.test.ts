@@ -3,7 +3,7 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
@@ -113,4 +113,25 @@ test('unknown engines and usage errors are named', (t) => {
   const r = spawnSync(PREBAKE, ['install', 'cri-o'], { encoding: 'utf8' });
   t.is(r.status, 2);
   t.regex(r.stderr, /unknown engine cri-o/);
+});
+
+test('install refuses a runtime that is not root\'s or that others can write: whoever can is root in every container', (t) => {
+  const c = setup(t, 'daemon.json', DOCKER);
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-unsafe-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'prebake');
+  writeFileSync(bin, '#!/bin/sh\n', { mode: 0o775 });
+  chmodSync(bin, 0o775);
+  const r = c.run('install', 'docker', bin);
+  t.is(r.code, 1, r.out);
+  t.regex(r.out, new RegExp(`refused: ${bin} is writable by its group \\(mode 775\\)`));
+  t.is(c.read(), DOCKER, 'the config is left as it was');
+  chmodSync(bin, 0o755);
+  chownSync(bin, 65534, 65534);
+  t.regex(c.run('install', 'docker', bin).out, /is owned by uid 65534, not root/);
+  chownSync(bin, 0, 0);
+  chmodSync(dir, 0o777);
+  t.regex(c.run('install', 'docker', bin).out, /writable by everyone \(mode 777\)/);
+  chmodSync(dir, 0o755);
+  t.is(c.run('install', 'docker', bin).code, 0);
 });

@@ -3,9 +3,9 @@
 
 import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { killAndDelete, PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { killAndDelete, PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
 let baked: BakedFunction;
@@ -39,8 +39,9 @@ test('create restores a baked function: its request count goes on, prebake logs 
   // runc restored it beside the Node program's start-up, CRIU told (by the config file in
   // prebake's state) to leave the tasks stopped; it serves above, so prebake resumed them.
   const criu = readFileSync(join(rt.state, id, 'criu', 'restore.log'), 'utf8');
-  t.regex(criu, /^\(\S+\) Parsing config file \S+\/criu\.conf$/m);
-  t.is(readFileSync(join(rt.state, id, 'criu.conf'), 'utf8'), 'leave-stopped\n');
+  const conf = /^\(\S+\) Parsing config file (\S+\/criu\.conf)$/m.exec(criu)?.[1];
+  t.is(resolve(conf!), join(REPO, 'dist/criu.conf'));
+  t.is(readFileSync(conf!, 'utf8'), 'leave-stopped\n');
 
   const state = await run(PREBAKE, ['--root', rt.root, 'state', id]);
   t.is(JSON.parse(state.output).status, 'running');

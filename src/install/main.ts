@@ -93,6 +93,7 @@ function keyOrTrust(command: string, rest: string[]): number {
  * root's, or others can write to it (whoever can is root in every container the engine starts).
  */
 function unsafeRuntime(path: string): string | null {
+  if (!existsSync(path)) return null; // nothing there yet: the engine fails on it, not this check
   const real = realpathSync(path);
   for (const p of [real, dirname(real), join(dirname(real), '..', 'dist'), join(dirname(real), '..', 'dist', 'prebake.cjs'), join(dirname(real), '..', 'dist', 'prebake.blob')]) {
     const st = lstatSync(p, { throwIfNoEntry: false });

@@ -207,12 +207,22 @@ function prepareState(plan: RestorePlan, stateBase: string): { work: string; run
     writeFileSync(join(work, 'restore.log'), '', { mode: 0o600 }); // the mode CRIU gives its log
     writeFileSync(runcLog, '', { mode: 0o600 });
     writeFileSync(join(plan.stateDir, RESTORED_MARKER), '', { mode: 0o600 });
-    writeFileSync(join(plan.stateDir, CRIU_CONF), CRIU_CONF_TEXT, { mode: 0o600 });
+    if (criuConfig() === undefined) writeFileSync(join(plan.stateDir, CRIU_CONF), CRIU_CONF_TEXT, { mode: 0o600 });
   } catch (e) {
     rmSync(plan.stateDir, { recursive: true, force: true });
     throw new Error(`cannot write prebake's state in ${plan.stateDir}: ${(e as Error).message}`);
   }
   return { work, runcLog };
+}
+
+/** dist/criu.conf, which bin/prebake names (PREBAKE_CRIU_CONFIG), if it says what it must. */
+function criuConfig(): string | undefined {
+  const file = process.env.PREBAKE_CRIU_CONFIG;
+  try {
+    return file && readFileSync(file, 'utf8') === CRIU_CONF_TEXT ? file : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The pid file of a restore: the one create was given, else one in prebake's state. */
@@ -232,7 +242,10 @@ function restoreArgs(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArg
   return args;
 }
 
-/** CRIU's config for every restore (CRIU_CONFIG_FILE): nothing restored runs before the verdict. */
+/**
+ * CRIU's config for every restore (CRIU_CONFIG_FILE): nothing restored runs before the verdict.
+ * dist/criu.conf holds it; without that file, the restore's state gets a copy.
+ */
 const CRIU_CONF = 'criu.conf';
 const CRIU_CONF_TEXT = 'leave-stopped\n';
 
@@ -286,7 +299,7 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   let failure: Failure;
   try {
     // The restored process takes runc's stdio in place of the pipes it had at bake time.
-    const env = { ...process.env, CRIU_CONFIG_FILE: join(plan.stateDir, CRIU_CONF) };
+    const env = { ...process.env, CRIU_CONFIG_FILE: criuConfig() ?? join(plan.stateDir, CRIU_CONF) };
     const status = statusOf(spawnSync(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env }));
     if (status === 0) {
       const excess = verdictOn(plan, restorePidFile(plan, createArgs));

@@ -2,7 +2,10 @@
 // after it has served requests, as an image layer holding /.prebake above the app and Python layers.
 
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { storeEntry } from '../../src/checkpoint/store.ts';
+import { parseManifest } from '../../src/checkpoint/manifest.ts';
+import { importCheckpoint, storeEntry } from '../../src/checkpoint/store.ts';
+import { loadTrustStore, verifyManifestSignature } from '../../src/checkpoint/trust.ts';
+import { readSigned } from '../../src/checkpoint/verify.ts';
 import { loadRuntimeConfig } from '../../src/runtime/config.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +28,11 @@ export interface BakedFunction {
   manifest: CheckpointManifest;
   /** The spec a container of this image gets, in `netns`. */
   spec(netns: string, change?: (s: Spec) => void): Spec;
+  /**
+   * Imports the checkpoint into the host's verified store, as a first create would: later
+   * creates take the early restore (runc started beside the Node program).
+   */
+  importToStore(): void;
   cleanup(): void;
 }
 
@@ -78,6 +86,12 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
     baseLayers,
     manifest,
     spec: specFor,
+    importToStore: () => {
+      const dir = join(layer, '.prebake');
+      const { manifest: bytes, signature } = readSigned(dir);
+      const keyId = verifyManifestSignature(bytes, signature, loadTrustStore(loadRuntimeConfig().trustDir));
+      importCheckpoint(loadRuntimeConfig().store, dir, bytes, signature, parseManifest(bytes.toString()), keyId);
+    },
     cleanup: () => {
       // What a restore imported of this bake into the host's verified store goes with it.
       rmSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(layer, '.prebake/manifest.json'))), { recursive: true, force: true });
