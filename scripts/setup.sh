@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what prebake, its demo and its tests need on a Debian 12 host, idempotently.
 # Quick when everything is present; fails with a message naming what could not be had.
-# --system: only the system part (packages, CRIU, the CRI API definition, CRIU's kernel cache); no npm.
+# --system: only the system part (packages, CRIU, the CRI API definition, CRIU's kernel cache,
+# this host's bake key); no npm.
 set -eu
 
 system_only=""
@@ -16,7 +17,7 @@ esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the programs and tests use; CRIU is handled apart below.
-PKGS="python3 openssl runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd containernetworking-plugins docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
+PKGS="python3 openssl runc iproute2 iptables debootstrap busybox-static skopeo umoci containerd containernetworking-plugins golang-github-gogo-protobuf-dev docker.io podman hyperfine jq curl ca-certificates xz-utils zstd"
 
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
@@ -134,9 +135,14 @@ if [ ! -f "$key" ]; then
     && openssl pkey -in "$key" -pubout -out /etc/prebake/keys/bake.pub \
     || { echo "setup: could not create the bake key $key" >&2; exit 1; }
 fi
-key_id=$(openssl pkey -pubin -in /etc/prebake/keys/bake.pub -outform DER | sha256sum | cut -d' ' -f1)
+[ -s /etc/prebake/keys/bake.pub ] || openssl pkey -in "$key" -pubout -out /etc/prebake/keys/bake.pub \
+  || { echo "setup: could not write /etc/prebake/keys/bake.pub from $key" >&2; exit 1; }
+der=$(openssl pkey -pubin -in /etc/prebake/keys/bake.pub -outform DER | sha256sum) \
+  || { echo "setup: /etc/prebake/keys/bake.pub is not a public key" >&2; exit 1; }
+key_id=${der%% *}
 if [ ! -f "/etc/prebake/trust/$key_id.pub" ]; then
-  mkdir -p /etc/prebake/trust && cp /etc/prebake/keys/bake.pub "/etc/prebake/trust/$key_id.pub"
+  mkdir -p /etc/prebake/trust && cp /etc/prebake/keys/bake.pub "/etc/prebake/trust/$key_id.pub" \
+    || { echo "setup: could not trust this host's key in /etc/prebake/trust" >&2; exit 1; }
 fi
 [ -z "$system_only" ] || exit 0
 

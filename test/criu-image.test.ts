@@ -14,7 +14,9 @@ const skipped = missing.length ? `skipped: ${missing.join(' and ')} not on PATH,
 let dir: string | undefined;
 let ckpt = '';
 const id = `criuimg-${process.pid}`;
-const runc = (...args: string[]) => spawnSync('runc', ['--root', join(dir!, 'runc'), ...args], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+// Output to runc's log, not to a pipe: the container would inherit the pipe and hold spawnSync.
+const runc = (...args: string[]) => spawnSync('runc', ['--root', join(dir!, 'runc'), '--log', join(dir!, 'runc.log'), ...args], { stdio: 'ignore' });
+const runcLog = () => readFileSync(join(dir!, 'runc.log'), 'utf8');
 
 // A busybox `sleep` in a runc container, checkpointed (runc's defaults: it is gone afterwards).
 test.before(() => {
@@ -30,10 +32,10 @@ test.before(() => {
   spec.process.terminal = false;
   writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
   const started = runc('run', '-d', '--bundle', bundle, id);
-  if (started.status !== 0) throw new Error(`runc run: ${started.stderr}`);
+  if (started.status !== 0) throw new Error(`runc run: ${runcLog()}`);
   ckpt = join(dir, 'checkpoint');
   const dumped = runc('checkpoint', '--image-path', ckpt, '--work-path', join(dir, 'work'), id);
-  if (dumped.status !== 0) throw new Error(`runc checkpoint: ${dumped.stderr}\n${readFileSync(join(dir, 'work/dump.log'), 'utf8')}`);
+  if (dumped.status !== 0) throw new Error(`runc checkpoint: ${runcLog()}\n${readFileSync(join(dir, 'work/dump.log'), 'utf8')}`);
 });
 test.after.always(() => {
   if (!dir) return;
@@ -107,6 +109,9 @@ test('forgeCredentials gives every core image all capabilities, no_new_privs and
     t.deepEqual(entry, orig);
   }
   t.deepEqual(forgeCredentials(forged, { allCaps: true, inheritable: true, noNewPrivs: 0, uid: 4242 }), [], 'nothing left to change');
+  // A mask of one's own instead (processCapMask(): what a CRIU started here can grant).
+  forgeCredentials(forged, { allCaps: true, caps: 1n << 21n });
+  t.deepEqual(Object.values(describeCredentials(forged)).map((c) => [c.prm, c.eff, c.bnd, c.inh]), [[1n << 21n, 1n << 21n, 1n << 21n, all]]);
 });
 
 test('edited entries are written back; a truncated image is an error', (t) => {

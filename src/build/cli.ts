@@ -80,7 +80,8 @@ export interface BuildOptions {
   allowSecrets: boolean;
   json: boolean;
   quiet: boolean;
-  signingKey: KeyObject;
+  /** The bake key's file (--key), read once the build has started as root. */
+  keyFile: string;
 }
 
 export function parseBuildArgs(argv: string[]): BuildOptions {
@@ -143,13 +144,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     allowSecrets: v['allow-secrets'] ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
-    signingKey: (() => {
-      try {
-        return loadSigningKey(v.key ?? DEFAULT_KEY);
-      } catch (e) {
-        throw new UsageError(`--key: ${(e as Error).message}`);
-      }
-    })(),
+    keyFile: v.key ?? DEFAULT_KEY,
   };
   if (v.ready !== undefined) opts.ready = parseProbe(v.ready);
   const warmup = int('warmup', v.warmup, 0);
@@ -197,6 +192,12 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
     throw new Error(`CRIU is missing: ${(e as Error).message}`);
   }
   if (compareVersions(criu, MIN_CRIU) < 0) throw new Error(`CRIU ${criu} is too old: prebake-build needs CRIU >= ${MIN_CRIU}`);
+  let signingKey: KeyObject;
+  try {
+    signingKey = loadSigningKey(opts.keyFile);
+  } catch (e) {
+    throw new Error(`--key: ${(e as Error).message}`);
+  }
 
   // Each engine's spec first: a missing engine stops the build before anything is read or run.
   const engines = new Map<Target, Spec>();
@@ -273,7 +274,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
         outDir,
         prebakeVersion: VERSION,
         baseImage: image.configDigest,
-        signingKey: opts.signingKey,
+        signingKey,
         onStep: (s, ms) => progress(`  ${target}: ${s.padEnd(16)} ${Math.round(ms)} ms`),
       });
       manifests.push(manifest);
@@ -303,26 +304,16 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       'io.prebake.targets': opts.targets.join(','),
       'io.prebake.probe': probeText(ready),
       'io.prebake.criu': criu,
-      'io.prebake.key-id': keyIdOf(opts.signingKey),
-    };
-    const m0 = manifests[0]!;
-    // checkpointctl's names, as labels only: podman copies a manifest's annotations into every
-    // container's spec, and the runtime refuses any org.criu.* annotation there (runc hands
-    // org.criu.config to CRIU).
-    const criuLabels: Record<string, string> = {
-      'org.criu.checkpoint.container.name': opts.targets.join(','),
-      'org.criu.checkpoint.engine': 'prebake',
-      'org.criu.checkpoint.rootfsImageName': formatImageRef(opts.source),
-      'org.criu.checkpoint.rootfsImageID': image.configDigest,
-      'org.criu.checkpoint.criu.version': criu,
-      'org.criu.checkpoint.runtime.name': 'runc',
-      'org.criu.checkpoint.created': m0.created,
+      'io.prebake.key-id': keyIdOf(signingKey),
     };
     const written = await writeImage(opts.dest, {
       source: image,
       addLayer: layer,
       env: { [CHECKPOINT_ENV]: '/.prebake' },
-      labels: { ...labels, ...criuLabels },
+      // As labels and as annotations (engines show either). No org.criu.* names: podman and umoci
+      // copy them into every container's spec, and the runtime refuses any org.criu.* there
+      // (runc hands org.criu.config to CRIU).
+      labels,
       annotations: labels,
       createdBy: `prebake-build ${VERSION}: checkpoint after ${probeText(ready)}${warmupCount ? `, ${warmupCount} warm-up request(s)` : ''}`,
     });

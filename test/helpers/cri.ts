@@ -46,7 +46,8 @@ function criServices(): NonNullable<typeof loaded> {
   if (loaded) return loaded;
   if (!existsSync(CRI_PROTO)) throw new Error(`the CRI API definition ${CRI_PROTO} is missing: run scripts/setup.sh, which unpacks it`);
   // Field names as in the .proto (snake_case), enums by name, int64 as strings (nanosecond times).
-  const def = protoLoader.loadSync(CRI_PROTO, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+  // gogo.proto, which api.proto imports, is bookworm's golang-github-gogo-protobuf-dev.
+  const def = protoLoader.loadSync(CRI_PROTO, { includeDirs: ['/usr/share/gocode/src'], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
   const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: NonNullable<typeof loaded> } };
   loaded = pkg.runtime.v1;
   return loaded;

@@ -23,11 +23,11 @@ const TYPES: Record<number, string> = {
   [INVENTORY_MAGIC]: 'inventory_entry',
   0x55053847: 'core_entry', // core-<tid>.img: a task's registers, creds (thread_core.creds), …
   0x54432030: 'task_kobj_ids_entry', // ids-<pid>.img
-  0x54023547: 'creds_entry', // creds-<pid>.img: images of CRIU < 3.x only
+  0x54023547: 'creds_entry', // creds-<pid>.img: the old layout, still restored when a core has no thread_core.creds
   0x50273030: 'pstree_entry', // pstree.img
   0x56303138: 'file_entry', // files.img
   0x56213732: 'fdinfo_entry', // fdinfo-<n>.img
-  0x50363636: 'reg_file_entry', // reg-files.img (old layout)
+  0x50363636: 'reg_file_entry', // reg-files.img: the old layout (now inside files.img)
   0x55563928: 'mnt_entry', // mountpoints-<ns>.img
   0x59453036: 'tty_info_entry', // tty-info.img
   0x59433025: 'tty_file_entry',
@@ -55,7 +55,7 @@ const TYPES: Record<number, string> = {
   0x57093306: 'stats_entry', // stats-dump, stats-restore: IMG_SERVICE_MAGIC first
 };
 
-// protobufjs is CommonJS; its `long` (for 64-bit fields) it finds by itself.
+// Loaded once. 64-bit fields stay exact: protobufjs finds its `long` dependency by itself.
 let root: protobuf.Root | undefined;
 function messageType(name: string): protobuf.Type {
   if (!root) {
@@ -134,6 +134,14 @@ export function kernelCapMask(): bigint {
   return (1n << BigInt(last + 1)) - 1n;
 }
 
+/**
+ * The bounding set of this process: what a CRIU it starts can grant. A restore asking for more
+ * (where the host, a sandbox, lacks some) fails in CRIU's restorer: capset() EPERM.
+ */
+export function processCapMask(): bigint {
+  return BigInt(`0x${/^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
+}
+
 // CRIU stores a capability set as u32 words, low word first (CR_CAP_SIZE = 2 of them).
 const CAP_WORDS = 2;
 const toWords = (mask: bigint): number[] =>
@@ -156,6 +164,8 @@ export interface ForgeOptions {
   allCaps?: boolean;
   /** With allCaps, cap_inh too. */
   inheritable?: boolean;
+  /** The mask allCaps sets instead of the kernel's every capability (e.g. processCapMask()). */
+  caps?: bigint;
   noNewPrivs?: 0 | 1;
   /** uid, euid, suid and fsuid. */
   uid?: number;
@@ -164,7 +174,7 @@ export interface ForgeOptions {
 /** Edits the creds of every core-*.img in a checkpoint; returns the files that changed. */
 export function forgeCredentials(checkpointDir: string, opts: ForgeOptions): string[] {
   const changed: string[] = [];
-  const all = toWords(kernelCapMask());
+  const all = toWords(opts.caps ?? kernelCapMask());
   for (const path of coreFiles(checkpointDir)) {
     const img = readImage(path);
     const creds = threadCreds(img, path);

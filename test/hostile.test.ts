@@ -1,0 +1,217 @@
+// Checkpoints written by an attacker, on real runc and CRIU: each ends in a cold start that
+// serves (or a refusal) with the reason logged, and the process that serves holds exactly what
+// its spec grants. The forgeries edit CRIU's own images (core-*.img creds) the way an image
+// author can: with all capabilities and no no_new_privs, manifest digests made to fit.
+
+import test, { type ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Spec } from '../oci/runtime-spec.ts';
+import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { storeEntry } from '../src/checkpoint/store.ts';
+import { DEFAULT_KEY, generateKey, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
+import { NetnsClient } from '../src/lib/netns.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { describeCredentials, readImage, writeImage } from './helpers/criu-image.ts';
+
+let baked: BakedFunction;
+const imported = new Set<string>();
+test.before(async () => {
+  baked = await bakeNoop();
+});
+test.after.always(() => {
+  baked?.cleanup();
+  for (const e of imported) rmSync(e, { recursive: true, force: true });
+});
+
+function tempDir(t: ExecutionContext, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `prebake-hostile-${prefix}-`));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A copy of the checkpoint layer to forge. */
+function layerCopy(t: ExecutionContext): string {
+  const layer = join(tempDir(t, 'layer'), 'layer');
+  execFileSync('cp', ['-a', baked.layers[0]!, layer]);
+  return layer;
+}
+
+const ckpt = (layer: string) => join(layer, '.prebake');
+
+/** Rewrites the manifest after a forgery: digests made to fit, and `edit` on top. Not signed again. */
+function fitManifest(layer: string, edit: (m: CheckpointManifest) => void = () => {}): void {
+  const file = join(ckpt(layer), 'manifest.json');
+  const m = JSON.parse(readFileSync(file, 'utf8')) as CheckpointManifest;
+  for (const name of Object.keys(m.files)) {
+    const data = readFileSync(join(ckpt(layer), 'checkpoint', name));
+    m.files[name] = { size: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+  }
+  edit(m);
+  writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
+  imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(file)));
+}
+
+/**
+ * Every capability this host's root holds (its bounding set: CRIU, root on the host, can grant
+ * no more) in the creds of every task, no_new_privs off.
+ */
+function forgeAllCaps(layer: string): void {
+  const dir = join(ckpt(layer), 'checkpoint');
+  const host = BigInt(`0x${/^CapBnd:\s*(\S+)/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
+  const words = [Number(host & 0xffffffffn), Number(host >> 32n)];
+  const cores = readdirSync(dir).filter((f) => /^core-\d+\.img$/.test(f));
+  for (const f of cores) {
+    const img = readImage(join(dir, f));
+    const creds = img.entries[0]!.thread_core.creds;
+    for (const set of ['cap_prm', 'cap_eff', 'cap_bnd']) creds[set] = [...words];
+    creds.no_new_privs = 0;
+    writeImage(join(dir, f), img);
+  }
+  for (const c of Object.values(describeCredentials(dir))) if (c.eff !== host || c.noNewPrivs) throw new Error('forgery did not take');
+}
+
+/** A runc that records each call's argv (one line each) before it runs the real one. */
+function recordingRunc(t: ExecutionContext): { env: NodeJS.ProcessEnv; calls: () => string[] } {
+  const dir = tempDir(t, 'runc');
+  const log = join(dir, 'calls');
+  writeFileSync(join(dir, 'runc'), `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nexec runc "$@"\n`, { mode: 0o755 });
+  return { env: { ...process.env, PREBAKE_RUNC: join(dir, 'runc') }, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []) };
+}
+
+/** Creates and starts a replica of `layers`; returns the log, runc's calls and the serving process's status. */
+async function replica(t: ExecutionContext, layers: string[], prefix: string, change?: (s: Spec) => void) {
+  const runc = recordingRunc(t);
+  const { b, rt, id } = testReplica(t, layers, prefix, runc.env);
+  b.writeSpec(baked.spec(b.netnsPath, change));
+  const client = await NetnsClient.start(b.netns);
+  t.teardown(() => client.close());
+  const pidFile = join(b.dir, 'init.pid');
+  const c = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', pidFile, id], runc.env);
+  t.teardown(() => c.close());
+  t.is(c.code, 0, c.output);
+  t.is((await run(PREBAKE, ['--root', rt.root, 'start', id], runc.env)).code, 0);
+  const r = await client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 });
+  const served = (JSON.parse(r.body) as { served: number }).served;
+  const status = readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/status`, 'utf8');
+  const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)![1]!.trim();
+  const spec = JSON.parse(readFileSync(join(b.dir, 'config.json'), 'utf8')) as Spec;
+  return { log: rt.logLines(), calls: runc.calls(), served, capEff: BigInt(`0x${field('CapEff')}`), noNewPrivs: field('NoNewPrivs'), spec, state: rt.state, id };
+}
+
+const CAP_BITS: Record<string, number> = { CAP_KILL: 5, CAP_NET_BIND_SERVICE: 10, CAP_AUDIT_WRITE: 29 };
+const maskOf = (caps: string[] | undefined) => (caps ?? []).reduce((m, c) => m | (1n << BigInt(CAP_BITS[c]!)), 0n);
+
+/** A cold start that serves with exactly the spec's effective capabilities, the reason logged, runc never asked to restore. */
+function coldAndRefusedBeforeCriu(t: ExecutionContext, r: Awaited<ReturnType<typeof replica>>, reason: RegExp): void {
+  t.is(r.served, 1, 'a cold process serves (a restored one would count on from the bake)');
+  t.is(r.capEff, maskOf(r.spec.process!.capabilities!.effective), 'CapEff is exactly the spec\'s');
+  t.is(r.noNewPrivs, '1');
+  const warning = r.log.find((l) => l.level === 'warning')?.msg ?? '';
+  t.regex(warning, reason, JSON.stringify(r.log));
+  t.deepEqual(r.calls.filter((c) => / restore /.test(` ${c} `)), [], 'runc (and so CRIU) never restored anything');
+}
+
+test('the capability forge: all capabilities in core-*.img, digests made to fit, signature kept: refused before CRIU, cold start', async (t) => {
+  const layer = layerCopy(t);
+  forgeAllCaps(layer);
+  fitManifest(layer);
+  const r = await replica(t, [layer, ...baked.baseLayers], 'forge');
+  coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint not signed by a trusted key \(the signature by key id [0-9a-f]{16} does not match manifest\.json\)$/);
+});
+
+test('a forged manifest claiming all capabilities, honest digests, over an all-capabilities checkpoint: refused before CRIU', async (t) => {
+  const layer = layerCopy(t);
+  forgeAllCaps(layer);
+  fitManifest(layer, (m) => {
+    const names = Object.entries(CAP_BITS).map(([n]) => n);
+    for (const set of ['bounding', 'effective', 'permitted'] as const) m.spec.security.capabilities[set] = names;
+    m.spec.security.noNewPrivileges = false;
+  });
+  const r = await replica(t, [layer, ...baked.baseLayers], 'claims');
+  coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint not signed by a trusted key \(the signature .* does not match manifest\.json\)$/);
+});
+
+test('a checkpoint signed by a key the host does not trust: refused before CRIU, cold start', async (t) => {
+  const layer = layerCopy(t);
+  forgeAllCaps(layer);
+  fitManifest(layer);
+  const keyFile = join(tempDir(t, 'key'), 'evil.key');
+  const { keyId } = generateKey(keyFile);
+  signCheckpoint(ckpt(layer), loadSigningKey(keyFile));
+  const r = await replica(t, [layer, ...baked.baseLayers], 'untrusted');
+  coldAndRefusedBeforeCriu(t, r, new RegExp(`^cold start: checkpoint not signed by a trusted key \\(key id ${keyId.slice(0, 16)} is not in the trust store\\)$`));
+});
+
+test('a trusted, signed checkpoint whose pages changed after signing: refused before any CRIU process starts', async (t) => {
+  const layer = layerCopy(t);
+  const pages = join(ckpt(layer), 'checkpoint', readdirSync(join(ckpt(layer), 'checkpoint')).find((f) => /^pages-\d+\.img$/.test(f))!);
+  const data = readFileSync(pages);
+  const at = data.length >> 1;
+  data.writeUInt8(data.readUInt8(at) ^ 0xff, at);
+  writeFileSync(pages, data);
+  // The manifest is the honest bake's, made new to the host's store and signed by the trusted key.
+  const m = JSON.parse(readFileSync(join(ckpt(layer), 'manifest.json'), 'utf8')) as CheckpointManifest;
+  m.created = new Date().toISOString();
+  writeFileSync(join(ckpt(layer), 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
+  signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
+  const r = await replica(t, [layer, ...baked.baseLayers], 'pages');
+  coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint file pages-\d+\.img does not match its sha256 in the manifest$/);
+  t.false(existsSync(join(r.state, r.id, 'criu')), 'no CRIU work dir was ever made for it');
+  t.false(existsSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json')))), 'nothing of it in the store');
+});
+
+/**
+ * The last line: a checkpoint a trusted key signed that still holds more than the spec grants
+ * (a bake key used carelessly, a bug). CRIU restores it; its tasks' own kernel state is read
+ * while they are stopped, and they are killed before they run.
+ */
+for (const early of [false, true])
+  test(`signed by the trusted key yet holding all capabilities: killed while stopped${early ? ' (early restore, checkpoint already in the store)' : ''}, cold start with exactly the spec's capabilities`, async (t) => {
+    const layer = layerCopy(t);
+    forgeAllCaps(layer);
+    fitManifest(layer, (m) => void (m.created = `${m.created} ${early}`));
+    signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
+    imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json'))));
+    if (early) await replica(t, [layer, ...baked.baseLayers], 'seed'); // imports it
+    const r = await replica(t, [layer, ...baked.baseLayers], early ? 'excess-early' : 'excess');
+    t.is(r.served, 1, 'a cold process serves');
+    t.is(r.capEff, maskOf(r.spec.process!.capabilities!.effective));
+    t.is(r.noNewPrivs, '1');
+    t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: the container restored from .* holds more than its spec grants, killed before it ran again: task \d+ has Cap(Inh|Prm|Eff|Bnd|Amb) CAP_/);
+    t.true(r.calls.some((c) => / restore /.test(` ${c} `)), 'CRIU restored it (signed and trusted), the check came after');
+  });
+
+test('a spec with a user namespace: a checkpoint baked without one would run as the host\'s root, so it starts cold', async (t) => {
+  const r = await replica(t, baked.layers, 'userns', (s) => {
+    s.linux!.namespaces = [...s.linux!.namespaces!, { type: 'user' }];
+    s.linux!.uidMappings = [{ containerID: 0, hostID: 0, size: 65536 }];
+    s.linux!.gidMappings = [{ containerID: 0, hostID: 0, size: 65536 }];
+    // sysfs cannot be mounted from a user namespace that does not own the network namespace
+    // joined: the cold container gets the host's /sys bound read-only instead.
+    s.mounts = s.mounts!.map((m) => (m.destination === '/sys' ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'ro', 'nosuid', 'noexec', 'nodev'] } : m));
+  });
+  t.is(r.served, 1);
+  t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: security: the container asks for a user namespace, the checkpoint was baked without one/);
+});
+
+test('a spec carrying org.criu.config (a CRIU config file runc would hand to CRIU) never reaches runc restore', async (t) => {
+  baked.importToStore(); // even where the early restore could start
+  const conf = join(tempDir(t, 'conf'), 'evil.conf');
+  writeFileSync(conf, `action-script ${join(tempDir(t, 'ran'), 'x')}\n`);
+  const r = await replica(t, baked.layers, 'criuconf', (s) => (s.annotations = { ...(s.annotations ?? {}), 'org.criu.config': conf }));
+  t.is(r.served, 1);
+  t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: the spec carries the annotation org\.criu\.config, which runc would hand to CRIU: refused$/);
+  t.deepEqual(r.calls.filter((c) => / restore /.test(` ${c} `)), []);
+});
+
+test('the honest checkpoint restores (what the refusals above are measured against)', async (t) => {
+  const r = await replica(t, baked.layers, 'honest');
+  t.is(r.served, WARMUP + 2);
+  t.true(r.log.some((l) => l.level === 'info' && /^restored .* key [0-9a-f]{16}\)$/.test(l.msg)), JSON.stringify(r.log));
+});
