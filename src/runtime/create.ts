@@ -14,7 +14,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
-import { restoredExcess } from './inspect.ts';
+import { type Restrictions, restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -67,6 +67,8 @@ interface RestorePlan {
   spec: Spec;
   /** The key that signed the checkpoint ("none" under trustAnyCheckpoint). */
   keyId: string;
+  /** Masks and read-only paths the checkpoint was baked with: a restore keeps them. */
+  bakedRestrictions: Restrictions;
   /** CRIU's image directory: the verified store's copy. */
   imagePath: string;
   stateDir: string;
@@ -116,6 +118,7 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
     bundle,
     spec,
     keyId: chosen.keyId,
+    bakedRestrictions: { masked: chosen.manifest.spec.security.maskedPaths, readonly: chosen.manifest.spec.security.readonlyPaths },
     imagePath: join(chosen.entry, CHECKPOINT_DIR),
     stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
     // Which of several named checkpoints was chosen, if there are several.
@@ -256,7 +259,7 @@ const CRIU_CONF_TEXT = 'leave-stopped\n';
 function verdictOn(plan: RestorePlan, pidFile: string): string | null {
   const pid = restoredPid(pidFile);
   if (pid === undefined) return 'runc wrote no pid for the restored process';
-  return restoredExcess(pid, plan.spec, plan.bundle);
+  return restoredExcess(pid, plan.spec, plan.bundle, plan.bakedRestrictions);
 }
 
 /** Sends SIGCONT down a stopped process tree, children first (none of them runs before its parent is checked). */

@@ -100,8 +100,18 @@ function devOf(path: string, table: readonly MountInfo[]): string | undefined {
   return best?.dev;
 }
 
+/**
+ * Paths whose mounts only take away: masks (a read-only tmpfs over a directory, /dev/null bound
+ * over a file) and read-only binds of a path onto itself. The spec's own, and those the
+ * checkpoint was baked with (which a restore keeps, and which take away more).
+ */
+export interface Restrictions {
+  masked: readonly string[];
+  readonly: readonly string[];
+}
+
 /** Why the mount table of the restored init holds a mount the spec does not give, or null. */
-function mountExcess(pid: number, spec: Spec, bundle: string): string | null {
+function mountExcess(pid: number, spec: Spec, bundle: string, baked: Restrictions): string | null {
   const host = mountInfo('self');
   const hostDev = (p: string) => {
     try {
@@ -112,17 +122,35 @@ function mountExcess(pid: number, spec: Spec, bundle: string): string | null {
   };
   const norm = (p: string) => posix.normalize(`/${p}`).replace(/(.)\/$/, '$1');
   const byDest = new Map((spec.mounts ?? []).map((m) => [norm(m.destination), m]));
-  const exact = new Set<string>(['/', ...byDest.keys(), ...(spec.linux?.maskedPaths ?? []).map(norm), ...(spec.linux?.readonlyPaths ?? []).map(norm)]);
+  const exact = new Set<string>(['/', ...byDest.keys()]);
+  const masked = new Set([...(spec.linux?.maskedPaths ?? []), ...baked.masked].map(norm));
+  const readonly = new Set([...(spec.linux?.readonlyPaths ?? []), ...baked.readonly].map(norm));
   for (const d of (spec.linux?.devices as { path: string }[] | undefined) ?? []) exact.add(norm(d.path));
   if (spec.process?.terminal) exact.add('/dev/console');
   // Mounts that bring their submounts: a recursive bind, the cgroup tree.
   const trees = [...byDest].filter(([, m]) => m.type === 'cgroup' || m.type === 'cgroup2' || (m.options ?? []).includes('rbind')).map(([d]) => d);
   const rootDev = spec.root?.path ? hostDev(spec.root.path) : undefined;
-  for (const m of mountInfo(pid)) {
+  const table = mountInfo(pid);
+  /** The device of the mount a path would show without its own mount: the nearest one above it. */
+  const parentDev = (mp: string, upTo: number) => {
+    let best: MountInfo | undefined;
+    for (const o of table.slice(0, upTo)) {
+      const op = norm(o.mountPoint);
+      if (op !== mp && (op === '/' || mp.startsWith(`${op}/`)) && op.length >= (best ? norm(best.mountPoint).length : -1)) best = o;
+    }
+    return best?.dev;
+  };
+  for (const [i, m] of table.entries()) {
     const mp = norm(m.mountPoint);
     if (mp === '/' && rootDev && m.dev !== rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${rootDev})`;
     const inTree = trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
-    if (!exact.has(mp) && !inTree) return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
+    if (!exact.has(mp) && !inTree) {
+      // A mask: a tmpfs, or a file bound from a tmpfs or devtmpfs (/dev/null). A read-only path:
+      // the filesystem that is there anyway, bound onto itself.
+      if (masked.has(mp) && /^(tmpfs|devtmpfs)$/.test(m.fsType)) continue;
+      if (readonly.has(mp) && m.dev === parentDev(mp, i)) continue;
+      return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
+    }
     const want = byDest.get(mp);
     if (!want || inTree) continue;
     const shape = mountShape(want).split(' ')[0]!;
@@ -142,7 +170,7 @@ function mountExcess(pid: number, spec: Spec, bundle: string): string | null {
  * CAP_SETGID), no_new_privs and a seccomp filter where the spec asks for them, each namespace
  * the one the spec names (joined by path, new, or the host's); and the init's mount table.
  */
-export function restoredExcess(initPid: number, spec: Spec, bundle: string): string | null {
+export function restoredExcess(initPid: number, spec: Spec, bundle: string, baked: Restrictions): string | null {
   const p = spec.process;
   const caps = p?.capabilities ?? {};
   const allowed: Record<string, bigint> = {
@@ -206,5 +234,5 @@ export function restoredExcess(initPid: number, spec: Spec, bundle: string): str
         return `${where}'s ${file} namespace is ${want === null ? "the host's, the spec asks for a new one" : 'not the one the spec names'}`;
     }
   }
-  return mountExcess(initPid, spec, bundle);
+  return mountExcess(initPid, spec, bundle, baked);
 }
