@@ -77,6 +77,9 @@ test.serial('docker run -d restores the baked function: HTTP on the published po
   const inspect = JSON.parse(await dk.docker(['inspect', id]))[0];
   t.is(inspect.State.Status, 'running');
   t.regex(inspect.NetworkSettings.IPAddress, /^\d+\.\d+\.\d+\.\d+$/);
+  // The replica has the hostname docker gave it, not the bake's (its environment keeps the baked HOSTNAME).
+  t.is((await dk.docker(['exec', id, 'hostname'])).trim(), inspect.Config.Hostname);
+  t.not(inspect.Config.Hostname, 'prebake');
 });
 
 test.serial('two containers of the image at once are both restored, each with its own address', async (t) => {

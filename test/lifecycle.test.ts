@@ -134,6 +134,10 @@ test('pass-through commands print what runc prints and exit as runc exits', asyn
   t.regex(lines[2]!, /^spec: [0-9]+\.[0-9]+\.[0-9]+/);
   t.true(version.startsWith(execFileSync('runc', ['--version'], { encoding: 'utf8' })));
   t.regex(version, /\nprebake version \S+\n$/);
+  // --help: runc's help unchanged, then prebake's own commands.
+  const help = execFileSync(PREBAKE, ['--help'], { encoding: 'utf8' });
+  t.true(help.startsWith(execFileSync('runc', ['--help'], { encoding: 'utf8' })));
+  for (const c of ['doctor', 'install', 'key', 'trust']) t.regex(help, new RegExp(`\\n   ${c} +\\S`), c);
   t.is(execFileSync(PREBAKE, ['-v'], { encoding: 'utf8' }), version);
 });
 

@@ -2,9 +2,10 @@
 // serves from its own network namespace, and the usual lifecycle commands work on it.
 
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { killAndDelete, PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 
@@ -55,6 +56,9 @@ test('create restores a baked function: its request count goes on, prebake logs 
   t.is(exec.output.trim(), 'inside');
 
   t.true(existsSync(join(rt.state, id)), 'prebake keeps per-container state while it lives');
+  // Nobody but root reads prebake's state: its base is 0700.
+  const base = loadRuntimeConfig().stateBase;
+  t.is(statSync(base).mode & 0o777, 0o700, base);
   const del = await killAndDelete(rt, id);
   t.is(del.code, 0, del.output);
   t.false(existsSync(join(rt.root, id)), 'runc state removed');

@@ -76,7 +76,7 @@ test('prebake key generate, trust add|list|remove: the commands a host is set up
   const conf = join(dir, 'config.json');
   writeFileSync(conf, JSON.stringify({ trust: join(dir, 'trust'), store: join(dir, 'store') }));
   const env = { ...process.env, PREBAKE_CONFIG: conf };
-  const sh = (...args: string[]) => execFileSync(PREBAKE, args, { env, encoding: 'utf8' });
+  const sh = (...args: string[]) => execFileSync(PREBAKE, args, { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   const out = sh('key', 'generate', '--out', join(dir, 'k.key'));
   const id = /^key ([0-9a-f]{64})$/m.exec(out)![1]!;
   t.true(existsSync(join(dir, 'k.pub')));

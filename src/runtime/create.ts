@@ -77,6 +77,8 @@ interface RestorePlan {
   netnsPath?: string;
   /** Sent to the restored process so it can renew what must differ per replica (seeds, ids). */
   restoreSignal?: NodeJS.Signals;
+  /** The spec's hostname, set in the restored UTS namespace (CRIU restores the baked one). */
+  hostname?: string;
 }
 
 export const RESTORE_SIGNAL_ANNOTATION = 'io.prebake.restore-signal';
@@ -111,7 +113,9 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   const chosen = chooseCheckpoint(root, spec, facts, { trusted: loadTrustStore(cfg.trustDir), any: cfg.trustAny, store: cfg.store });
   const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
   const restoreSignal = restoreSignalOf(spec);
+  const hostname = spec.linux?.namespaces?.some((n) => n.type === 'uts' && !n.path) && spec.hostname && /^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$/.test(spec.hostname) ? spec.hostname : undefined;
   return {
+    ...(hostname ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
     ...(restoreSignal ? { restoreSignal } : {}),
     id,
@@ -274,12 +278,14 @@ function resumeTree(pid: number): void {
 
 /**
  * What follows an accepted restore: the loopback of a network namespace runc made (CRIU restores
- * it down), the restore signal, and the tasks resumed. Throws if the restored process is gone.
+ * it down), the spec's hostname, the restore signal, and the tasks resumed. Throws if the
+ * restored process is gone.
  */
 function finishRestored(plan: RestorePlan, pidFile: string): void {
   const pid = restoredPid(pidFile);
   if (pid === undefined) throw new Error('the restored process is gone');
   if (!plan.netnsPath) spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore' });
+  if (plan.hostname) spawnSync('nsenter', [`--uts=/proc/${pid}/ns/uts`, 'hostname', plan.hostname], { stdio: 'ignore' });
   if (plan.restoreSignal) process.kill(pid, plan.restoreSignal);
   resumeTree(pid);
 }
@@ -438,7 +444,8 @@ const MS_PLACEHOLDER = 987654321;
 /**
  * Accepts an early restore: hands bin/prebake, on VERDICT_FD, what finishing the container
  * takes, one line each (bin/prebake `read`s them, nothing is evaluated): "accept", the restore
- * signal (e.g. USR2, or empty), "1" if the loopback must be brought up, where the log line goes
+ * signal (e.g. USR2, or empty), "1" if the loopback must be brought up, the hostname to set in
+ * the restored UTS namespace (or empty), where the log line goes
  * (the --log file, or empty for stderr), and the log line split where the restore's ms go (both
  * empty if the log level leaves it out).
  */
@@ -448,7 +455,7 @@ function handOver(plan: RestorePlan, log: Logger): void {
   const key = [`"ms":${MS_PLACEHOLDER}`, `ms="${MS_PLACEHOLDER}"`].find((k) => line.includes(k));
   const at = key && !line.includes('\n') ? line.indexOf(key) + key.indexOf(String(MS_PLACEHOLDER)) : -1;
   const [pre, post] = at < 0 ? ['', ''] : [line.slice(0, at), line.slice(at + String(MS_PLACEHOLDER).length)];
-  const lines = ['accept', plan.restoreSignal?.replace(/^SIG/, '') ?? '', plan.netnsPath ? '' : '1', file.includes('\n') ? '' : file, pre, post];
+  const lines = ['accept', plan.restoreSignal?.replace(/^SIG/, '') ?? '', plan.netnsPath ? '' : '1', plan.hostname ?? '', file.includes('\n') ? '' : file, pre, post];
   writeSync(VERDICT_FD, `${lines.join('\n')}\n`);
 }
 

@@ -10,6 +10,8 @@ import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../build/spec.ts';
 import { targetSpec } from '../build/target.ts';
+import { MANIFEST_FORMAT } from '../checkpoint/manifest.ts';
+import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
 import { type Engine, type EngineName, type Started, startEngine } from '../engines/engine.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../image/functions.ts';
@@ -48,10 +50,15 @@ type Mode = 'cold' | 'prebaked';
 /** Starts one replica of a function in a mode; resolves once it has answered its first request. */
 type StartReplica = (mode: Mode) => Promise<Started & { parts?: StartupParts }>;
 
-/** The baked image of a function for runc, cached beside its image (keyed by the image's directory name). */
+/**
+ * The baked image of a function for runc, cached beside its image, keyed by the image's directory
+ * name, the manifest format and the key it is signed with (a bake this host does not trust, or
+ * of an older format, would only start cold).
+ */
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
   const image = await functionImage(name);
-  const dir = join(CACHE, 'baked', `${image.split('/').pop()}`);
+  const key = keyIdOf(loadSigningKey(DEFAULT_KEY)).slice(0, 12);
+  const dir = join(CACHE, 'baked', `${image.split('/').pop()}-f${MANIFEST_FORMAT}-${key}`);
   if (existsSync(join(dir, 'index.json'))) return dir;
   mkdirSync(join(CACHE, 'baked'), { recursive: true });
   return withLock(`${dir}.lock`, async () => {
