@@ -36,6 +36,8 @@ export interface BakedSpec {
   network?: NetworkMode;
   /** The rest of the spec that CRIU restores from the images instead of taking it from the new spec. */
   restored: RestoredState;
+  /** The hostname the process was baked with (CRIU restores it; the runtime sets the spec's if it differs). */
+  hostname?: string;
 }
 
 /**
@@ -195,6 +197,7 @@ export function bakedSpecOf(spec: Spec): BakedSpec {
     process: bakedProcessOf(spec),
     network: networkModeOf(spec),
     restored: restoredStateOf(spec),
+    ...(spec.hostname !== undefined ? { hostname: spec.hostname } : {}),
   };
 }
 

@@ -14,7 +14,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
-import { type Restrictions, restoredExcess } from './inspect.ts';
+import { type Expectations, expectationsOf, restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -67,8 +67,8 @@ interface RestorePlan {
   spec: Spec;
   /** The key that signed the checkpoint ("none" under trustAnyCheckpoint). */
   keyId: string;
-  /** Masks and read-only paths the checkpoint was baked with: a restore keeps them. */
-  bakedRestrictions: Restrictions;
+  /** What the spec grants the restored tasks (worked out before they exist). */
+  expect: Expectations;
   /** CRIU's image directory: the verified store's copy. */
   imagePath: string;
   stateDir: string;
@@ -113,7 +113,11 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   const chosen = chooseCheckpoint(root, spec, facts, { trusted: loadTrustStore(cfg.trustDir), any: cfg.trustAny, store: cfg.store });
   const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
   const restoreSignal = restoreSignalOf(spec);
-  const hostname = spec.linux?.namespaces?.some((n) => n.type === 'uts' && !n.path) && spec.hostname && /^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$/.test(spec.hostname) ? spec.hostname : undefined;
+  // CRIU restores the baked hostname: the spec's is set if it differs.
+  const hostname =
+    spec.linux?.namespaces?.some((n) => n.type === 'uts' && !n.path) && spec.hostname && spec.hostname !== chosen.manifest.spec.hostname && /^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$/.test(spec.hostname)
+      ? spec.hostname
+      : undefined;
   return {
     ...(hostname ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
@@ -122,7 +126,8 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
     bundle,
     spec,
     keyId: chosen.keyId,
-    bakedRestrictions: { masked: chosen.manifest.spec.security.maskedPaths, readonly: chosen.manifest.spec.security.readonlyPaths },
+    // The masks and read-only paths the checkpoint was baked with stay after a restore.
+    expect: expectationsOf(spec, bundle, { masked: chosen.manifest.spec.security.maskedPaths, readonly: chosen.manifest.spec.security.readonlyPaths }),
     imagePath: join(chosen.entry, CHECKPOINT_DIR),
     stateDir: containerStateDir(cfg, flagValue(call.global, 'root'), id),
     // Which of several named checkpoints was chosen, if there are several.
@@ -263,7 +268,7 @@ const CRIU_CONF_TEXT = 'leave-stopped\n';
 function verdictOn(plan: RestorePlan, pidFile: string): string | null {
   const pid = restoredPid(pidFile);
   if (pid === undefined) return 'runc wrote no pid for the restored process';
-  return restoredExcess(pid, plan.spec, plan.bundle, plan.bakedRestrictions);
+  return restoredExcess(pid, plan.expect);
 }
 
 /** Sends SIGCONT down a stopped process tree, children first (none of them runs before its parent is checked). */
@@ -332,7 +337,8 @@ function sameArgv(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i] || (isAbsolute(x) && isAbsolute(b[i]!) && resolve(x) === resolve(b[i]!)));
 }
 
-const nap = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+let napBuffer: Int32Array | undefined; // made on first use: a V8 startup snapshot cannot hold one
+const nap = (ms: number) => Atomics.wait((napBuffer ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, ms);
 
 /** The children of a process (all its threads'), from /proc. */
 function childrenOf(pid: number): number[] {
@@ -461,15 +467,21 @@ function handOver(plan: RestorePlan, log: Logger): void {
 
 /**
  * Waits until the early restore's runc has exited (a zombie: bin/prebake reaps it only after
- * this program is done); returns its exit status, or undefined if the caller went away.
+ * this program is done); returns its exit status, or undefined if the caller went away. Once
+ * runc has written the restored init's pid (CRIU is done, the tasks stopped), `onRestored` runs
+ * while runc winds down.
  */
-function runcStatus(early: EarlyRestore, callerGone: () => boolean): number | undefined {
+function runcStatus(early: EarlyRestore, callerGone: () => boolean, pidFile: string, onRestored: () => void): number | undefined {
+  let restored = false;
   for (;;) {
     if (callerGone()) return undefined;
     const st = procStat(early.runcPid!);
     if (!st || st.ppid !== early.shellPid) return undefined;
     if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
-    nap(1);
+    if (!restored && restoredPid(pidFile) !== undefined) {
+      restored = true;
+      onRestored();
+    } else nap(0.25);
   }
 }
 
@@ -499,14 +511,16 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   if (early.status === undefined) {
     try {
       if (ok && plan && createArgs && early.runcPid !== undefined && early.shellPid !== undefined) {
-        const status = runcStatus(early, callerGone);
+        const pidFile = restorePidFile(plan, createArgs);
+        let excess: string | null | undefined;
+        const status = runcStatus(early, callerGone, pidFile, () => (excess = verdictOn(plan, pidFile)));
         if (status !== undefined && status !== 0) {
           const reason = failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log'));
           discardAttempt(plan, call, cfg);
           return { reason };
         }
         if (status === 0) {
-          const excess = verdictOn(plan, restorePidFile(plan, createArgs));
+          excess ??= verdictOn(plan, pidFile);
           if (excess !== null) {
             discardAttempt(plan, call, cfg);
             return { reason: excess, excess: true };

@@ -4,7 +4,7 @@
 
 import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
-import type { Spec } from '../../oci/runtime-spec.ts';
+import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
 
 /** Linux capability numbers, in order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
@@ -110,26 +110,104 @@ export interface Restrictions {
   readonly: readonly string[];
 }
 
-/** Why the mount table of the restored init holds a mount the spec does not give, or null. */
-function mountExcess(pid: number, spec: Spec, bundle: string, baked: Restrictions): string | null {
-  const host = mountInfo('self');
-  const hostDev = (p: string) => {
+const norm = (p: string) => posix.normalize(`/${p}`).replace(/(.)\/$/, '$1');
+
+/**
+ * What the spec grants, worked out before the restored tasks exist (from the spec and this
+ * host's own /proc): the check of the stopped tasks then only reads their state.
+ */
+export interface Expectations {
+  allowed: Record<string, bigint>;
+  anyUid: boolean;
+  anyGid: boolean;
+  uid: number;
+  gid: number;
+  groups: Set<number>;
+  noNewPrivs: boolean;
+  seccomp: boolean;
+  /** ns file -> the namespace the tasks must be in, or null for a new one (not the host's). */
+  nsWanted: Map<string, string | null>;
+  hostNs: Map<string, string>;
+  mounts: {
+    byDest: Map<string, Mount>;
+    exact: Set<string>;
+    masked: Set<string>;
+    readonly: Set<string>;
+    trees: string[];
+    rootDev?: string;
+    /** Per bind destination, the device of the spec's source on the host. */
+    bindDev: Map<string, string>;
+  };
+}
+
+export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions): Expectations {
+  const p = spec.process;
+  const caps = p?.capabilities ?? {};
+  const allowed: Record<string, bigint> = {
+    CapInh: capMask(caps.inheritable),
+    CapPrm: capMask(caps.permitted),
+    CapEff: capMask(caps.effective),
+    CapBnd: capMask(caps.bounding),
+    CapAmb: capMask(caps.ambient),
+  };
+  const prm = allowed.CapPrm! | allowed.CapBnd!;
+  const gid = p?.user.gid ?? 0;
+  const nsWanted = new Map<string, string | null>();
+  const hostNs = new Map<string, string>();
+  const spaces = spec.linux?.namespaces ?? [];
+  for (const [type, file] of Object.entries(NS_FILES)) {
+    const ns = spaces.find((n) => n.type === type);
     try {
-      return devOf(posix.isAbsolute(p) ? p : posix.join(bundle, p), host);
+      hostNs.set(file, nsId(`/proc/self/ns/${file}`));
+      nsWanted.set(file, !ns ? hostNs.get(file)! : ns.path ? nsId(ns.path) : null);
     } catch {
-      return undefined; // gone since runc mounted it: nothing to compare with
+      /* this kernel has no such namespace, or the path is gone: runc would have failed */
+    }
+  }
+  const host = mountInfo('self');
+  const hostDev = (path: string) => {
+    try {
+      return devOf(posix.isAbsolute(path) ? path : posix.join(bundle, path), host);
+    } catch {
+      return undefined; // gone: nothing to compare with
     }
   };
-  const norm = (p: string) => posix.normalize(`/${p}`).replace(/(.)\/$/, '$1');
   const byDest = new Map((spec.mounts ?? []).map((m) => [norm(m.destination), m]));
   const exact = new Set<string>(['/', ...byDest.keys()]);
-  const masked = new Set([...(spec.linux?.maskedPaths ?? []), ...baked.masked].map(norm));
-  const readonly = new Set([...(spec.linux?.readonlyPaths ?? []), ...baked.readonly].map(norm));
   for (const d of (spec.linux?.devices as { path: string }[] | undefined) ?? []) exact.add(norm(d.path));
-  if (spec.process?.terminal) exact.add('/dev/console');
-  // Mounts that bring their submounts: a recursive bind, the cgroup tree.
-  const trees = [...byDest].filter(([, m]) => m.type === 'cgroup' || m.type === 'cgroup2' || (m.options ?? []).includes('rbind')).map(([d]) => d);
+  if (p?.terminal) exact.add('/dev/console');
+  const bindDev = new Map<string, string>();
+  for (const [dest, m] of byDest) {
+    const dev = mountShape(m).startsWith('bind') && m.source ? hostDev(m.source) : undefined;
+    if (dev) bindDev.set(dest, dev);
+  }
   const rootDev = spec.root?.path ? hostDev(spec.root.path) : undefined;
+  return {
+    allowed,
+    anyUid: Boolean((prm >> 7n) & 1n), // CAP_SETUID
+    anyGid: Boolean((prm >> 6n) & 1n), // CAP_SETGID
+    uid: p?.user.uid ?? 0,
+    gid,
+    groups: new Set([gid, ...(p?.user.additionalGids ?? [])]),
+    noNewPrivs: p?.noNewPrivileges ?? false,
+    seccomp: Boolean(spec.linux?.seccomp),
+    nsWanted,
+    hostNs,
+    mounts: {
+      byDest,
+      exact,
+      masked: new Set([...(spec.linux?.maskedPaths ?? []), ...baked.masked].map(norm)),
+      readonly: new Set([...(spec.linux?.readonlyPaths ?? []), ...baked.readonly].map(norm)),
+      // Mounts that bring their submounts: a recursive bind, the cgroup tree.
+      trees: [...byDest].filter(([, m]) => m.type === 'cgroup' || m.type === 'cgroup2' || (m.options ?? []).includes('rbind')).map(([d]) => d),
+      ...(rootDev ? { rootDev } : {}),
+      bindDev,
+    },
+  };
+}
+
+/** Why the mount table of the restored init holds a mount the spec does not give, or null. */
+function mountExcess(pid: number, x: Expectations['mounts']): string | null {
   const table = mountInfo(pid);
   /** The device of the mount a path would show without its own mount: the nearest one above it. */
   const parentDev = (mp: string, upTo: number) => {
@@ -142,20 +220,20 @@ function mountExcess(pid: number, spec: Spec, bundle: string, baked: Restriction
   };
   for (const [i, m] of table.entries()) {
     const mp = norm(m.mountPoint);
-    if (mp === '/' && rootDev && m.dev !== rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${rootDev})`;
-    const inTree = trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
-    if (!exact.has(mp) && !inTree) {
+    if (mp === '/' && x.rootDev && m.dev !== x.rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${x.rootDev})`;
+    const inTree = x.trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
+    if (!x.exact.has(mp) && !inTree) {
       // A mask: a tmpfs, or a file bound from a tmpfs or devtmpfs (/dev/null). A read-only path:
       // the filesystem that is there anyway, bound onto itself.
-      if (masked.has(mp) && /^(tmpfs|devtmpfs)$/.test(m.fsType)) continue;
-      if (readonly.has(mp) && m.dev === parentDev(mp, i)) continue;
+      if (x.masked.has(mp) && /^(tmpfs|devtmpfs)$/.test(m.fsType)) continue;
+      if (x.readonly.has(mp) && m.dev === parentDev(mp, i)) continue;
       return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
     }
-    const want = byDest.get(mp);
+    const want = x.byDest.get(mp);
     if (!want || inTree) continue;
     const shape = mountShape(want).split(' ')[0]!;
     if (shape === 'bind') {
-      const dev = want.source ? hostDev(want.source) : undefined;
+      const dev = x.bindDev.get(mp);
       if (dev && dev !== m.dev) return `mount ${mp} is ${m.fsType} ${m.source} (device ${m.dev}), the spec binds ${want.source} (device ${dev})`;
     } else if (shape !== m.fsType && !(shape === 'cgroup' && /^(cgroup2?|tmpfs)$/.test(m.fsType))) {
       return `mount ${mp} is ${m.fsType}, the spec asks for ${shape}`;
@@ -165,37 +243,12 @@ function mountExcess(pid: number, spec: Spec, bundle: string, baked: Restriction
 }
 
 /**
- * Why the restored container under `initPid` holds more than `spec` grants, or null. Checks every
- * task: capability sets within the spec's, ids as the spec's (unless it grants CAP_SETUID /
- * CAP_SETGID), no_new_privs and a seccomp filter where the spec asks for them, each namespace
- * the one the spec names (joined by path, new, or the host's); and the init's mount table.
+ * Why the restored container under `initPid` holds more than the spec grants (`x`), or null.
+ * Checks every task: capability sets within the spec's, ids as the spec's (unless it grants
+ * CAP_SETUID / CAP_SETGID), no_new_privs and a seccomp filter where the spec asks for them, each
+ * namespace the one the spec names (joined by path, new, or the host's); and the init's mounts.
  */
-export function restoredExcess(initPid: number, spec: Spec, bundle: string, baked: Restrictions): string | null {
-  const p = spec.process;
-  const caps = p?.capabilities ?? {};
-  const allowed: Record<string, bigint> = {
-    CapInh: capMask(caps.inheritable),
-    CapPrm: capMask(caps.permitted),
-    CapEff: capMask(caps.effective),
-    CapBnd: capMask(caps.bounding),
-    CapAmb: capMask(caps.ambient),
-  };
-  const prm = allowed.CapPrm! | allowed.CapBnd!;
-  const anyUid = (prm >> 7n) & 1n; // CAP_SETUID
-  const anyGid = (prm >> 6n) & 1n; // CAP_SETGID
-  const uid = p?.user.uid ?? 0;
-  const gid = p?.user.gid ?? 0;
-  const groups = new Set([gid, ...(p?.user.additionalGids ?? [])]);
-  const nsWanted = new Map<string, string | null>(); // ns file -> wanted id, or null for "new"
-  const spaces = spec.linux?.namespaces ?? [];
-  for (const [type, file] of Object.entries(NS_FILES)) {
-    const ns = spaces.find((n) => n.type === type);
-    try {
-      nsWanted.set(file, !ns ? nsId(`/proc/self/ns/${file}`) : ns.path ? nsId(ns.path) : null);
-    } catch {
-      /* this kernel has no such namespace, or the path is gone: runc would have failed */
-    }
-  }
+export function restoredExcess(initPid: number, x: Expectations): string | null {
   const tasks = tasksUnder(initPid);
   if (tasks.length === 0) return `the restored process ${initPid} is gone`;
   const initNs = new Map<string, string>();
@@ -208,19 +261,19 @@ export function restoredExcess(initPid: number, spec: Spec, bundle: string, bake
       continue; // exited while stopped: nothing left to grant anything to
     }
     const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)?.[1]?.trim();
-    for (const [set, mask] of Object.entries(allowed)) {
+    for (const [set, mask] of Object.entries(x.allowed)) {
       const v = field(set);
       if (v === undefined) continue;
       const extra = BigInt(`0x${v}`) & ~mask;
       if (extra) return `${where} has ${set} ${capList(extra).join(',')} beyond the spec`;
     }
     const ids = (name: string) => (field(name) ?? '').split(/\s+/).filter(Boolean).map(Number);
-    if (!anyUid && ids('Uid').some((u) => u !== uid)) return `${where} runs as uid ${ids('Uid').join('/')}, the spec asks for ${uid}`;
-    if (!anyGid && ids('Gid').some((g) => g !== gid)) return `${where} runs as gid ${ids('Gid').join('/')}, the spec asks for ${gid}`;
-    if (!anyGid && ids('Groups').some((g) => !groups.has(g))) return `${where} has groups ${ids('Groups').join(',')} beyond the spec's`;
-    if (p?.noNewPrivileges && field('NoNewPrivs') !== '1') return `${where} lacks no_new_privs, which the spec asks for`;
-    if (spec.linux?.seccomp && field('Seccomp') !== '2') return `${where} has seccomp mode ${field('Seccomp')}, the spec asks for a filter`;
-    for (const [file, want] of nsWanted) {
+    if (!x.anyUid && ids('Uid').some((u) => u !== x.uid)) return `${where} runs as uid ${ids('Uid').join('/')}, the spec asks for ${x.uid}`;
+    if (!x.anyGid && ids('Gid').some((g) => g !== x.gid)) return `${where} runs as gid ${ids('Gid').join('/')}, the spec asks for ${x.gid}`;
+    if (!x.anyGid && ids('Groups').some((g) => !x.groups.has(g))) return `${where} has groups ${ids('Groups').join(',')} beyond the spec's`;
+    if (x.noNewPrivs && field('NoNewPrivs') !== '1') return `${where} lacks no_new_privs, which the spec asks for`;
+    if (x.seccomp && field('Seccomp') !== '2') return `${where} has seccomp mode ${field('Seccomp')}, the spec asks for a filter`;
+    for (const [file, want] of x.nsWanted) {
       let got: string;
       try {
         got = nsId(`/proc/${pid}/task/${tid}/ns/${file}`);
@@ -230,9 +283,9 @@ export function restoredExcess(initPid: number, spec: Spec, bundle: string, bake
       const first = initNs.get(file);
       if (first === undefined) initNs.set(file, got);
       else if (first !== got) return `${where} is in another ${file} namespace than the container's init`;
-      if (want === null ? got === nsId(`/proc/self/ns/${file}`) : got !== want)
+      if (want === null ? got === x.hostNs.get(file) : got !== want)
         return `${where}'s ${file} namespace is ${want === null ? "the host's, the spec asks for a new one" : 'not the one the spec names'}`;
     }
   }
-  return mountExcess(initPid, spec, bundle, baked);
+  return mountExcess(initPid, x.mounts);
 }
