@@ -113,7 +113,9 @@ echo ${name}
 `;
   writeFileSync(join(dir, 'runc'), record('runc'), { mode: 0o755 });
   writeFileSync(join(dir, 'node'), record('node'), { mode: 0o755 });
-  const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state'), PREBAKE_STORE_DIR: join(dir, 'store') };
+  // A config naming a trust store of the test's own (the early restore checks the store entry's key is in it).
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ trust: join(dir, 'trust') }, null, 2));
+  const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state'), PREBAKE_STORE_DIR: join(dir, 'store'), PREBAKE_CONFIG: join(dir, 'config.json') };
   const bundle = (name: string, config: string) => {
     execFileSync('mkdir', ['-p', join(dir, name)]);
     writeFileSync(join(dir, name, 'config.json'), config);
@@ -154,7 +156,10 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   const { createHash } = await import('node:crypto');
   const entry = join(dir, 'store', createHash('sha256').update('{}').digest('hex'));
   mkdirSync(join(entry, 'checkpoint'), { recursive: true });
-  writeFileSync(join(entry, 'ok'), '{}');
+  const kid = 'ab'.repeat(32);
+  writeFileSync(join(entry, 'ok'), `${kid}\n2026-01-01T00:00:00Z\n`);
+  mkdirSync(join(dir, 'trust'));
+  writeFileSync(join(dir, 'trust', `${kid}.pub`), '');
   const early = (argv: string[]) => {
     rmSync(join(dir, 'runc.args'), { force: true });
     t.true(who(argv).split('\n').includes('node'));
@@ -187,8 +192,14 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
     t.deepEqual(early(argv), { earlyDir: '', runc: undefined }, argv.join(' '));
   rmSync(join(entry, 'ok'));
   t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a checkpoint the host has not verified');
-  writeFileSync(join(entry, 'ok'), '{}');
+  writeFileSync(join(entry, 'ok'), `${kid}\n`);
   t.not(early(['create', '--bundle', b, 'ctr']).runc, undefined, 'verified again');
+  rmSync(join(dir, 'trust', `${kid}.pub`));
+  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'verified under a key the host no longer trusts');
+  writeFileSync(join(entry, 'ok'), 'none\n');
+  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'imported unsigned (trustAnyCheckpoint)');
+  writeFileSync(join(dir, 'trust', `${kid}.pub`), '');
+  writeFileSync(join(entry, 'ok'), `${kid}\n`);
   for (const [what, other] of [
     ['the variable twice', { ...config, annotations: { x: `${CHECKPOINT_ENV}=/elsewhere` } }],
     ['the annotation twice', { ...config, annotations: { [CHECKPOINT_ANNOTATION]: '/.prebake' }, hooks: { note: CHECKPOINT_ANNOTATION } }],

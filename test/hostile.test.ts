@@ -98,10 +98,11 @@ async function replica(t: ExecutionContext, layers: string[], prefix: string, ch
   t.is((await run(PREBAKE, ['--root', rt.root, 'start', id], runc.env)).code, 0);
   const r = await client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 });
   const served = (JSON.parse(r.body) as { served: number }).served;
-  const status = readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/status`, 'utf8');
+  const pid = readFileSync(pidFile, 'utf8').trim();
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)![1]!.trim();
   const spec = JSON.parse(readFileSync(join(b.dir, 'config.json'), 'utf8')) as Spec;
-  return { log: rt.logLines(), calls: runc.calls(), served, capEff: BigInt(`0x${field('CapEff')}`), noNewPrivs: field('NoNewPrivs'), spec, state: rt.state, id };
+  return { log: rt.logLines(), calls: runc.calls(), served, capEff: BigInt(`0x${field('CapEff')}`), noNewPrivs: field('NoNewPrivs'), spec, state: rt.state, root: rt.root, id, pid };
 }
 
 const CAP_BITS: Record<string, number> = { CAP_KILL: 5, CAP_NET_BIND_SERVICE: 10, CAP_AUDIT_WRITE: 29 };
@@ -214,4 +215,62 @@ test('the honest checkpoint restores (what the refusals above are measured again
   const r = await replica(t, baked.layers, 'honest');
   t.is(r.served, WARMUP + 2);
   t.true(r.log.some((l) => l.level === 'info' && /^restored .* key [0-9a-f]{16}\)$/.test(l.msg)), JSON.stringify(r.log));
+});
+
+/** The checkpoint's mountpoints image, with `edit` applied to its entries (the trusted key signs the result). */
+function forgeMounts(layer: string, edit: (entries: { mountpoint: string; flags: number; sb_flags?: number }[]) => typeof entries): void {
+  const dir = join(ckpt(layer), 'checkpoint');
+  const file = readdirSync(dir).find((f) => /^mountpoints-\d+\.img$/.test(f))!;
+  const img = readImage(join(dir, file));
+  img.entries = edit(img.entries as never) as never;
+  writeImage(join(dir, file), img);
+  fitManifest(layer, (m) => void (m.created = `${m.created} mounts`));
+  signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
+  imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json'))));
+}
+
+const MS_RDONLY = 1;
+
+for (const [what, edit, reason] of [
+  [
+    '/proc/sys left writable',
+    (es: { mountpoint: string; flags: number }[]) => es.map((e) => (e.mountpoint === '/proc/sys' ? { ...e, flags: e.flags & ~MS_RDONLY } : e)),
+    /read-only path \/proc\/sys is writable|mount \/proc\/sys .* not in the spec/,
+  ],
+  ['/proc/keys not masked', (es: { mountpoint: string }[]) => es.filter((e) => e.mountpoint !== '/proc/keys'), /masked path \/proc\/keys is open/],
+] as const)
+  test(`signed by the trusted key, its mount table forged (${what}): killed while stopped, cold start`, async (t) => {
+    const layer = layerCopy(t);
+    forgeMounts(layer, edit as never);
+    const r = await replica(t, [layer, ...baked.baseLayers], 'mounts');
+    t.is(r.served, 1, 'a cold process serves');
+    t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', new RegExp(`holds more than its spec grants, killed before it ran again: (${reason.source})`));
+  });
+
+for (const [what, make] of [
+  ['manifest.sig is a FIFO', (layer: string) => execFileSync('mkfifo', [join(ckpt(layer), 'manifest.sig.fifo')]) && execFileSync('mv', ['-f', join(ckpt(layer), 'manifest.sig.fifo'), join(ckpt(layer), 'manifest.sig')])],
+  ['manifest.json is a FIFO', (layer: string) => { rmSync(join(ckpt(layer), 'manifest.json')); execFileSync('mkfifo', [join(ckpt(layer), 'manifest.json')]); }],
+  ['manifest.json is a device node (/dev/null\'s)', (layer: string) => { rmSync(join(ckpt(layer), 'manifest.json')); execFileSync('mknod', [join(ckpt(layer), 'manifest.json'), 'c', '1', '3']); }],
+] as const)
+  test(`${what}: never opened as one, cold start at once`, async (t) => {
+    const layer = layerCopy(t);
+    make(layer);
+    const t0 = performance.now();
+    const r = await replica(t, [layer, ...baked.baseLayers], 'fifo');
+    t.true(performance.now() - t0 < 10_000, 'the create did not block');
+    t.is(r.served, 1);
+    t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: .*manifest\.(sig|json) is not a regular file/);
+  });
+
+test('a create with the id of a running restored container fails as runc create does and leaves that container alone', async (t) => {
+  baked.importToStore();
+  const first = await replica(t, baked.layers, 'same');
+  t.is(first.served, WARMUP + 2);
+  const other = testReplica(t, baked.layers, 'other');
+  other.b.writeSpec(baked.spec(other.b.netnsPath));
+  const c = await run(PREBAKE, ['--root', first.root, 'create', '--bundle', other.b.dir, first.id]);
+  t.not(c.code, 0, c.output);
+  t.regex(c.output, /already exists/);
+  t.regex(readFileSync(`/proc/${first.pid}/stat`, 'utf8').split(' ')[2]!, /^[RS]$/, 'the first container runs on');
+  t.is(JSON.parse((await run(PREBAKE, ['--root', first.root, 'state', first.id])).output).status, 'running');
 });

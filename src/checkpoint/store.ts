@@ -8,9 +8,13 @@ import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdi
 import { dirname, join } from 'node:path';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE } from './manifest.ts';
 import { SIGNATURE_FILE } from './trust.ts';
+import { openRegular } from './files.ts';
 
 export const DEFAULT_STORE = '/var/lib/prebake/store';
-/** Written last into an entry: its presence means every file was copied and matched. */
+/**
+ * Written last into an entry: its presence means every file was copied and matched. Two lines:
+ * the signing key's id (bin/prebake reads it to check the key is still trusted) and the time.
+ */
 export const STORE_OK = 'ok';
 /** Bounds on what an image may ask this host to copy and hash. */
 export const MAX_FILES = 4096;
@@ -29,7 +33,8 @@ export interface StoreRecord {
 /** The entry's record, or null when the entry is missing or not whole. */
 export function readEntry(entry: string): StoreRecord | null {
   try {
-    return JSON.parse(readFileSync(join(entry, STORE_OK), 'utf8')) as StoreRecord;
+    const [keyId, imported] = readFileSync(join(entry, STORE_OK), 'utf8').split('\n');
+    return keyId ? { keyId, imported: imported ?? '' } : null;
   } catch {
     return null;
   }
@@ -39,7 +44,7 @@ let chunk: Buffer | undefined;
 
 /** Copies one regular file (never a symlink) of exactly `size` bytes to `to`; returns its sha256. */
 function copyHashed(from: string, to: string, size: number): string {
-  const src = openSync(from, constants.O_RDONLY | constants.O_NOFOLLOW);
+  const src = openRegular(from);
   let dst: number | undefined;
   try {
     const st = fstatSync(src);
@@ -112,8 +117,7 @@ export function importCheckpoint(store: string, dir: string, manifest: Buffer, s
       }
       if (got !== m.files[name]!.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
     }
-    const record: StoreRecord = { keyId, imported: new Date().toISOString() };
-    writeFileSync(join(tmp, STORE_OK), JSON.stringify(record), { mode: 0o600 });
+    writeFileSync(join(tmp, STORE_OK), `${keyId}\n${new Date().toISOString()}\n`, { mode: 0o600 });
     try {
       renameSync(tmp, entry);
     } catch (e) {

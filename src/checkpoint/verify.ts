@@ -3,7 +3,8 @@
 // compatibility and spec; then the verified store's copy, hashed as it is made, is what CRIU gets.
 
 import type { KeyObject } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
+import { lstatSync, readdirSync } from 'node:fs';
+import { readContained } from './files.ts';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
@@ -11,22 +12,6 @@ import { type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManife
 import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, restoredMismatch, securityMismatch } from './security.ts';
 import { importCheckpoint } from './store.ts';
 import { SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
-
-/** Reads a regular file that must not be a symlink, refusing it past `max` bytes. */
-export function readContained(path: string, max: number): Buffer {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
-    if (st.size > max) throw new Error(`${path} is ${st.size} bytes, more than the ${max} allowed`);
-    const buf = Buffer.alloc(st.size);
-    let off = 0;
-    for (let n; off < st.size && (n = readSync(fd, buf, off, st.size - off, off)) > 0; ) off += n;
-    return buf.subarray(0, off);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 export function loadManifest(dir: string): CheckpointManifest {
   return parseManifest(readContained(join(dir, MANIFEST_FILE), MANIFEST_MAX_BYTES).toString('utf8'));

@@ -95,10 +95,14 @@ export function restoreSignalOf(spec: Spec): NodeJS.Signals | undefined {
 }
 
 /** Works out whether and how this create can be a restore; throws with the reason if not. */
-function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig, spec: Spec, bundle: string): RestorePlan | null {
+function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig, spec: Spec, bundle: string, early: boolean): RestorePlan | null {
   const req = checkpointRequest(spec);
   if (req.kind === 'none') return null;
   if (req.kind === 'off') throw new Error(`checkpoint turned off by ${req.source}`);
+  // runc create fails on an id in use, and a restore attempt must not touch that container.
+  // (bin/prebake checked before it started an early restore, whose runc made the dir since.)
+  const id0 = createArgs.rest[0]!;
+  if (!early && validId(id0) && existsSync(join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id0))) throw new Error(`a container ${id0} exists already`);
   for (const f of CREATE_FLAGS) {
     const v = flagValue(createArgs, f.name);
     if (f.onRestore === 'refuse' && v !== undefined && v !== '0' && v !== '')
@@ -481,7 +485,7 @@ function runcStatus(early: EarlyRestore, callerGone: () => boolean, pidFile: str
     if (!restored && restoredPid(pidFile) !== undefined) {
       restored = true;
       onRestored();
-    } else nap(0.25);
+    } else nap(2);
   }
 }
 
@@ -614,7 +618,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
     }
     netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
     captureSpec(spec, cfg, bundle);
-    plan = planRestore(call, createArgs, cfg, spec, bundle);
+    plan = planRestore(call, createArgs, cfg, spec, bundle, early !== undefined);
   } catch (e) {
     log.warn({ id: createArgs?.rest[0] }, `cold start: ${(e as Error).message}`);
   }

@@ -2,7 +2,7 @@
 // CRIU has left them stopped: capabilities, ids, no_new_privs, seccomp, namespaces and mounts
 // must be within what the new spec grants, whatever the checkpoint's images or manifest claimed.
 
-import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
@@ -70,6 +70,9 @@ export interface MountInfo {
   dev: string;
   root: string;
   mountPoint: string;
+  /** The mount's own options (ro, nosuid, nodev, noexec, …) and its superblock's. */
+  opts: string[];
+  superOpts: string[];
   fsType: string;
   source: string;
 }
@@ -83,21 +86,21 @@ export function mountInfo(pid: number | 'self' = 'self'): MountInfo[] {
       const [pre, post = ''] = line.split(' - ');
       const f = pre!.split(' ');
       const g = post.split(' ');
-      return { dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), fsType: g[0]!, source: unescape(g[1] ?? '') };
+      return { dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), opts: (f[5] ?? '').split(','), fsType: g[0]!, source: unescape(g[1] ?? ''), superOpts: (g[2] ?? '').split(',') };
     });
 }
 
 /**
- * The device (major:minor, as mountinfo shows it) of the filesystem that holds a host path: the
- * mount with the longest mount point above it in this process's table. (stat's st_dev of a
- * file on overlayfs can name the layer's device instead.)
+ * Where a host path lives, as a bind mount of it shows in mountinfo: the device (major:minor) of
+ * the mount with the longest mount point above it in this process's table, and the path within
+ * that filesystem. (stat's st_dev of a file on overlayfs can name the layer's device instead.)
  */
-function devOf(path: string, table: readonly MountInfo[]): string | undefined {
+function placeOf(path: string, table: readonly MountInfo[]): { dev: string; root: string } | undefined {
   const real = realpathSync(path);
   let best: MountInfo | undefined;
   for (const m of table)
     if ((real === m.mountPoint || real.startsWith(m.mountPoint === '/' ? '/' : `${m.mountPoint}/`)) && m.mountPoint.length >= (best?.mountPoint.length ?? -1)) best = m;
-  return best?.dev;
+  return best && { dev: best.dev, root: posix.join(best.root, real.slice(best.mountPoint === '/' ? 0 : best.mountPoint.length) || '/') };
 }
 
 /**
@@ -135,8 +138,11 @@ export interface Expectations {
     readonly: Set<string>;
     trees: string[];
     rootDev?: string;
-    /** Per bind destination, the device of the spec's source on the host. */
-    bindDev: Map<string, string>;
+    rootReadonly: boolean;
+    /** Per bind destination, where the spec's source is on the host. */
+    bindPlace: Map<string, { dev: string; root: string }>;
+    /** The spec's own masked and read-only paths: each must be there, as a mount, if the path exists. */
+    required: { path: string; readonly: boolean }[];
   };
 }
 
@@ -150,7 +156,8 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
     CapBnd: capMask(caps.bounding),
     CapAmb: capMask(caps.ambient),
   };
-  const prm = allowed.CapPrm! | allowed.CapBnd!;
+  // A task may have changed its ids only with CAP_SETUID / CAP_SETGID in its permitted set.
+  const prm = allowed.CapPrm!;
   const gid = p?.user.gid ?? 0;
   const nsWanted = new Map<string, string | null>();
   const hostNs = new Map<string, string>();
@@ -165,9 +172,9 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
     }
   }
   const host = mountInfo('self');
-  const hostDev = (path: string) => {
+  const hostPlace = (path: string) => {
     try {
-      return devOf(posix.isAbsolute(path) ? path : posix.join(bundle, path), host);
+      return placeOf(posix.isAbsolute(path) ? path : posix.join(bundle, path), host);
     } catch {
       return undefined; // gone: nothing to compare with
     }
@@ -176,12 +183,12 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
   const exact = new Set<string>(['/', ...byDest.keys()]);
   for (const d of (spec.linux?.devices as { path: string }[] | undefined) ?? []) exact.add(norm(d.path));
   if (p?.terminal) exact.add('/dev/console');
-  const bindDev = new Map<string, string>();
+  const bindPlace = new Map<string, { dev: string; root: string }>();
   for (const [dest, m] of byDest) {
-    const dev = mountShape(m).startsWith('bind') && m.source ? hostDev(m.source) : undefined;
-    if (dev) bindDev.set(dest, dev);
+    const place = mountShape(m).startsWith('bind') && m.source ? hostPlace(m.source) : undefined;
+    if (place) bindPlace.set(dest, place);
   }
-  const rootDev = spec.root?.path ? hostDev(spec.root.path) : undefined;
+  const rootDev = spec.root?.path ? hostPlace(spec.root.path)?.dev : undefined;
   return {
     allowed,
     anyUid: Boolean((prm >> 7n) & 1n), // CAP_SETUID
@@ -201,14 +208,23 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
       // Mounts that bring their submounts: a recursive bind, the cgroup tree.
       trees: [...byDest].filter(([, m]) => m.type === 'cgroup' || m.type === 'cgroup2' || (m.options ?? []).includes('rbind')).map(([d]) => d),
       ...(rootDev ? { rootDev } : {}),
-      bindDev,
+      rootReadonly: spec.root?.readonly ?? false,
+      bindPlace,
+      required: [...(spec.linux?.maskedPaths ?? []).map((path) => ({ path: norm(path), readonly: false })), ...(spec.linux?.readonlyPaths ?? []).map((path) => ({ path: norm(path), readonly: true }))],
     },
   };
 }
 
-/** Why the mount table of the restored init holds a mount the spec does not give, or null. */
+const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'];
+
+/**
+ * Why the mount table of the restored init holds more than the spec gives, or null: a mount the
+ * spec does not name, one without the flags the spec asks for, a bind of another place than the
+ * spec's source, another filesystem type, or a masked or read-only path left open.
+ */
 function mountExcess(pid: number, x: Expectations['mounts']): string | null {
   const table = mountInfo(pid);
+  const has = (m: MountInfo, flag: string) => m.opts.includes(flag) || (flag === 'ro' && m.superOpts.includes('ro'));
   /** The device of the mount a path would show without its own mount: the nearest one above it. */
   const parentDev = (mp: string, upTo: number) => {
     let best: MountInfo | undefined;
@@ -218,26 +234,48 @@ function mountExcess(pid: number, x: Expectations['mounts']): string | null {
     }
     return best?.dev;
   };
+  const mounted = new Map<string, MountInfo>();
   for (const [i, m] of table.entries()) {
     const mp = norm(m.mountPoint);
-    if (mp === '/' && x.rootDev && m.dev !== x.rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${x.rootDev})`;
+    mounted.set(mp, m); // the last mount at a point is the one in effect
+    if (mp === '/') {
+      if (x.rootDev && m.dev !== x.rootDev) return `the root mount is ${m.fsType} ${m.source} (device ${m.dev}), not the container's rootfs (device ${x.rootDev})`;
+      if (x.rootReadonly && !has(m, 'ro')) return 'the root mount is writable, the spec asks for a read-only rootfs';
+      continue;
+    }
     const inTree = x.trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
     if (!x.exact.has(mp) && !inTree) {
       // A mask: a tmpfs, or a file bound from a tmpfs or devtmpfs (/dev/null). A read-only path:
-      // the filesystem that is there anyway, bound onto itself.
+      // the filesystem that is there anyway, bound onto itself read-only.
       if (x.masked.has(mp) && /^(tmpfs|devtmpfs)$/.test(m.fsType)) continue;
-      if (x.readonly.has(mp) && m.dev === parentDev(mp, i)) continue;
+      if (x.readonly.has(mp) && m.dev === parentDev(mp, i) && has(m, 'ro')) continue;
       return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
     }
-    const want = x.byDest.get(mp);
-    if (!want || inTree) continue;
+    // Under cgroup v1 the cgroup mount is a tmpfs (runc's scaffolding) holding one cgroup mount
+    // per controller: those carry the spec's flags (a writable one would allow release_agent).
+    const tree = inTree ? x.trees.find((d) => mp.startsWith(`${d}/`)) : undefined;
+    const want = x.byDest.get(tree ?? mp);
+    if (!want) continue;
+    const cgroup = want.type === 'cgroup' || want.type === 'cgroup2';
+    if (!inTree || (cgroup && /^cgroup2?$/.test(m.fsType))) {
+      const missing = cgroup && m.fsType === 'tmpfs' ? [] : FLAGS.filter((f) => (want.options ?? []).includes(f) && !has(m, f));
+      if (missing.length) return `mount ${mp} lacks ${missing.join(',')}, which the spec asks for`;
+    }
+    if (inTree) continue;
     const shape = mountShape(want).split(' ')[0]!;
     if (shape === 'bind') {
-      const dev = x.bindDev.get(mp);
-      if (dev && dev !== m.dev) return `mount ${mp} is ${m.fsType} ${m.source} (device ${m.dev}), the spec binds ${want.source} (device ${dev})`;
+      const place = x.bindPlace.get(mp);
+      if (place && (place.dev !== m.dev || place.root !== m.root))
+        return `mount ${mp} is ${m.root} of device ${m.dev}, the spec binds ${want.source} (${place.root} of device ${place.dev})`;
     } else if (shape !== m.fsType && !(shape === 'cgroup' && /^(cgroup2?|tmpfs)$/.test(m.fsType))) {
       return `mount ${mp} is ${m.fsType}, the spec asks for ${shape}`;
     }
+  }
+  // Every path the spec masks or makes read-only is so, where it exists in the container.
+  for (const r of x.required) {
+    const m = mounted.get(r.path);
+    if (m ? r.readonly && !has(m, 'ro') : existsSync(`/proc/${pid}/root${r.path}`))
+      return `${r.readonly ? 'read-only' : 'masked'} path ${r.path} is ${m ? 'writable' : 'open'} in the restored container`;
   }
   return null;
 }
