@@ -274,3 +274,35 @@ test('a create with the id of a running restored container fails as runc create 
   t.regex(readFileSync(`/proc/${first.pid}/stat`, 'utf8').split(' ')[2]!, /^[RS]$/, 'the first container runs on');
   t.is(JSON.parse((await run(PREBAKE, ['--root', first.root, 'state', first.id])).output).status, 'running');
 });
+
+test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, on which CRIU blocks) is stopped after restoreTimeout: cold start, nothing of it left', async (t) => {
+  const layer = layerCopy(t);
+  // libuuid, which the baked python3 maps, is a FIFO in this replica's rootfs.
+  const lib = join(layer, 'usr/lib/x86_64-linux-gnu');
+  execFileSync('mkdir', ['-p', lib]);
+  execFileSync('mkfifo', [join(lib, 'libuuid.so.1.3.0')]);
+  const conf = join(tempDir(t, 'conf'), 'config.json');
+  writeFileSync(conf, JSON.stringify({ restoreTimeout: 3, trust: loadRuntimeConfig().trustDir }));
+  const runc = recordingRunc(t);
+  const env = { ...runc.env, PREBAKE_CONFIG: conf };
+  for (const early of [false, true]) {
+    // First sight (Node alone), then with the checkpoint in the store (runc started by the shell).
+    const entry = storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json')));
+    if (early) baked.importToStore();
+    else rmSync(entry, { recursive: true, force: true });
+    const { b, rt, id } = testReplica(t, [layer, ...baked.baseLayers], early ? 'hang-early' : 'hang', env);
+    b.writeSpec(baked.spec(b.netnsPath));
+    const t0 = performance.now();
+    const c = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], env);
+    t.teardown(() => c.close());
+    const ms = performance.now() - t0;
+    t.is(c.code, 0, c.output);
+    t.true(ms > 3000 && ms < 15_000, `the create took ${Math.round(ms)} ms`);
+    t.regex(rt.logLines().find((l) => l.level === 'warning')?.msg ?? '', /runc restore did not finish within 3 s \(restoreTimeout\): stopped and cleared away/, JSON.stringify(rt.logLines()));
+    t.true(runc.calls().some((l) => / restore /.test(` ${l} `)), 'CRIU was at work on it');
+    t.false(readFileSync('/proc/self/mountinfo', 'utf8').includes(join(rt.state, id)), 'no mount of the attempt left');
+    const blocked = execFileSync('ps', ['-eo', 'pid,wchan:32,comm'], { encoding: 'utf8' }).split('\n').filter((l) => /wait_for_partner/.test(l) && !/runc:\[2:INIT\]/.test(l)); // (a created container's init waits on runc's exec FIFO until its start)
+    t.deepEqual(blocked, [], 'no process left blocked on the FIFO (CRIU killed)');
+    t.is(JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id], env)).output).status, 'created', 'the cold container is there');
+  }
+});

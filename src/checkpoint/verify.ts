@@ -48,6 +48,9 @@ export interface ChosenCheckpoint {
   keyId: string;
 }
 
+/** The most checkpoints one /.prebake may offer (one per target is the usual: a few). */
+export const MAX_CANDIDATES = 16;
+
 /** Which checkpoints this host restores, and where it keeps the verified copies. */
 export interface TrustPolicy {
   trusted: ReadonlyMap<string, KeyObject>;
@@ -99,6 +102,8 @@ export function chooseCheckpoint(root: string, spec: Spec, host: HostFacts, poli
         .map((e) => join(root, e.name))
         .sort();
   if (dirs.length === 0) throw new Error(`no ${MANIFEST_FILE} in ${root}`);
+  // Each candidate costs a bounded read and a signature check: an image gets a bounded number.
+  if (dirs.length > MAX_CANDIDATES) throw new Error(`${root} holds ${dirs.length} checkpoints, more than the ${MAX_CANDIDATES} allowed`);
   const reasons: string[] = [];
   // What the container asks for, worked out once for every candidate (it hashes the seccomp profile).
   const wanted = bakedSpecOf(spec);

@@ -95,7 +95,7 @@ function keyOrTrust(command: string, rest: string[]): number {
 function unsafeRuntime(path: string): string | null {
   if (!existsSync(path)) return null; // nothing there yet: the engine fails on it, not this check
   const real = realpathSync(path);
-  for (const p of [real, dirname(real), join(dirname(real), '..', 'dist'), join(dirname(real), '..', 'dist', 'prebake.cjs'), join(dirname(real), '..', 'dist', 'prebake.blob')]) {
+  for (const p of [real, dirname(real), join(dirname(real), '..', 'dist'), join(dirname(real), '..', 'dist', 'prebake.cjs'), join(dirname(real), '..', 'dist', 'prebake.blob'), join(dirname(real), '..', 'dist', 'criu.conf')]) {
     const st = lstatSync(p, { throwIfNoEntry: false });
     if (!st) continue;
     if (st.uid !== 0) return `${p} is owned by uid ${st.uid}, not root`;

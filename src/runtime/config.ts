@@ -1,7 +1,7 @@
 // Where the runtime finds runc, keeps its own per-container state and its verified checkpoints,
 // and which checkpoints it trusts. From /etc/prebake/config.json (PREBAKE_CONFIG names another):
-// "runc" (else PREBAKE_RUNC, else PATH), "store", "trust" (a directory of public keys) and
-// "trustAnyCheckpoint" (development only). PREBAKE_STATE_DIR and PREBAKE_STORE_DIR move the
+// "runc" (else PREBAKE_RUNC, else PATH), "store", "trust" (a directory of public keys),
+// "restoreTimeout" (seconds, default 60) and "trustAnyCheckpoint" (development only). PREBAKE_STATE_DIR and PREBAKE_STORE_DIR move the
 // state and the store.
 
 import { readFileSync } from 'node:fs';
@@ -22,10 +22,12 @@ export interface RuntimeConfig {
   trustDir: string;
   /** Restore unsigned and untrusted checkpoints too (development only; warned on every create). */
   trustAny: boolean;
+  /** How long runc restore may take before it is stopped and the container starts cold. */
+  restoreTimeoutMs: number;
 }
 
 export function loadRuntimeConfig(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
-  let conf: { runc?: unknown; store?: unknown; trust?: unknown; trustAnyCheckpoint?: unknown } = {};
+  let conf: { runc?: unknown; store?: unknown; trust?: unknown; trustAnyCheckpoint?: unknown; restoreTimeout?: unknown } = {};
   try {
     conf = JSON.parse(readFileSync(env.PREBAKE_CONFIG ?? DEFAULT_CONFIG, 'utf8')) as typeof conf;
   } catch {
@@ -38,6 +40,7 @@ export function loadRuntimeConfig(env: NodeJS.ProcessEnv = process.env): Runtime
     store: env.PREBAKE_STORE_DIR || str(conf.store) || DEFAULT_STORE,
     trustDir: str(conf.trust) ?? DEFAULT_TRUST_DIR,
     trustAny: conf.trustAnyCheckpoint === true,
+    restoreTimeoutMs: (typeof conf.restoreTimeout === 'number' && conf.restoreTimeout > 0 ? conf.restoreTimeout : 60) * 1000,
   };
 }
 

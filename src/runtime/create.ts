@@ -1,7 +1,7 @@
 // `create`: restore the container from the checkpoint its image carries, or fall back to the
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -318,15 +318,22 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   try {
     // The restored process takes runc's stdio in place of the pipes it had at bake time.
     const env = { ...process.env, CRIU_CONFIG_FILE: criuConfig() ?? join(plan.stateDir, CRIU_CONF) };
-    const status = statusOf(spawnSync(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env }));
-    if (status === 0) {
+    // Not spawnSync: a restore that never ends (CRIU blocked on a file of the image) must be
+    // stopped and cleared away with everything it made, which needs runc still there.
+    const runc = spawn(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env });
+    if (runc.pid === undefined) throw new Error(`cannot run ${cfg.runc}`);
+    const status = exitOf(runc.pid, process.pid, cfg.restoreTimeoutMs);
+    if (status === 'timeout') {
+      abort(runc.pid, plan.id, plan.stateDir, call);
+      failure = { reason: timedOut(cfg) };
+    } else if (status === 0) {
       const excess = verdictOn(plan, restorePidFile(plan, createArgs));
       if (excess === null) {
         finishRestored(plan, restorePidFile(plan, createArgs));
         return null;
       }
       failure = { reason: excess, excess: true };
-    } else failure = { reason: failureReason(state.runcLog, join(state.work, 'restore.log')) };
+    } else failure = { reason: status === undefined ? 'runc went away' : failureReason(state.runcLog, join(state.work, 'restore.log')) };
   } catch (e) {
     // A restored container prebake cannot finish (its process gone before the restore signal)
     // is torn down like a failed restore: the cold start below replaces it.
@@ -334,6 +341,36 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   }
   discardAttempt(plan, call, cfg);
   return failure;
+}
+
+const timedOut = (cfg: RuntimeConfig) => `runc restore did not finish within ${cfg.restoreTimeoutMs / 1000} s (restoreTimeout): stopped and cleared away`;
+
+/**
+ * Waits for a child of `parent` to exit, polling /proc (it stays a zombie until its parent reaps
+ * it; this program's event loop does not run meanwhile): its exit status, 'timeout' after
+ * `timeoutMs`, or undefined if it is gone or no longer `parent`'s child. `onEach` runs at each look.
+ */
+function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean = () => false): number | 'timeout' | undefined {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const st = procStat(pid);
+    if (!st || st.ppid !== parent) return undefined;
+    if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
+    if (performance.now() > deadline) return 'timeout';
+    if (!onEach()) nap(1);
+  }
+}
+
+/**
+ * Stops a restore runc has not finished: runc, CRIU and every task CRIU made are stopped and
+ * killed, and what they left mounted (the rootfs runc binds for CRIU, CRIU's cgroup yard) and
+ * runc's state for the id go. (runc's `delete` does not know a container it had not recorded.)
+ */
+function abort(runcPid: number, id: string, stateDir: string, call: RuntimeCall): void {
+  killTree(runcPid);
+  const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
+  unmountUnder(validId(id) ? [runcDir, stateDir] : [stateDir]);
+  if (validId(id)) rmSync(runcDir, { recursive: true, force: true });
 }
 
 /** Paths compare equal after normalising (the shell does not tidy "a/./b" or "a//b"). */
@@ -470,26 +507,6 @@ function handOver(plan: RestorePlan, log: Logger): void {
 }
 
 /**
- * Waits until the early restore's runc has exited (a zombie: bin/prebake reaps it only after
- * this program is done); returns its exit status, or undefined if the caller went away. Once
- * runc has written the restored init's pid (CRIU is done, the tasks stopped), `onRestored` runs
- * while runc winds down.
- */
-function runcStatus(early: EarlyRestore, callerGone: () => boolean, pidFile: string, onRestored: () => void): number | undefined {
-  let restored = false;
-  for (;;) {
-    if (callerGone()) return undefined;
-    const st = procStat(early.runcPid!);
-    if (!st || st.ppid !== early.shellPid) return undefined;
-    if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
-    if (!restored && restoredPid(pidFile) !== undefined) {
-      restored = true;
-      onRestored();
-    } else nap(2);
-  }
-}
-
-/**
  * The early restore bin/prebake started: runc restoring the checkpoint the shell found in the
  * verified store, CRIU leaving the restored tasks stopped. It goes on only if it is exactly the
  * restore `plan` asks for (same checkpoint, bundle, state and flags). Then this program waits for
@@ -516,8 +533,19 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
     try {
       if (ok && plan && createArgs && early.runcPid !== undefined && early.shellPid !== undefined) {
         const pidFile = restorePidFile(plan, createArgs);
+        // runc exits a few ms after it has written the restored init's pid (CRIU is done, the
+        // tasks stopped): the tasks are checked meanwhile.
         let excess: string | null | undefined;
-        const status = runcStatus(early, callerGone, pidFile, () => (excess = verdictOn(plan, pidFile)));
+        const status = exitOf(early.runcPid, early.shellPid, cfg.restoreTimeoutMs, () => {
+          if (callerGone() || excess !== undefined || restoredPid(pidFile) === undefined) return false;
+          excess = verdictOn(plan, pidFile);
+          return true;
+        });
+        if (status === 'timeout') {
+          abort(early.runcPid, plan.id, dir, call);
+          discardAttempt(plan, call, cfg);
+          return { reason: timedOut(cfg) };
+        }
         if (status !== undefined && status !== 0) {
           const reason = failureReason(join(dir, 'runc-restore.log'), join(dir, 'criu', 'restore.log'));
           discardAttempt(plan, call, cfg);
