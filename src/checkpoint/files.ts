@@ -9,6 +9,7 @@ import { closeSync, constants, fstatSync, lstatSync, openSync, readSync } from '
  */
 export function openRegular(path: string): number {
   const st = lstatSync(path);
+  if (st.isSymbolicLink()) throw new Error(`${path} is a symlink, refused`);
   if (!st.isFile()) throw new Error(`${path} is not a regular file`);
   return openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY);
 }
