@@ -30,7 +30,7 @@ function spec(change: (s: Spec) => void = () => {}): Spec {
 function anyPolicy(t: ExecutionContext) {
   const store = mkdtempSync(join(tmpdir(), 'prebake-store-'));
   t.teardown(() => rmSync(store, { recursive: true, force: true }));
-  return { trusted: new Map(), any: true, store };
+  return { trustDir: '/nonexistent', any: true, store };
 }
 const mismatch = (baked: Spec, wanted: Spec) => securityMismatch(bakedSpecOf(baked).security, bakedSpecOf(wanted).security);
 

@@ -148,7 +148,7 @@ test('chooseCheckpoint restores only what a trusted key signed, unless the host 
   const store = tmp(t, 'store');
   const facts = hostFacts('criu', store);
   const signed = checkpoint(t, key);
-  const policy = { trusted: loadTrustStore(trust), any: false, store };
+  const policy = { trustDir: trust, any: false, store };
   t.is(chooseCheckpoint(signed, spec(), facts, policy).keyId, keyIdOf(key));
   const unsigned = checkpoint(t);
   t.throws(() => chooseCheckpoint(unsigned, spec(), facts, policy), { message: 'checkpoint not signed by a trusted key (no signature)' });

@@ -2,16 +2,15 @@
 // before CRIU sees it: the signature of a trusted key over the manifest, its shape, host
 // compatibility and spec; then the verified store's copy, hashed as it is made, is what CRIU gets.
 
-import type { KeyObject } from 'node:crypto';
-import { lstatSync, readdirSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import { readContained } from './files.ts';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
 import { type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
 import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, restoredMismatch, securityMismatch } from './security.ts';
-import { importCheckpoint } from './store.ts';
-import { SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
+import { importCheckpoint, readEntry, storeEntry } from './store.ts';
+import { loadTrustStore, SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
 
 export function loadManifest(dir: string): CheckpointManifest {
   return parseManifest(readContained(join(dir, MANIFEST_FILE), MANIFEST_MAX_BYTES).toString('utf8'));
@@ -53,7 +52,8 @@ export const MAX_CANDIDATES = 16;
 
 /** Which checkpoints this host restores, and where it keeps the verified copies. */
 export interface TrustPolicy {
-  trusted: ReadonlyMap<string, KeyObject>;
+  /** The trust store: ed25519 public keys (*.pub); the fast path finds a key as <key id>.pub. */
+  trustDir: string;
   /** Development only: unsigned or untrusted checkpoints are taken too. */
   any: boolean;
   store: string;
@@ -74,13 +74,19 @@ export function readSigned(dir: string): { manifest: Buffer; signature: string |
 /** Authenticates, parses and checks one checkpoint directory, and imports it into the store. */
 function admit(dir: string, spec: Spec, host: HostFacts, wanted: BakedSpec, policy: TrustPolicy): ChosenCheckpoint {
   const { manifest: bytes, signature } = readSigned(dir);
+  // A manifest the store holds was verified when it was imported, under the key its entry names:
+  // while that key is in the trust store, the verdict stands (the bytes are the same: the entry
+  // is named by their sha256). Otherwise the signature is checked against the trust store.
+  const known = readEntry(storeEntry(policy.store, bytes));
   let keyId: string;
-  try {
-    keyId = verifyManifestSignature(bytes, signature, policy.trusted);
-  } catch (e) {
-    if (!policy.any) throw e;
-    keyId = 'none';
-  }
+  if (known && /^[0-9a-f]{64}$/.test(known.keyId) && existsSync(join(policy.trustDir, `${known.keyId}.pub`))) keyId = known.keyId;
+  else
+    try {
+      keyId = verifyManifestSignature(bytes, signature, loadTrustStore(policy.trustDir));
+    } catch (e) {
+      if (!policy.any) throw e;
+      keyId = 'none';
+    }
   const manifest = parseManifest(bytes.toString('utf8'));
   const why = incompatibility(manifest, spec, host, wanted);
   if (why) throw new Error(why);

@@ -9,7 +9,7 @@ import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
 import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
 import { criuAnnotations } from '../checkpoint/security.ts';
-import { shortId, loadTrustStore } from '../checkpoint/trust.ts';
+import { shortId } from '../checkpoint/trust.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
@@ -114,7 +114,7 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   if (criu.length) throw new Error(`the spec carries the annotation ${criu.join(', ')}, which runc would hand to CRIU: refused`);
   const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
   const facts = hostFacts(flagValue(call.global, 'criu') ?? 'criu', cfg.stateBase);
-  const chosen = chooseCheckpoint(root, spec, facts, { trusted: loadTrustStore(cfg.trustDir), any: cfg.trustAny, store: cfg.store });
+  const chosen = chooseCheckpoint(root, spec, facts, { trustDir: cfg.trustDir, any: cfg.trustAny, store: cfg.store });
   const netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path;
   const restoreSignal = restoreSignalOf(spec);
   // CRIU restores the baked hostname: the spec's is set if it differs.
@@ -352,6 +352,9 @@ const timedOut = (cfg: RuntimeConfig) => `runc restore did not finish within ${c
  */
 function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean = () => false): number | 'timeout' | undefined {
   const deadline = performance.now() + timeoutMs;
+  // A restore takes tens of ms: the first look comes after 10, then one a millisecond (each
+  // look is CPU that runc and CRIU, at work beside this program, would have had).
+  nap(10);
   for (;;) {
     const st = procStat(pid);
     if (!st || st.ppid !== parent) return undefined;
@@ -537,7 +540,11 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
         // tasks stopped): the tasks are checked meanwhile.
         let excess: string | null | undefined;
         const status = exitOf(early.runcPid, early.shellPid, cfg.restoreTimeoutMs, () => {
-          if (callerGone() || excess !== undefined || restoredPid(pidFile) === undefined) return false;
+          if (callerGone() || excess !== undefined || !existsSync(pidFile)) return false;
+          // The init CRIU restored is runc's child until runc exits (a pid file left from an
+          // earlier container names some other process).
+          const pid = restoredPid(pidFile);
+          if (pid === undefined || parentOf(pid) !== early.runcPid) return false;
           excess = verdictOn(plan, pidFile);
           return true;
         });
