@@ -154,7 +154,10 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   // The verified store's entry for that manifest (named by its sha256): the early restore reads
   // it, never the rootfs's images.
   const { createHash } = await import('node:crypto');
-  const entry = join(dir, 'store', createHash('sha256').update('{}').digest('hex'));
+  const digest = createHash('sha256').update('{}').digest('hex');
+  const entry = join(dir, 'store', digest);
+  // The hint prebake-build leaves beside the manifest: the shell finds the entry by it.
+  writeFileSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`), '');
   mkdirSync(join(entry, 'checkpoint'), { recursive: true });
   const kid = 'ab'.repeat(32);
   writeFileSync(join(entry, 'ok'), `${kid}\n2026-01-01T00:00:00Z\n`);
@@ -190,6 +193,9 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
     ['create', '--bundle', b, 'a/b'],
   ])
     t.deepEqual(early(argv), { earlyDir: '', runc: undefined }, argv.join(' '));
+  rmSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`));
+  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'no hint');
+  writeFileSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`), '');
   rmSync(join(entry, 'ok'));
   t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a checkpoint the host has not verified');
   writeFileSync(join(entry, 'ok'), `${kid}\n`);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { markManifest } from '../src/checkpoint/write.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
@@ -59,6 +60,7 @@ function editManifest(layer: string, edit: (m: CheckpointManifest) => void): voi
   const m = JSON.parse(readFileSync(file, 'utf8')) as CheckpointManifest;
   edit(m);
   writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
+  markManifest(join(layer, '.prebake'));
   // Signed again with the host's key: a trusted signer's broken checkpoint, which reaches CRIU.
   signCheckpoint(join(layer, '.prebake'), loadSigningKey(DEFAULT_KEY));
   remember(layer);

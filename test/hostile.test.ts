@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { markManifest } from '../src/checkpoint/write.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { DEFAULT_KEY, generateKey, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
@@ -54,6 +55,7 @@ function fitManifest(layer: string, edit: (m: CheckpointManifest) => void = () =
   }
   edit(m);
   writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
+  markManifest(ckpt(layer));
   imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(file)));
 }
 
@@ -160,6 +162,7 @@ test('a trusted, signed checkpoint whose pages changed after signing: refused be
   const m = JSON.parse(readFileSync(join(ckpt(layer), 'manifest.json'), 'utf8')) as CheckpointManifest;
   m.created = new Date().toISOString();
   writeFileSync(join(ckpt(layer), 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
+  markManifest(ckpt(layer));
   signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
   const r = await replica(t, [layer, ...baked.baseLayers], 'pages');
   coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint file pages-\d+\.img does not match its sha256 in the manifest$/);
