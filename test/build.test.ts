@@ -3,7 +3,7 @@
 // and hostile layers stop it with one line naming the problem, leaving nothing behind.
 
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -426,4 +426,21 @@ test('--ready log:REGEX bakes once the container prints the line; no warm-up wit
   t.is(written.config.config?.Labels?.['io.prebake.probe'], 'log:noop listening on \\d+');
   t.notRegex(written.config.history?.at(-1)?.created_by ?? '', /warm-up/);
   t.deepEqual(leftovers(r), []);
+});
+
+test('--version and --help answer on stdout with exit 0, as the tools around it do; a usage error goes to stderr with 2', async (t) => {
+  const call = (args: string[]) => spawnSync(join(REPO, 'bin/prebake-build'), args, { encoding: 'utf8' });
+  const v = call(['--version']);
+  t.is(v.status, 0);
+  t.is(v.stdout, `prebake-build version ${JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version}\n`);
+  for (const h of ['--help', '-h']) {
+    const r = call([h]);
+    t.is(r.status, 0, h);
+    t.regex(r.stdout, /^usage: prebake-build \[options\] SOURCE DEST\n/, h);
+    t.is(r.stderr, '', h);
+  }
+  const bad = call(['--bogus']);
+  t.is(bad.status, 2);
+  t.is(bad.stdout, '');
+  t.regex(bad.stderr, /^prebake-build: .*--bogus/);
 });

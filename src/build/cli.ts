@@ -55,7 +55,9 @@ containers-storage:NAME:TAG.
                            hosts restore it only if they trust its public key
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
-  --quiet                  no progress on stderr
+  --quiet, -q              no progress on stderr; only DEST's reference on stdout
+  --version                print prebake-build's version
+  --help, -h               this text (on stdout)
 `;
 
 export class UsageError extends Error {}
@@ -104,7 +106,8 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         key: { type: 'string' },
         'allow-secrets': { type: 'boolean' },
         json: { type: 'boolean' },
-        quiet: { type: 'boolean' },
+        quiet: { type: 'boolean', short: 'q' },
+        version: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -113,6 +116,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   }
   const v = parsed.values;
   if (v.help) throw new UsageError('');
+  if (v.version) throw new UsageError(`version`);
   if (parsed.positionals.length !== 2) throw new UsageError(`expected SOURCE and DEST, got ${parsed.positionals.length} argument(s)`);
   const int = (name: string, text: string | undefined, min: number): number | undefined => {
     if (text === undefined) return undefined;
@@ -402,13 +406,20 @@ export async function main(argv: string[]): Promise<number> {
     opts = parseBuildArgs(argv);
   } catch (e) {
     const msg = (e as Error).message;
-    process.stderr.write(msg ? `prebake-build: ${msg}\n\n${USAGE}` : USAGE);
+    if (msg === 'version') {
+      process.stdout.write(`prebake-build version ${VERSION}\n`);
+      return 0;
+    }
+    // --help: the text on stdout, exit 0; a usage error: the error and the text on stderr, exit 2.
+    if (!msg) process.stdout.write(USAGE);
+    else process.stderr.write(`prebake-build: ${msg}\n\n${USAGE}`);
     return msg ? 2 : 0;
   }
   const progress = opts.quiet ? () => {} : (line: string) => process.stderr.write(`prebake-build: ${line}\n`);
   try {
     const result = await build(opts, progress);
     if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    else if (opts.quiet) process.stdout.write(`${result.dest}\n`);
     else progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
     return 0;
   } catch (e) {
