@@ -361,8 +361,9 @@ async function verifyRestore(
   const pidFile = join(tmp, `verify-${target}.pid`);
   const prebake = PREBAKE_BIN();
   const g = ['--root', root, '--log', log, '--log-format', 'json'];
-  // The verify run keeps its runtime state in the build's temp dir, gone with it.
-  const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state') };
+  // The verify run keeps its runtime state and its verified copy of the checkpoint in the
+  // build's temp dir, gone with it (the host's store gets the checkpoint at its first restore).
+  const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state'), PREBAKE_STORE_DIR: join(tmp, 'store') };
   let client: NetnsClient | undefined;
   let created: ReturnType<typeof spawnPiped> | undefined;
   const unmount = mountOverlay(lowers, join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
