@@ -4,7 +4,7 @@
 // author can: with all capabilities and no no_new_privs, manifest digests made to fit.
 
 import test, { type ExecutionContext } from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -308,4 +308,28 @@ test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, 
     t.deepEqual(blocked, [], 'no process left blocked on the FIFO (CRIU killed)');
     t.is(JSON.parse((await run(PREBAKE, ['--root', rt.root, 'state', id], env)).output).status, 'created', 'the cold container is there');
   }
+});
+
+test('the create killed by its engine while the Node program restores a checkpoint seen for the first time: the restore is stopped and cleared away, nothing is created', async (t) => {
+  const layer = layerCopy(t);
+  // A restore that would never end (CRIU blocked on a FIFO the image put where python3 maps libuuid).
+  execFileSync('mkdir', ['-p', join(layer, 'usr/lib/x86_64-linux-gnu')]);
+  execFileSync('mkfifo', [join(layer, 'usr/lib/x86_64-linux-gnu/libuuid.so.1.3.0')]);
+  rmSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json'))), { recursive: true, force: true });
+  const runc = recordingRunc(t);
+  const { b, rt, id } = testReplica(t, [layer, ...baked.baseLayers], 'killed', runc.env);
+  b.writeSpec(baked.spec(b.netnsPath));
+  const shell = spawn(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], { stdio: 'ignore', env: runc.env });
+  const exited = new Promise((r) => shell.on('exit', r));
+  for (let i = 0; i < 200 && !runc.calls().some((c) => / restore /.test(` ${c} `)); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(runc.calls().some((c) => / restore /.test(` ${c} `)), 'runc restore started (first sight: from the Node program)');
+  shell.kill('SIGKILL');
+  await exited;
+  const abandoned = () => rt.logLines().some((l) => l.level === 'warning' && /^create abandoned: /.test(l.msg));
+  for (let i = 0; i < 200 && !abandoned(); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(abandoned(), JSON.stringify(rt.logLines()));
+  t.regex((await run('runc', ['--root', rt.root, 'state', id])).output, /does not exist/, 'no container left, none created');
+  t.false(existsSync(join(rt.state, id)), 'no prebake state left');
+  t.false(readFileSync('/proc/self/mountinfo', 'utf8').includes(join(rt.state, id)), 'no mount of the attempt left');
+  t.deepEqual(runc.calls().filter((c) => / create /.test(` ${c} `)), [], 'no cold create either');
 });

@@ -304,10 +304,16 @@ interface Failure {
   reason: string;
   /** The restored tasks exceeded the spec and were killed before they ran again. */
   excess?: true;
+  /** Nobody waits for this create any more (bin/prebake was killed): nothing is to be created. */
+  abandoned?: true;
 }
 
-/** Runs `runc restore --detach` for the plan, checks and resumes it; returns null on success. */
-function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig): Failure | null {
+/**
+ * Runs `runc restore --detach` for the plan, checks and resumes it; returns null on success.
+ * `callerGone` tells that bin/prebake, which ran this program, was killed (an engine gave up):
+ * the restore is then stopped and cleared away.
+ */
+function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig, callerGone: () => boolean): Failure | null {
   let state: { work: string; runcLog: string };
   try {
     state = prepareState(plan, cfg.stateBase);
@@ -322,10 +328,10 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
     // stopped and cleared away with everything it made, which needs runc still there.
     const runc = spawn(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env });
     if (runc.pid === undefined) throw new Error(`cannot run ${cfg.runc}`);
-    const status = exitOf(runc.pid, process.pid, cfg.restoreTimeoutMs);
-    if (status === 'timeout') {
+    const status = exitOf(runc.pid, process.pid, cfg.restoreTimeoutMs, undefined, callerGone);
+    if (status === 'timeout' || status === 'abandoned') {
       abort(runc.pid, plan.id, plan.stateDir, call);
-      failure = { reason: timedOut(cfg) };
+      failure = status === 'timeout' ? { reason: timedOut(cfg) } : { reason: 'abandoned', abandoned: true };
     } else if (status === 0) {
       const excess = verdictOn(plan, restorePidFile(plan, createArgs));
       if (excess === null) {
@@ -350,7 +356,7 @@ const timedOut = (cfg: RuntimeConfig) => `runc restore did not finish within ${c
  * it; this program's event loop does not run meanwhile): its exit status, 'timeout' after
  * `timeoutMs`, or undefined if it is gone or no longer `parent`'s child. `onEach` runs at each look.
  */
-function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean = () => false): number | 'timeout' | undefined {
+function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean = () => false, callerGone: () => boolean = () => false): number | 'timeout' | 'abandoned' | undefined {
   const deadline = performance.now() + timeoutMs;
   // A restore takes tens of ms: the first look comes after 10, then one a millisecond (each
   // look is CPU that runc and CRIU, at work beside this program, would have had).
@@ -360,6 +366,7 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
     if (!st || st.ppid !== parent) return undefined;
     if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
     if (performance.now() > deadline) return 'timeout';
+    if (callerGone()) return 'abandoned';
     if (!onEach()) nap(1);
   }
 }
@@ -625,7 +632,7 @@ function coldCreate(argv: readonly string[], createArgs: ParsedArgs | null, cfg:
  * `early` is a restore bin/prebake already started for this create (see settleEarly); without
  * it this program runs the restore itself.
  */
-export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore): number {
+export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore, caller?: number): number {
   let createArgs: ParsedArgs | null = null;
   let plan: RestorePlan | null = null;
   let netnsPath: string | undefined;
@@ -677,7 +684,8 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   }
   if (plan && createArgs) {
     const t0 = performance.now();
-    const failure = restore(plan, call, createArgs, cfg);
+    const failure = restore(plan, call, createArgs, cfg, () => caller !== undefined && process.ppid !== caller);
+    if (failure?.abandoned) return abandon();
     if (failure === null) {
       log.info({ id: plan.id, ms: Math.round(performance.now() - t0) }, `restored ${plan.id} from ${plan.source}`);
       return 0;

@@ -46,11 +46,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       const runcPid = num(env.PREBAKE_EARLY_RUNC);
       const shellPid = num(env.PREBAKE_EARLY_SHELL);
       const status = num(env.PREBAKE_EARLY_STATUS);
+      const caller = num(env.PREBAKE_SHELL);
       const early = env.PREBAKE_EARLY
         ? { dir: env.PREBAKE_EARLY, ...(runcPid ? { runcPid } : {}), ...(shellPid ? { shellPid } : {}), ...(status !== undefined ? { status } : {}) }
         : undefined;
-      for (const k of ['PREBAKE_EARLY', 'PREBAKE_EARLY_RUNC', 'PREBAKE_EARLY_SHELL', 'PREBAKE_EARLY_STATUS']) delete env[k];
-      return restoreOrCreate(argv, call, cfg, log, early);
+      for (const k of ['PREBAKE_EARLY', 'PREBAKE_EARLY_RUNC', 'PREBAKE_EARLY_SHELL', 'PREBAKE_EARLY_STATUS', 'PREBAKE_SHELL']) delete env[k];
+      return restoreOrCreate(argv, call, cfg, log, early, caller);
     }
     case 'doctor': {
       const { doctor } = await import('./doctor.ts');
