@@ -83,14 +83,14 @@ test('podman: prebake added to the existing [engine.runtimes] table; uninstall r
 });
 
 test('podman accepts the registered runtime by name', (t) => {
-  const c = setup(t, 'containers.conf', '[engine]\nruntime = "runc"\n');
+  // (root here lacks CAP_SYS_RESOURCE: podman needs ulimits it may set; crun 1.8 refuses this host's cgroups)
+  const c = setup(t, 'containers.conf', '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n');
   t.is(c.run('install', 'podman', PREBAKE).code, 0);
   // podman resolves --runtime NAME through [engine.runtimes] of the config it reads.
   const r = spawnSync('podman', ['--runtime', 'prebake', 'info', '--format', '{{.Host.OCIRuntime.Path}}'], {
     encoding: 'utf8',
     env: { ...process.env, CONTAINERS_CONF: c.file },
   });
-  if (r.status !== 0 && /cannot|permission|ulimit/i.test(r.stderr)) return t.log(`podman info could not run here: ${r.stderr.trim()}`);
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout.trim(), PREBAKE);
 });
