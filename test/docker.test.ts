@@ -130,6 +130,10 @@ test.serial('a container that drops capabilities, or runs another command, start
   t.is((await httpGet(p)).served, 1);
   const warning = prebakeLog(id).find((l) => l.level === 'warning');
   t.regex(warning?.msg ?? '', /cold start: security: baked bounding capabilities .*CAP_CHOWN/);
+  // The process that serves holds exactly what --cap-drop ALL leaves: nothing.
+  const pid = JSON.parse(await dk.docker(['inspect', id]))[0].State.Pid as number;
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']) t.regex(status, new RegExp(`^${set}:\\s+0{16}$`, 'm'), set);
   const out = await dk.docker(['run', '--rm', '--runtime=prebake', IMAGE, 'python3', '-c', 'print("asked for")']);
   t.is(out.trim(), 'asked for');
 });
