@@ -8,7 +8,7 @@ import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
 
 /** Linux capability numbers, in order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
-const CAP_NAMES = [
+export const CAP_NAMES = [
   'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
   'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
   'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
@@ -25,7 +25,8 @@ function capMask(names: readonly string[] | undefined): bigint {
   return mask;
 }
 
-const capList = (mask: bigint) => CAP_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
+/** A capability mask as names (CAP_…), by bit. */
+export const capList = (mask: bigint) => CAP_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
 
 /** The process tree under `pid` (itself included), every thread of each. */
 function tasksUnder(pid: number): { pid: number; tid: number }[] {
