@@ -113,6 +113,17 @@ if [ ! -f /usr/local/share/prebake/criu-images/core.proto ]; then
   mkdir -p /usr/local/share/prebake/criu-images && cp "$criu_src"/images/*.proto /usr/local/share/prebake/criu-images/
 fi
 
+# The registry the registry tests run on loopback: bookworm's docker-registry, unpacked into the
+# cache, not installed (installed, its package enables a registry service on :5000).
+if [ ! -x "$cache/docker-registry/usr/bin/docker-registry" ]; then
+  apt_update
+  echo "setup: unpacking docker-registry into $cache (not installed as a service)" >&2
+  rm -rf "$cache/docker-registry" "$cache"/docker-registry_*.deb && mkdir -p "$cache" \
+    && (cd "$cache" && apt-get download -qq docker-registry >/dev/null 2>&1) \
+    && dpkg-deb -x "$cache"/docker-registry_*.deb "$cache/docker-registry" \
+    || { echo "setup: could not fetch docker-registry" >&2; exit 1; }
+fi
+
 # The CRI API definition (api.proto) that test/helpers/cri.ts loads: not in bookworm. The .deb of
 # trixie's golang-github-kubernetes-cri-api-dev is unpacked into the cache, never installed.
 CRI_DEB=golang-github-kubernetes-cri-api-dev_0.32.3-1_all.deb

@@ -35,7 +35,8 @@ export const USAGE = `usage: prebake-build [options] SOURCE DEST
 
 SOURCE and DEST are image references: oci:DIR[:TAG], oci-archive:FILE[:TAG],
 docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG, containerd:[NS/]NAME:TAG,
-containers-storage:NAME:TAG.
+containers-storage:NAME:TAG, docker://[HOST[:PORT]/]NAME[:TAG] (a registry, through skopeo
+and its auth file).
 
   --ready PROBE            http:PORT[/PATH], tcp:PORT, log:REGEX or delay:MS
                            (default: http on the image's first exposed port)
@@ -53,6 +54,8 @@ containers-storage:NAME:TAG.
                            secrets (process memory is shipped inside the image)
   --key FILE               the ed25519 key that signs the checkpoint (default ${DEFAULT_KEY});
                            hosts restore it only if they trust its public key
+  --tls-verify[=BOOL]      docker:// only: false talks to the registry over plain HTTP or
+                           unverified HTTPS (default: HTTPS, or what registries.conf says)
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
   --quiet, -q              no progress on stderr; only DEST's reference on stdout
@@ -88,9 +91,16 @@ export interface BuildOptions {
 
 export function parseBuildArgs(argv: string[]): BuildOptions {
   let parsed;
+  // --tls-verify alone means true, as in podman and skopeo (a Go boolean flag): its value only after "=".
+  const end = argv.indexOf('--');
+  const args = argv.map((a, i) => {
+    if (a !== '--tls-verify' || (end >= 0 && i > end)) return a;
+    if (/^(true|false)$/.test(argv[i + 1] ?? '')) throw new UsageError(`--tls-verify ${argv[i + 1]}: write --tls-verify=${argv[i + 1]}`);
+    return '--tls-verify=true';
+  });
   try {
     parsed = parseArgs({
-      args: argv,
+      args,
       allowPositionals: true,
       options: {
         ready: { type: 'string' },
@@ -103,6 +113,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         arg: { type: 'string', multiple: true },
         target: { type: 'string', multiple: true },
         'no-verify': { type: 'boolean' },
+        'tls-verify': { type: 'string' },
         key: { type: 'string' },
         'allow-secrets': { type: 'boolean' },
         json: { type: 'boolean' },
@@ -161,6 +172,13 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   const port = int('warmup-port', v['warmup-port'], 1);
   if (port !== undefined) opts.warmupPort = port;
   if (v.arg) opts.args = v.arg;
+  const tls = v['tls-verify'];
+  if (tls !== undefined) {
+    if (tls !== 'true' && tls !== 'false') throw new UsageError(`--tls-verify=${tls}: expected true or false`);
+    const registry = [opts.source, opts.dest].filter((r) => r.transport === 'docker');
+    if (!registry.length) throw new UsageError('--tls-verify applies to docker:// references; neither SOURCE nor DEST is one');
+    for (const r of registry) r.tlsVerify = tls === 'true';
+  }
   return opts;
 }
 

@@ -1,12 +1,14 @@
 // Reads an image from any transport of ref.ts into one in-memory description (manifest, parsed
 // config, layer blobs on disk), checking every blob's sha256 on the way; archives and engine
-// exports are unpacked into a private temp dir that cleanup() removes.
+// exports are unpacked into a private temp dir that cleanup() removes, and a registry's image
+// (docker://) is copied by skopeo into an OCI layout there.
 
 import { link, lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { execa } from 'execa';
 import tar from 'tar-stream';
 import {
   ANNOTATION_REF_NAME,
@@ -218,6 +220,27 @@ export async function extractArchive(file: string, dir: string): Promise<void> {
   }
 }
 
+/**
+ * Runs `skopeo copy` (its default auth file, registries.conf and policy.json apply); a failure
+ * names the command and skopeo's own message.
+ */
+export async function skopeoCopy(args: string[]): Promise<void> {
+  try {
+    await execa('skopeo', ['copy', '--quiet', ...args], { stdin: 'ignore' });
+  } catch (e) {
+    const err = e as { code?: string; stderr?: unknown; shortMessage?: string; message: string };
+    const stderr = typeof err.stderr === 'string' ? err.stderr.trim() : '';
+    // skopeo logs `time="…" level=fatal msg="…"`: the message is what matters.
+    const msg = /level=fatal msg="((?:[^"\\]|\\.)*)"/.exec(stderr)?.[1]?.replace(/\\n/g, ' ').replace(/\\(.)/g, '$1') ?? stderr.split('\n').slice(-3).join(' | ');
+    const detail = err.code === 'ENOENT' ? 'skopeo is not installed' : msg || err.shortMessage || err.message;
+    const hint = /server gave HTTP response to HTTPS client/.test(detail) ? ' (a registry on plain HTTP needs --tls-verify=false)' : '';
+    throw new Error(`\`skopeo copy ${args.join(' ')}\` failed: ${detail}${hint}`);
+  }
+}
+
+/** skopeo's --src-tls-verify/--dest-tls-verify for a docker:// reference; none when it is left to skopeo. */
+export const tlsFlag = (side: 'src' | 'dest', tlsVerify: boolean | undefined): string[] => (tlsVerify === undefined ? [] : [`--${side}-tls-verify=${tlsVerify}`]);
+
 /** Reads the image `ref` names. The caller must call cleanup() on the result. */
 export async function readImage(refOrText: ImageRef | string): Promise<SourceImage> {
   const ref = typeof refOrText === 'string' ? parseImageRef(refOrText) : refOrText;
@@ -243,6 +266,15 @@ export async function readImage(refOrText: ImageRef | string): Promise<SourceIma
       case 'docker-archive':
         image = await readDockerArchive(await unpacked(ref.path), ref.name);
         break;
+      case 'docker': {
+        // Without --all skopeo copies this host's platform of a multi-platform image; blobs as
+        // the registry has them (a docker v2s2 manifest becomes OCI, its layers unchanged).
+        temp = await mkdtemp(join(tmpdir(), 'prebake-image-'));
+        const layout = join(temp, 'layout');
+        await skopeoCopy([...tlsFlag('src', ref.tlsVerify), `docker://${ref.name}`, `oci:${layout}:image`]);
+        image = await readLayout(layout, 'image');
+        break;
+      }
       default: {
         // An engine exports just this one image, so no tag is selected inside the archive.
         temp = await mkdtemp(join(tmpdir(), 'prebake-image-'));

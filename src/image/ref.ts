@@ -1,5 +1,6 @@
 // Image references in the transport syntax users know from skopeo and podman
-// (`oci:DIR:TAG`, `docker-archive:FILE:NAME:TAG`, `docker-daemon:NAME:TAG`, …): parsing and printing.
+// (`oci:DIR:TAG`, `docker-archive:FILE:NAME:TAG`, `docker-daemon:NAME:TAG`,
+// `docker://HOST[:PORT]/NAME[:TAG]`, …): parsing and printing.
 
 export type ImageRef =
   | { transport: 'oci'; path: string; tag?: string }
@@ -9,7 +10,14 @@ export type ImageRef =
   | { transport: 'docker-daemon'; name: string }
   /** `name` is fully qualified (`docker.io/library/busybox:latest`), as containerd stores it. */
   | { transport: 'containerd'; namespace: string; name: string }
-  | { transport: 'containers-storage'; name: string };
+  | { transport: 'containers-storage'; name: string }
+  /**
+   * An image in a registry, read and written through skopeo (with its default auth file). `name`
+   * is `NAME:TAG` as written (`:latest` added when no tag is given, as skopeo does). `tlsVerify`
+   * false talks plain HTTP or unverified HTTPS (skopeo's --src/--dest-tls-verify=false); undefined
+   * leaves it to skopeo (HTTPS, or registries.conf).
+   */
+  | { transport: 'docker'; name: string; tlsVerify?: boolean };
 
 export const TRANSPORTS = [
   'oci:DIR[:TAG]',
@@ -18,6 +26,7 @@ export const TRANSPORTS = [
   'docker-daemon:NAME:TAG',
   'containerd:[NAMESPACE/]NAME:TAG',
   'containers-storage:NAME:TAG',
+  'docker://[HOST[:PORT]/]NAME[:TAG]',
 ] as const;
 
 // Docker's reference grammar (distribution/reference), restricted to NAME:TAG (no digests).
@@ -85,6 +94,14 @@ export function parseImageRef(text: string): ImageRef {
       const name = hasNamespace ? parts.slice(1).join('/') : rest;
       return { transport, namespace: hasNamespace ? parts[0]! : 'default', name: qualifiedName(nameTag(name)) };
     }
+    case 'docker': {
+      // As skopeo names it: docker://NAME[:TAG]; no digests (DEST is written by tag).
+      if (!rest.startsWith('//')) malformed(text, 'docker: is followed by //, as in docker://HOST[:PORT]/NAME[:TAG]');
+      const ref = rest.slice(2);
+      if (splitNameTag(ref)) return { transport, name: ref };
+      if (splitNameTag(`${ref}:latest`)) return { transport, name: `${ref}:latest` };
+      malformed(text, `${JSON.stringify(ref)} is not [HOST[:PORT]/]NAME[:TAG]`);
+    }
     default:
       malformed(text, `unknown transport ${JSON.stringify(transport)}`);
   }
@@ -99,6 +116,8 @@ export function formatImageRef(ref: ImageRef): string {
       return `${ref.transport}:${ref.path}${ref.name === undefined ? '' : `:${ref.name}`}`;
     case 'containerd':
       return `containerd:${ref.namespace}/${ref.name}`;
+    case 'docker':
+      return `docker://${ref.name}`;
     default:
       return `${ref.transport}:${ref.name}`;
   }

@@ -1,10 +1,12 @@
 // Writes an image to any transport of ref.ts: the source's layer blobs byte for byte, one added
 // layer on top, a new config (diff_ids, history, Env, Labels) and manifest. Paths are written under
-// a temp name beside the destination and renamed at the end; engines load a temp archive.
+// a temp name beside the destination and renamed at the end; engines load a temp archive; skopeo
+// pushes a temp OCI layout to a registry (docker://), the manifest last, so the tag moves only
+// once every blob is there.
 
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { copyFile, lstat, mkdir, mkdtemp, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, mkdtemp, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -24,7 +26,7 @@ import {
 } from '../../oci/image-spec.ts';
 import { blobPath, digestHex, ociLayerMediaType, sha256 } from './blob.ts';
 import { ENGINE_ARCHIVE, importImage } from './engine.ts';
-import { hostArch, type ImageLayer, type SourceImage } from './read.ts';
+import { hostArch, type ImageLayer, skopeoCopy, type SourceImage, tlsFlag } from './read.ts';
 import { formatImageRef, type ImageRef, parseImageRef, splitNameTag } from './ref.ts';
 
 export interface WriteOptions {
@@ -117,25 +119,29 @@ const manifestDescriptor = (b: Built, annotations: Record<string, string>): Desc
   ...(Object.keys(annotations).length > 0 && { annotations }),
 });
 
-/** Copies a blob into a layout unless it is there already (blobs are named by their content). */
-async function putBlob(layout: string, digest: string, content: { file: string } | { bytes: Buffer }): Promise<void> {
+/**
+ * Copies a blob into a layout unless it is there already (blobs are named by their content);
+ * `linkFiles`: a hard link to the file where it can be (a layout only read, then removed).
+ */
+async function putBlob(layout: string, digest: string, content: { file: string } | { bytes: Buffer }, linkFiles = false): Promise<void> {
   const dest = blobPath(layout, digest, 'blob');
   if (await lstat(dest).catch(() => undefined)) return;
   const temp = tempBeside(dest);
-  if ('file' in content) await copyFile(content.file, temp);
-  else await writeFile(temp, content.bytes);
+  if ('file' in content) {
+    if (!linkFiles || !(await link(content.file, temp).then(() => true, () => false))) await copyFile(content.file, temp);
+  } else await writeFile(temp, content.bytes);
   await rename(temp, dest);
 }
 
 /** Adds the image to the layout in `dir` (created if need be), tagged `tag` in index.json. */
-async function writeLayout(dir: string, tag: string | undefined, b: Built): Promise<void> {
+async function writeLayout(dir: string, tag: string | undefined, b: Built, linkFiles = false): Promise<void> {
   const exists = (await lstat(join(dir, 'index.json')).catch(() => undefined)) !== undefined;
   // A new layout is built beside `dir` and renamed; an existing one gets blobs, then index.json renamed over.
   const layout = exists ? dir : tempBeside(dir);
   try {
     await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
     if (!exists) await writeFile(join(layout, OCI_LAYOUT_FILE), JSON.stringify({ imageLayoutVersion: OCI_LAYOUT_VERSION }));
-    for (const l of b.layers) await putBlob(layout, l.digest, { file: l.path });
+    for (const l of b.layers) await putBlob(layout, l.digest, { file: l.path }, linkFiles);
     await putBlob(layout, b.configDigest, { bytes: b.configBytes });
     await putBlob(layout, b.manifestDigest, { bytes: b.manifestBytes });
     const index: ImageIndex = exists
@@ -227,6 +233,21 @@ export async function writeImage(refOrText: ImageRef | string, options: WriteOpt
       case 'docker-archive':
         await writeDockerArchive(ref.path, ref.name, b);
         break;
+      case 'docker': {
+        // The layers are linked, not copied, into the temp layout; skopeo skips the blobs the
+        // registry has already and pushes the manifest as it is (--preserve-digests: no conversion).
+        const temp = await mkdtemp(join(tmpdir(), 'prebake-image-'));
+        try {
+          await writeLayout(join(temp, 'layout'), 'image', b, true);
+          const digestFile = join(temp, 'digest');
+          await skopeoCopy(['--preserve-digests', '--digestfile', digestFile, ...tlsFlag('dest', ref.tlsVerify), `oci:${join(temp, 'layout')}:image`, `docker://${ref.name}`]);
+          const pushed = (await readFile(digestFile, 'utf8')).trim();
+          if (pushed !== b.manifestDigest) throw new Error(`the registry holds manifest ${pushed}, prebake-build wrote ${b.manifestDigest}`);
+        } finally {
+          await rm(temp, { recursive: true, force: true });
+        }
+        break;
+      }
       default: {
         const temp = await mkdtemp(join(tmpdir(), 'prebake-image-'));
         try {
