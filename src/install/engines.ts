@@ -2,7 +2,6 @@
 // engine's config is merged, never rewritten: the original bytes are kept beside prebake's state
 // and put back on uninstall when nobody changed the file since; a malformed file is left alone.
 
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -168,9 +167,13 @@ export function uninstall(o: InstallOptions): InstallResult {
 }
 
 /** Sends dockerd SIGHUP so it reloads runtimes from daemon.json; false when no dockerd runs. */
-export function reloadDocker(): boolean {
+export function reloadDocker(pidFile = '/var/run/docker.pid'): boolean {
+  // The system dockerd only (its pid file), never every dockerd on the host: a private one still
+  // starting has no SIGHUP handler yet and would die of it.
   try {
-    execFileSync('pkill', ['-HUP', '-x', 'dockerd']);
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    if (!Number.isInteger(pid) || pid <= 1 || readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'dockerd') return false;
+    process.kill(pid, 'SIGHUP');
     return true;
   } catch {
     return false;

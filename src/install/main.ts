@@ -3,7 +3,7 @@
 // nerdctl use) and podman; `prebake key generate` makes a bake key; `prebake trust add|list|remove`
 // edits the host's trust store.
 
-import { existsSync, lstatSync, realpathSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { dropEntries } from '../checkpoint/store.ts';
@@ -138,7 +138,9 @@ export function main(argv: string[]): number {
       const r: InstallResult = command === 'install' ? install(o) : uninstall(o);
       let reload = r.reload;
       // Only the system dockerd reads the default daemon.json.
-      if (r.changed && engine === 'docker' && !parsed.values.config && reloadDocker()) reload = 'dockerd reloaded (SIGHUP)';
+      if (r.changed && engine === 'docker' && !parsed.values.config && reloadDocker())
+        // dockerd 20.10 replaces its runtimes on SIGHUP only while daemon.json has "runtimes".
+        reload = existsSync(r.config) && /"runtimes"/.test(readFileSync(r.config, 'utf8')) ? 'dockerd reloaded (SIGHUP)' : 'dockerd signalled (SIGHUP); it drops a runtime no longer in daemon.json only when restarted';
       process.stdout.write(`${engine}: ${r.changed ? (command === 'install' ? 'registered in' : 'removed from') : 'unchanged'} ${r.config}; ${reload}\n`);
     } catch (e) {
       process.stderr.write(`prebake ${command} ${engine}: ${(e as Error).message}\n`);
