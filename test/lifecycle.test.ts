@@ -2,8 +2,8 @@
 // status reaching the reaper, extra descriptors, and commands passed through exactly as runc.
 
 import test from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
@@ -154,4 +154,40 @@ test('the runc binary comes from PREBAKE_RUNC, else from the config file', async
   execFileSync('sh', ['-c', `printf '#!/bin/sh\\necho other-runc "$@"\\n' > ${other} && chmod +x ${other}`]);
   t.is(execFileSync(PREBAKE, ['--root', '/x', 'state', 'a'], { env: { ...env, PREBAKE_RUNC: other }, encoding: 'utf8' }), 'other-runc --root /x state a\n');
   t.is(execFileSync(PREBAKE, ['--version'], { env, encoding: 'utf8' }), `fake-runc --version\nprebake version ${JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')).version}\n`);
+});
+
+test('a V8 snapshot another Node version built (a Node upgrade) still creates: the bundle runs in its place', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-blob-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  execFileSync('cp', ['-r', join(REPO, 'bin'), join(REPO, 'dist'), dir]);
+  // The blob names the Node that built it near its start: make it another patch release.
+  const blob = readFileSync(join(dir, 'dist/prebake.blob'));
+  const at = blob.indexOf(Buffer.from(process.versions.node));
+  t.true(at >= 0 && at < 64, 'the Node version is in the blob header');
+  blob.write(process.versions.node.replace(/\d+$/, (p) => String(Number(p) + 1)).slice(0, process.versions.node.length), at);
+  writeFileSync(join(dir, 'dist/prebake.blob'), blob);
+  const refused = spawnSync(process.execPath, ['--snapshot-blob', join(dir, 'dist/prebake.blob'), '--', '--version'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+  t.is(refused.status, 14, 'this Node refuses the blob');
+  const prebake = join(dir, 'bin/prebake');
+  t.regex(execFileSync(prebake, ['--version'], { encoding: 'utf8' }), /^runc version [\s\S]*\nprebake version \S+\n$/);
+  // A create that needs the Node program (its config names a checkpoint): it starts cold, logged.
+  const bundle = join(dir, 'bundle');
+  execFileSync('mkdir', ['-p', join(bundle, 'rootfs/bin')]);
+  execFileSync('cp', ['/bin/busybox', join(bundle, 'rootfs/bin/busybox')]);
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify({
+    ociVersion: '1.0.2',
+    process: { user: { uid: 0, gid: 0 }, args: ['/bin/busybox', 'true'], cwd: '/', env: ['PREBAKE_CHECKPOINT=/.prebake'] },
+    root: { path: 'rootfs' },
+    mounts: [{ destination: '/proc', type: 'proc', source: 'proc' }],
+    linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }] },
+  }));
+  const root = join(dir, 'runc');
+  const log = join(dir, 'log.json');
+  const id = `blob-${process.pid}`;
+  t.teardown(() => void spawnSync('runc', ['--root', root, 'delete', '--force', id]));
+  // (stdio not on pipes: the created container's init holds what it is given until it starts)
+  const c = spawnSync(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', bundle, id], { stdio: 'ignore' });
+  t.is(c.status, 0, readFileSync(log, 'utf8'));
+  t.regex(readFileSync(log, 'utf8'), /"cold start: checkpoint path \\"\/\.prebake\\": .* does not exist"/);
+  t.is(JSON.parse(execFileSync('runc', ['--root', root, 'state', id], { encoding: 'utf8' })).status, 'created');
 });

@@ -440,6 +440,12 @@ function procStat(pid: number): { state: string; ppid: number; exitCode: number 
   }
 }
 
+/**
+ * Whether bin/prebake (`shell`) still runs this program: its parent, or its parent's parent (a
+ * subshell of bin/prebake that waits for it).
+ */
+const runBy = (shell: number) => process.ppid === shell || parentOf(process.ppid) === shell;
+
 /** The parent of a process (-1: gone). */
 const parentOf = (pid: number) => procStat(pid)?.ppid ?? -1;
 /** Whether a process is gone or a zombie (killed, not yet reaped). */
@@ -529,7 +535,7 @@ function handOver(plan: RestorePlan, log: Logger): void {
 function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: RuntimeCall, createArgs: ParsedArgs | null, cfg: RuntimeConfig, netnsPath: string | undefined, log: Logger): 'accepted' | (Partial<Failure> & { abandoned?: true }) {
   const { dir } = early;
   // bin/prebake killed (by an engine giving up on the create): nobody waits for this create.
-  const callerGone = () => early.shellPid !== undefined && process.ppid !== early.shellPid;
+  const callerGone = () => early.shellPid !== undefined && !runBy(early.shellPid);
   let ok = false;
   if (plan && createArgs && resolve(plan.stateDir) === resolve(dir)) {
     try {
@@ -684,7 +690,7 @@ export function restoreOrCreate(argv: readonly string[], call: RuntimeCall, cfg:
   }
   if (plan && createArgs) {
     const t0 = performance.now();
-    const failure = restore(plan, call, createArgs, cfg, () => caller !== undefined && process.ppid !== caller);
+    const failure = restore(plan, call, createArgs, cfg, () => caller !== undefined && !runBy(caller));
     if (failure?.abandoned) return abandon();
     if (failure === null) {
       log.info({ id: plan.id, ms: Math.round(performance.now() - t0) }, `restored ${plan.id} from ${plan.source}`);
