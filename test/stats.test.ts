@@ -423,12 +423,18 @@ test('writeReport writes report.md, startup.svg and a well-formed latency figure
   r.functions.push({ name: '../evil/name', startupMs: { cold: rep(10), prebaked: rep(5) }, latencyMs: { cold: rep(1), prebaked: rep(1) } });
   const out = join(dir, 'new', 'dir');
   const written = writeReport(out, r);
-  t.deepEqual(written.map((p) => basename(p)), ['report.md', 'startup.svg', 'latency-noop.svg', 'latency-markdown.svg', 'latency-resize.svg', 'latency-ml.svg', 'latency-_evil_name.svg', 'latency-_evil_name-2.svg']);
+  t.deepEqual(written.map((p) => basename(p)), ['report.md', 'results.json', 'startup.svg', 'latency-noop.svg', 'latency-markdown.svg', 'latency-resize.svg', 'latency-ml.svg', 'latency-_evil_name.svg', 'latency-_evil_name-2.svg']);
   t.true(written.every((p) => p.startsWith(out + '/')));
   const startup = checkXml(readFileSync(join(out, 'startup.svg'), 'utf8'));
   for (const fn of ['noop', 'markdown', 'resize', 'ml', '../evil name']) t.true(startup.includes(fn), fn);
   t.true(checkXml(readFileSync(join(out, 'latency-ml.svg'), 'utf8')).includes('Figure 2 (ml): latency of requests after startup'));
   t.true(readFileSync(join(out, 'report.md'), 'utf8').includes('[latency-_evil_name-2.svg](latency-_evil_name-2.svg)'));
+  // results.json: every measured value, as measured, with the machine, versions and command.
+  const json = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as { format: number; meta: typeof r.meta; functions: typeof r.functions; summary: unknown[] };
+  t.is(json.format, 1);
+  t.deepEqual(json.meta, r.meta);
+  t.deepEqual(json.functions, JSON.parse(JSON.stringify(r.functions)));
+  t.true(json.summary.length > 0);
 });
 
 test('the console table has a row per function with medians, ratios and targets', (t) => {

@@ -429,6 +429,8 @@ export function writeReport(dir: string, results: StudyResults, options: ReportO
     written.push(path);
   };
   put('report.md', markdownReport(results, options));
+  // Every measured value with the machine, versions and command: to re-plot or compare two runs.
+  put('results.json', `${JSON.stringify({ format: 1, ...results, summary: evaluateTargets(results, options.targets).map((o) => ({ ...o })) }, null, 2)}\n`);
   put(files.startup, startupFigure(results));
   for (const f of results.functions) put(files.latency.get(f.name)!, latencyFigure(f, results.meta, options));
   return written;
