@@ -394,6 +394,9 @@ test('files the function wrote or removed while it was baked ship in the checkpo
   const r = await prebakeBuild([keeper, `oci:${out}:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, /rootfs changes\s+\d+ ms/);
+  // Not a terminal: plain progress, a line as each step starts, then one with its time.
+  for (const step of ['read image', 'unpack', 'runc: start', 'runc: ready', 'runc: warmup', 'runc: checkpoint', 'bake (runc)', 'verify (runc)', 'pack layer', 'write image'])
+    t.regex(r.stderr, new RegExp(`prebake-build: ${step.replace(/[()]/g, '\\$&')} \\.\\.\\.\\n(.*\\n)*prebake-build: ${step.replace(/[()]/g, '\\$&')} +\\d+ ms\\n`), step);
 
   const bundle = join(dir, 'bundle');
   sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
@@ -439,6 +442,9 @@ test('--version and --help answer on stdout with exit 0, as the tools around it 
     t.regex(r.stdout, /^usage: prebake-build \[options\] SOURCE DEST\n/, h);
     t.is(r.stderr, '', h);
   }
+  const mode = call(['--progress', 'fancy', 'oci:/x:y', 'oci:/x:z']);
+  t.is(mode.status, 2);
+  t.regex(mode.stderr, /^prebake-build: --progress fancy: expected auto, plain, tty, quiet/);
   const bad = call(['--bogus']);
   t.is(bad.status, 2);
   t.is(bad.stdout, '');

@@ -38,7 +38,8 @@ export interface BakeOptions {
   consoleSocket?: string;
   /** Signs the manifest (manifest.sig); default: this host's bake key. */
   signingKey?: KeyObject;
-  /** Progress lines. */
+  /** Progress: a step starts, a step ends. */
+  onStart?: (step: string) => void;
   onStep?: (step: string, ms: number) => void;
 }
 
@@ -110,6 +111,10 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
   const out = new Output();
   const work = mkdtempSync(join(tmpdir(), 'prebake-bake-'));
   let t = performance.now();
+  const begin = (name: string) => {
+    t = performance.now();
+    opts.onStart?.(name);
+  };
   const lap = (name: string) => {
     const now = performance.now();
     step(name, now - t);
@@ -122,6 +127,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     // CRIU locks the network with iptables while it dumps and restores, and records the method
     // in the checkpoint: unlocking alone costs ~60 ms per restore. The bake namespace is private
     // and holds no live connection at dump time (waitQuiet), so no lock is needed.
+    begin('start');
     const criuConf = join(work, 'criu.conf');
     writeFileSync(criuConf, 'network-lock skip\n');
     const runSpec: Spec = { ...spec, annotations: { ...(spec.annotations ?? {}), 'org.criu.config': criuConf } };
@@ -136,6 +142,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     if (ownNetns) attachNetns(opts.netns, (JSON.parse(execFileSync(runc, ['state', opts.id], { encoding: 'utf8' })) as { pid: number }).pid);
     client = await NetnsClient.start(opts.netns);
     lap('start');
+    begin('ready');
     try {
       await waitReady(opts.ready, client, out, opts.readyTimeoutMs ?? 30000);
     } catch (e) {
@@ -143,6 +150,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     }
     lap('ready');
     if (opts.warmup) {
+      begin('warmup');
       const { count, request, port } = opts.warmup;
       for (let i = 0; i < count; i++) {
         const r = await client.request({
@@ -161,6 +169,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     if (ownNetns) deleteNetns(opts.netns);
     mkdirSync(opts.outDir, { recursive: true });
     const imagePath = join(opts.outDir, CHECKPOINT_DIR);
+    begin('checkpoint');
     try {
       execFileSync(runc, ['checkpoint', '--image-path', imagePath, '--work-path', work, opts.id], { stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (e) {
@@ -173,6 +182,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
       throw new Error(`runc checkpoint of ${opts.id} failed: ${((e as { stderr?: Buffer }).stderr ?? '').toString().trim()} ${log}`);
     }
     lap('checkpoint');
+    begin('manifest');
     const manifest = writeManifest(opts.outDir, {
       spec,
       runc,

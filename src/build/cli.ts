@@ -25,6 +25,7 @@ import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
 import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
+import { PROGRESS_MODES, type ProgressMode, type Progress, progressFor } from './progress.ts';
 import { findSecrets } from './secrets.ts';
 import { engineSpec, joinsNetnsByPath, type Target, TARGETS, targetSpec } from './target.ts';
 
@@ -58,6 +59,8 @@ and its auth file).
                            unverified HTTPS (default: HTTPS, or what registries.conf says)
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
+  --progress MODE          auto (tty on a terminal, else plain), plain (a line as each step
+                           starts and ends), tty (one line per step, counting seconds), quiet
   --quiet, -q              no progress on stderr; only DEST's reference on stdout
   --version                print prebake-build's version
   --help, -h               this text (on stdout)
@@ -85,6 +88,7 @@ export interface BuildOptions {
   allowSecrets: boolean;
   json: boolean;
   quiet: boolean;
+  progress: ProgressMode;
   /** The bake key's file (--key), read once the build has started as root. */
   keyFile: string;
 }
@@ -118,6 +122,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         'allow-secrets': { type: 'boolean' },
         json: { type: 'boolean' },
         quiet: { type: 'boolean', short: 'q' },
+        progress: { type: 'string' },
         version: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -159,6 +164,11 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
     allowSecrets: v['allow-secrets'] ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
+    progress: (() => {
+      const m = v.progress ?? 'auto';
+      if (!(PROGRESS_MODES as readonly string[]).includes(m)) throw new UsageError(`--progress ${m}: expected ${PROGRESS_MODES.join(', ')}`);
+      return m as ProgressMode;
+    })(),
     keyFile: v.key ?? DEFAULT_KEY,
   };
   if (v.ready !== undefined) opts.ready = parseProbe(v.ready);
@@ -205,7 +215,8 @@ function defaultProbe(image: SourceImage): Probe {
   return { kind: 'http', port: Number(tcp), path: '/' };
 }
 
-export async function build(opts: BuildOptions, progress: (line: string) => void): Promise<BuildResult> {
+export async function build(opts: BuildOptions, report: Progress): Promise<BuildResult> {
+  const progress = (line: string) => report.line(line);
   if (process.getuid?.() !== 0) throw new Error('prebake-build must run as root (runc, CRIU, mounts and network namespaces need it)');
   let criu: string;
   try {
@@ -232,10 +243,15 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
 
   const steps: BuildResult['steps'] = [];
   let t = performance.now();
+  /** The next step starts (its line comes now, not only when it ends). */
+  const begin = (step: string) => {
+    t = performance.now();
+    report.begin(step);
+  };
   const lap = (step: string) => {
     const now = performance.now();
     steps.push({ step, ms: Math.round(now - t) });
-    progress(`${step.padEnd(22)} ${Math.round(now - t)} ms`);
+    report.end(step, now - t);
     t = now;
   };
   const cleanups: Cleanup[] = [];
@@ -243,14 +259,16 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
   cleanups.push(() => rmSync(tmp, { recursive: true, force: true }));
   let image: SourceImage | undefined;
   try {
+    begin(opts.source.transport === 'docker' ? 'pull' : 'read image');
     image = await readImage(opts.source);
-    lap('read image');
+    lap(opts.source.transport === 'docker' ? 'pull' : 'read image');
     const cfg = image.config.config ?? {};
     const secrets = findSecrets([...(cfg.Env ?? []), ...opts.env], [...(cfg.Entrypoint ?? []), ...(opts.args ?? cfg.Cmd ?? [])]);
     if (secrets.length && !opts.allowSecrets)
       throw new Error(`the baked process's memory would carry secrets into the image: ${secrets.join('; ')}; pass --allow-secrets to bake anyway`);
     for (const s of secrets) progress(`warning: ${s} (baked anyway: --allow-secrets)`);
     const lower = join(tmp, 'rootfs');
+    begin('unpack');
     await unpackLayers(image.layers, lower);
     lap('unpack');
     const ready = opts.ready ?? defaultProbe(image);
@@ -263,6 +281,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
     const bakes: { target: Target; byPath: boolean; rootfsMode: number | undefined; shape: (netnsPath?: string, env?: string[]) => Spec; spec: Spec; upper: string; merged: string; unmount: () => void }[] = [];
     for (const target of opts.targets) {
       const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
+      begin(`bake (${target})`);
       const bundle = join(tmp, `bake-${target}`);
       const netns = `prebake-build-${process.pid}-${target}`;
       const engine = engines.get(target)!;
@@ -297,7 +316,8 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
         prebakeVersion: VERSION,
         baseImage: image.configDigest,
         signingKey,
-        onStep: (s, ms) => progress(`  ${target}: ${s.padEnd(16)} ${Math.round(ms)} ms`),
+        onStart: (s) => report.begin(`${target}: ${s}`),
+        onStep: (s, ms) => report.end(`${target}: ${s}`, ms),
       });
       manifests.push(manifest);
       bakes.push({ target, byPath, rootfsMode, shape, spec, upper, merged, unmount });
@@ -309,14 +329,17 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
     const hidden = hiddenByOpaqueDirs(first.upper, lower, first.merged);
     for (const b of bakes) b.unmount();
     const changes = pruneUpper(first.upper, lower, { mountPoints: (first.spec.mounts ?? []).map((m) => m.destination), hidden, exclude: '.prebake' });
+    begin('rootfs changes');
     for (const s of changes.skipped) progress(`warning: ${s} is a socket: an image cannot carry it, left out`);
     progress(`rootfs changes: ${changes.files} file(s), ${(changes.bytes / 1024).toFixed(1)} kB, ${changes.removed} removed`);
     lap('rootfs changes');
     if (opts.verify)
       for (const b of bakes) {
+        begin(`verify (${b.target})`);
         await verifyRestore(b.target, b.byPath, b.rootfsMode, (p) => b.shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), [stage, first.upper, lower], ready, opts, tmp, cleanups);
         lap(`verify (${b.target})`);
       }
+    begin('pack layer');
     const layer = await packLayer(stage, '/', { upper: first.upper });
     cleanups.push(() => void layer.cleanup());
     lap('pack layer');
@@ -328,6 +351,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       'io.prebake.criu': criu,
       'io.prebake.key-id': keyIdOf(signingKey),
     };
+    begin(opts.dest.transport === 'docker' ? 'push' : 'write image');
     const written = await writeImage(opts.dest, {
       source: image,
       addLayer: layer,
@@ -339,7 +363,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       annotations: labels,
       createdBy: `prebake-build ${VERSION}: checkpoint after ${probeText(ready)}${warmupCount ? `, ${warmupCount} warm-up request(s)` : ''}`,
     });
-    lap('write image');
+    lap(opts.dest.transport === 'docker' ? 'push' : 'write image');
     return {
       source: formatImageRef(opts.source),
       dest: formatImageRef(opts.dest),
@@ -354,6 +378,7 @@ export async function build(opts: BuildOptions, progress: (line: string) => void
       manifestDigest: written.manifestDigest,
     };
   } finally {
+    report.close();
     for (const c of cleanups.reverse()) c();
     await image?.cleanup();
   }
@@ -434,9 +459,10 @@ export async function main(argv: string[]): Promise<number> {
     else process.stderr.write(`prebake-build: ${msg}\n\n${USAGE}`);
     return msg ? 2 : 0;
   }
-  const progress = opts.quiet ? () => {} : (line: string) => process.stderr.write(`prebake-build: ${line}\n`);
+  const report = progressFor(opts.quiet ? 'quiet' : opts.progress);
+  const progress = (line: string) => report.line(line);
   try {
-    const result = await build(opts, progress);
+    const result = await build(opts, report);
     if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else if (opts.quiet) process.stdout.write(`${result.dest}\n`);
     else progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
