@@ -359,15 +359,18 @@ const timedOut = (cfg: RuntimeConfig) => `runc restore did not finish within ${c
 function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean = () => false, callerGone: () => boolean = () => false): number | 'timeout' | 'abandoned' | undefined {
   const deadline = performance.now() + timeoutMs;
   // A restore takes tens of ms: the first look comes after 10, then one a millisecond (each
-  // look is CPU that runc and CRIU, at work beside this program, would have had).
+  // look is CPU that runc and CRIU, at work beside this program, would have had); once `onEach`
+  // has done its work (runc wrote the pid: it exits within a few ms), one every 0.25 ms.
   nap(10);
+  let soon = false;
   for (;;) {
     const st = procStat(pid);
     if (!st || st.ppid !== parent) return undefined;
     if (st.state === 'Z') return st.exitCode & 0x7f ? 128 + (st.exitCode & 0x7f) : st.exitCode >> 8;
     if (performance.now() > deadline) return 'timeout';
     if (callerGone()) return 'abandoned';
-    if (!onEach()) nap(1);
+    if (onEach()) soon = true;
+    nap(soon ? 0.25 : 1);
   }
 }
 
@@ -505,21 +508,21 @@ const VERDICT_FD = 9;
 const MS_PLACEHOLDER = 987654321;
 
 /**
- * Accepts an early restore: hands bin/prebake, on VERDICT_FD, what finishing the container
- * takes, one line each (bin/prebake `read`s them, nothing is evaluated): "accept", the restore
- * signal (e.g. USR2, or empty), "1" if the loopback must be brought up, the hostname to set in
- * the restored UTS namespace (or empty), where the log line goes
- * (the --log file, or empty for stderr), and the log line split where the restore's ms go (both
- * empty if the log level leaves it out).
+ * The verdict that accepts an early restore, written on VERDICT_FD once runc has restored and
+ * the stopped tasks passed: what finishing the container takes, one line each (bin/prebake
+ * `read`s them, nothing is evaluated): "accept", the restore signal (e.g. USR2, or empty), "1"
+ * if the loopback must be brought up, the hostname to set in the restored UTS namespace (or
+ * empty), where the log line goes (the --log file, or empty for stderr), and the log line split
+ * where the restore's ms go (both empty if the log level leaves it out).
  */
-function handOver(plan: RestorePlan, log: Logger): void {
+function verdictFor(plan: RestorePlan, log: Logger): string {
   const { text, file } = captureLines(log, () => log.info({ id: plan.id, ms: MS_PLACEHOLDER }, `restored ${plan.id} from ${plan.source}`));
   const line = text.replace(/\n$/, '');
   const key = [`"ms":${MS_PLACEHOLDER}`, `ms="${MS_PLACEHOLDER}"`].find((k) => line.includes(k));
   const at = key && !line.includes('\n') ? line.indexOf(key) + key.indexOf(String(MS_PLACEHOLDER)) : -1;
   const [pre, post] = at < 0 ? ['', ''] : [line.slice(0, at), line.slice(at + String(MS_PLACEHOLDER).length)];
   const lines = ['accept', plan.restoreSignal?.replace(/^SIG/, '') ?? '', plan.netnsPath ? '' : '1', plan.hostname ?? '', file.includes('\n') ? '' : file, pre, post];
-  writeSync(VERDICT_FD, `${lines.join('\n')}\n`);
+  return `${lines.join('\n')}\n`;
 }
 
 /**
@@ -549,6 +552,8 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
     try {
       if (ok && plan && createArgs && early.runcPid !== undefined && early.shellPid !== undefined) {
         const pidFile = restorePidFile(plan, createArgs);
+        // Made while runc works: at its exit, only written.
+        const verdict = verdictFor(plan, log);
         // runc exits a few ms after it has written the restored init's pid (CRIU is done, the
         // tasks stopped): the tasks are checked meanwhile.
         let excess: string | null | undefined;
@@ -578,7 +583,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
             return { reason: excess, excess: true };
           }
           if (!callerGone()) {
-            handOver(plan, log);
+            writeSync(VERDICT_FD, verdict);
             return 'accepted';
           }
         }
