@@ -20,14 +20,15 @@
 // test files ava runs beside this one, which run bin/prebake from it.
 
 import test, { type ExecutionContext } from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 import { overlayBundle, run as runPipe, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { inRoot as chrootIn, mountsUnder, must, processesIn, run } from './helpers/chroot.ts';
 
 const REPO = resolve(import.meta.dirname, '..');
 const MIRROR = 'http://deb.debian.org/debian';
@@ -45,32 +46,6 @@ const prebakeBefore = whySkip ? '' : hostStatus('prebake');
 const whySkipHost = prebakeBefore !== '' && !/ not-installed$/.test(prebakeBefore)
   ? `a prebake package is on this host already (${prebakeBefore}); this test would replace and purge it`
   : null;
-
-type Result = { code: number | null; stdout: string; stderr: string; ms: number };
-
-/** Runs argv, collecting its output. */
-function run(argv: string[], opts: { cwd?: string } = {}): Promise<Result> {
-  const start = performance.now();
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.on('error', reject);
-    child.on('close', (code) => resolvePromise({ code, stdout, stderr, ms: performance.now() - start }));
-  });
-}
-
-/** Runs argv and fails (with the tail of its output) unless it exits 0. */
-async function must(argv: string[], opts: { cwd?: string } = {}): Promise<Result> {
-  const r = await run(argv, opts);
-  if (r.code !== 0) {
-    const tail = (r.stdout + r.stderr).trim().split('\n').slice(-30).join('\n');
-    throw new Error(`${argv.join(' ')} exited ${r.code}:\n${tail}`);
-  }
-  return r;
-}
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
@@ -99,34 +74,11 @@ test.before('npm run package (in a copy of the repo)', async () => {
 
 let root: string | null = null; // the debootstrapped root, set once created
 
-const ROOT_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LC_ALL=C', 'DEBIAN_FRONTEND=noninteractive',
-  ...['http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'].flatMap((k) => (process.env[k] ? [`${k}=${process.env[k]}`] : [])),
-];
-const inRoot = (argv: string[]) => ['chroot', root!, 'env', '-i', ...ROOT_ENV, ...argv];
-
-/** The mount points at or under dir, from this process's mountinfo. */
-function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
-    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(dir + '/'));
-}
-
-/** The processes whose root directory is dir or under it. */
-function processesIn(dir: string): number[] {
-  const found: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const r = readlinkSync(`/proc/${e}/root`);
-      if (r === dir || r.startsWith(dir + '/')) found.push(Number(e));
-    } catch { /* gone, or a kernel thread */ }
-  }
-  return found;
-}
+const inRoot = (argv: string[]) => chrootIn(root!, argv);
 
 /** Unmounts everything under dir (deepest first) and removes it; false if a mount would not go. */
 async function removeRoot(t: ExecutionContext, dir: string): Promise<boolean> {
-  for (const pid of processesIn(dir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  for (const { pid } of processesIn(dir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
   if (processesIn(dir).length) await new Promise((r) => setTimeout(r, 500));
   for (let tries = 0; tries < 20; tries++) {
     const left = mountsUnder(dir).sort((a, b) => b.length - a.length);

@@ -5,9 +5,10 @@
 // policy-rc.d that lets no package start a service. Slow: minutes, most of it apt and CRIU's build.
 
 import test from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { inRoot as chrootIn, mountsUnder, must, processesIn, run } from './helpers/chroot.ts';
 
 const REPO = resolve(import.meta.dirname, '..');
 const MIRROR = 'http://deb.debian.org/debian';
@@ -22,65 +23,7 @@ const whySkip =
 
 let root: string | null = null; // the debootstrapped root, set once created
 
-type Result = { code: number | null; stdout: string; stderr: string; ms: number };
-
-/** Runs argv, collecting its output; `progress` gets each line of stderr as it comes. */
-function run(argv: string[], progress?: (line: string) => void): Promise<Result> {
-  const start = performance.now();
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let partial = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d;
-      if (!progress) return;
-      const lines = (partial + d).split('\n');
-      partial = lines.pop()!;
-      for (const l of lines) if (l.trim()) progress(l);
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolvePromise({ code, stdout, stderr, ms: performance.now() - start }));
-  });
-}
-
-/** Runs argv and fails (with the tail of its output) unless it exits 0. */
-async function must(argv: string[], progress?: (line: string) => void): Promise<Result> {
-  const r = await run(argv, progress);
-  if (r.code !== 0) {
-    const tail = (r.stdout + r.stderr).trim().split('\n').slice(-30).join('\n');
-    throw new Error(`${argv.join(' ')} exited ${r.code}:\n${tail}`);
-  }
-  return r;
-}
-
-// A clean environment for commands in the root (its PATH, no locale it lacks), keeping a proxy if one is set.
-const ENV = [
-  'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LC_ALL=C',
-  ...['http_proxy', 'https_proxy', 'no_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY'].flatMap((k) => (process.env[k] ? [`${k}=${process.env[k]}`] : [])),
-];
-const inRoot = (argv: string[]) => ['chroot', root!, 'env', '-i', ...ENV, ...argv];
-
-/** The mount points at or under dir, deepest last as mounted, from this process's mountinfo. */
-function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
-    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(dir + '/'));
-}
-
-/** The processes whose root directory is dir or under it, i.e. running in the chroot. */
-function processesIn(dir: string): { pid: number; comm: string }[] {
-  const found: { pid: number; comm: string }[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const r = readlinkSync(`/proc/${e}/root`);
-      if (r === dir || r.startsWith(dir + '/')) found.push({ pid: Number(e), comm: readFileSync(`/proc/${e}/comm`, 'utf8').trim() });
-    } catch { /* gone, or a kernel thread */ }
-  }
-  return found;
-}
+const inRoot = (argv: string[]) => chrootIn(root!, argv);
 
 function packages(list: string): Map<string, string> {
   return new Map(list.split('\n').filter(Boolean).map((l) => l.split(' ') as [string, string]));
@@ -180,7 +123,7 @@ if (whySkip) {
 
     // The first run: everything to install and CRIU to build.
     step(`sh ${SCRIPTS_IN_ROOT}/setup.sh --system (first run)`);
-    const first = await run(inRoot(['sh', `${SCRIPTS_IN_ROOT}/setup.sh`, '--system']), (l) => step(`  ${l}`));
+    const first = await run(inRoot(['sh', `${SCRIPTS_IN_ROOT}/setup.sh`, '--system']), { progress: (l) => step(`  ${l}`) });
     step(`first run: exit ${first.code} after ${(first.ms / 1000).toFixed(1)} s`);
     t.is(first.code, 0, `setup.sh --system failed:\n${first.stderr.trim().split('\n').slice(-30).join('\n')}`);
     if (first.code !== 0) {
@@ -245,7 +188,7 @@ if (whySkip) {
 
     // The second run finds everything in place: quick, and it installs or builds nothing.
     step(`sh ${SCRIPTS_IN_ROOT}/setup.sh --system (second run)`);
-    const second = await run(inRoot(['sh', `${SCRIPTS_IN_ROOT}/setup.sh`, '--system']), (l) => step(`  ${l}`));
+    const second = await run(inRoot(['sh', `${SCRIPTS_IN_ROOT}/setup.sh`, '--system']), { progress: (l) => step(`  ${l}`) });
     step(`second run: exit ${second.code} after ${(second.ms / 1000).toFixed(2)} s`);
     t.is(second.code, 0, second.stderr);
     t.true(second.ms < 10_000, `the second run took ${(second.ms / 1000).toFixed(1)} s`);
