@@ -255,6 +255,23 @@ test.serial('bad input: not root is one line, before anything is read', async (t
   assertFailed(t, r, { code: 1, message: /must run as root/, dest });
 });
 
+test.serial('bad input: --runtime with a name dockerd could not have, or without --target docker, is a usage error; nothing is read', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  // A name is checked before any engine is asked: no dockerd is reachable here.
+  const env = { ...ownTmp(t, dir), DOCKER_HOST: `unix://${join(dir, 'no-docker.sock')}` };
+  for (const name of ['', 'my runtime', '../prebake', '-prebake', 'pre/bake', '.hidden']) {
+    const r = await prebakeBuild(['--quiet', '--target', 'docker', `--runtime=${name}`, source, `oci:${dest}:baked`], env);
+    assertFailed(t, r, { code: 2, message: new RegExp(`--runtime ${JSON.stringify(name).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: expected a runtime name`), dest, usage: true });
+    t.deepEqual(readdirSync(r.tmp), [], `${JSON.stringify(name)}: nothing unpacked`);
+  }
+  const runc = await prebakeBuild(['--quiet', '--target', 'runc', '--runtime', 'prebake-alt', source, `oci:${dest}:baked`], env);
+  assertFailed(t, runc, { code: 2, message: /--runtime names the runtime for --target docker, which is not among the targets \(runc\)/, dest, usage: true });
+  // A good name gets as far as asking dockerd (none here) for the probe.
+  const ok = await prebakeBuild(['--quiet', '--runtime', 'prebake-alt', source, `oci:${dest}:baked`], env, { defaultTarget: true });
+  assertFailed(t, ok, { code: 1, message: /--target docker: could not capture the engine's spec: .*(Cannot connect|no-docker\.sock)/, dest });
+});
+
 /** A tmpfs of `size` at `dir`, unmounted when the test ends. */
 function smallTmpfs(t: ExecutionContext, dir: string, size: string): string {
   mkdirSync(dir, { recursive: true });
@@ -317,6 +334,30 @@ test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is
   const bundle = join(dir, 'bundle');
   sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
   t.true(existsSync(join(bundle, 'rootfs/.prebake/manifest.json')));
+  await restoreUmociBundle(t, bundle);
+});
+
+test('--env and --arg are written into DEST\'s Env and Cmd: the umoci bundle of DEST runs the baked process and is restored', async (t) => {
+  const dir = tempDir(t);
+  const out = join(dir, 'baked');
+  const args = ['python3', '-u', '/app/function.py'];
+  const r = await prebakeBuild(['--env', 'PBK_TEST_X=1', '--env', 'PBK_TEST_Y=a=b c', ...args.map((a) => `--arg=${a}`), source, `oci:${out}:baked`], ownTmp(t, dir));
+  t.is(r.code, 0, r.stderr);
+  const src = await readImage(source);
+  t.teardown(() => src.cleanup());
+  const written = await readImage(`oci:${out}:baked`);
+  t.teardown(() => written.cleanup());
+  const cfg = written.config.config ?? {};
+  t.deepEqual(cfg.Cmd, args, 'Cmd is the baked --arg list');
+  t.deepEqual(cfg.Entrypoint ?? null, src.config.config?.Entrypoint ?? null, 'Entrypoint as it was');
+  // The image's own Env first, as it was, then --env and the checkpoint marker.
+  t.deepEqual(cfg.Env, [...(src.config.config?.Env ?? []), 'PBK_TEST_X=1', 'PBK_TEST_Y=a=b c', 'PREBAKE_CHECKPOINT=/.prebake']);
+
+  const bundle = join(dir, 'bundle');
+  sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
+  const spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as Spec;
+  t.deepEqual(spec.process?.args, args);
+  t.true(spec.process?.env?.includes('PBK_TEST_X=1'), JSON.stringify(spec.process?.env));
   await restoreUmociBundle(t, bundle);
 });
 
@@ -440,6 +481,7 @@ test('--version and --help answer on stdout with exit 0, as the tools around it 
     const r = call([h]);
     t.is(r.status, 0, h);
     t.regex(r.stdout, /^usage: prebake-build \[options\] SOURCE DEST\n/, h);
+    t.regex(r.stdout, /--runtime NAME +--target docker: the name prebake is registered under/, h);
     t.is(r.stderr, '', h);
   }
   const mode = call(['--progress', 'fancy', 'oci:/x:y', 'oci:/x:z']);

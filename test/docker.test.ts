@@ -5,9 +5,11 @@
 
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { REPO } from './helpers/bundle.ts';
+import { noopImage } from './helpers/images.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, type Dockerd, httpGet, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
 
 const IMAGE = 'prebake/noop:baked';
@@ -253,3 +255,39 @@ test.serial('a create that fails shows the engine the same one-line error throug
   t.regex(message(viaPrebake), /^docker: Error response from daemon: .*OCI runtime create failed: .*"\/no\/such\/binary": stat \/no\/such\/binary: no such file or directory/);
   t.is(message(viaPrebake), message(viaRunc));
 });
+
+/** dockerd's daemon.json replaced by `conf` and reloaded (SIGHUP); resolves once `docker info` lists exactly `names`. */
+async function reloadRuntimes(conf: Record<string, unknown>, names: string[]): Promise<void> {
+  writeFileSync(join(dirname(dk.dataRoot), 'daemon.json'), JSON.stringify(conf));
+  process.kill(Number(readFileSync(dk.pidfile, 'utf8').trim()), 'SIGHUP');
+  const want = (r: Record<string, unknown>) => names.every((n) => n in r) && !['prebake', 'pbk-alt'].some((n) => !names.includes(n) && n in r);
+  for (let i = 0; i < 200; i++) {
+    if (want(JSON.parse(await dk.docker(['info', '--format', '{{json .Runtimes}}'])))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`dockerd did not reload its runtimes to ${names.join(', ')}`);
+}
+
+test.serial('prebake registered under another name: prebake-build --runtime NAME bakes through it, and docker run --runtime=NAME restores', async (t) => {
+  const file = join(dirname(dk.dataRoot), 'daemon.json');
+  const original = JSON.parse(readFileSync(file, 'utf8')) as { runtimes: Record<string, { path: string }> };
+  const { prebake, ...others } = original.runtimes;
+  // Only the name changes: "prebake" is not registered while this test runs.
+  await reloadRuntimes({ ...original, runtimes: { ...others, 'pbk-alt': prebake } }, ['pbk-alt']);
+  t.teardown(() => reloadRuntimes(original, ['prebake']));
+  const src = await noopImage();
+  const bake = (extra: string[]) => spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'docker', ...extra, '--quiet', `oci:${src}:latest`, 'docker-daemon:prebake/noop:alt'], { env: dk.env, encoding: 'utf8' });
+  const without = bake([]);
+  t.is(without.status, 1, without.stderr);
+  t.regex(without.stderr, /^prebake-build: --target docker: could not capture the engine's spec: no runtime named "prebake" is registered with dockerd .*--runtime NAME names another\)\n$/);
+  const r = bake(['--runtime', 'pbk-alt']);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, 'docker-daemon:prebake/noop:alt\n');
+  const p = port++;
+  const id = (await dk.docker(['run', '-d', '--runtime=pbk-alt', '-p', `127.0.0.1:${p}:8080`, 'prebake/noop:alt'])).trim();
+  t.teardown(() => dk.docker(['rm', '-f', id]));
+  const first = await httpGet(p);
+  t.true(first.served > 1, `served ${first.served}: a cold start would say 1`);
+  t.true(prebakeLog(id).some((l) => /^restored /.test(l.msg)), JSON.stringify(prebakeLog(id)));
+});
+

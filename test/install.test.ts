@@ -69,6 +69,71 @@ test('containerd: a CRI runtime handler "prebake" of type runc.v2 with BinaryNam
   t.is(c.read(), CONTAINERD);
 });
 
+// containerd 2.x's own config shape: CRI runtimes under the io.containerd.cri.v1.runtime plugin.
+const CONTAINERD_V3 = `version = 3
+root = '/var/lib/containerd'
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = 'runc'
+
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = 'io.containerd.runc.v2'
+
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      SystemdCgroup = true
+      CriuPath = '/usr/local/sbin/criu'
+      BinaryName = '/usr/bin/runc'
+`;
+
+test('containerd 2.x: a version = 3 config gets the handler under io.containerd.cri.v1.runtime, with runc\'s options; uninstall gives the same bytes back', (t) => {
+  const c = setup(t, 'config.toml', CONTAINERD_V3);
+  t.is(c.run('install', 'containerd').code, 0);
+  const text = c.read();
+  t.true(text.startsWith(CONTAINERD_V3), 'the existing file is kept as it was, prebake is appended');
+  const conf = parse(text) as any;
+  t.is(conf.version, 3);
+  const runtimes = conf.plugins['io.containerd.cri.v1.runtime'].containerd.runtimes;
+  t.deepEqual(runtimes.prebake, {
+    runtime_type: 'io.containerd.runc.v2',
+    options: { BinaryName: '/opt/prebake/bin/prebake', SystemdCgroup: true, CriuPath: '/usr/local/sbin/criu' },
+  });
+  t.is(runtimes.runc.options.BinaryName, '/usr/bin/runc', 'runc\'s own handler is left alone');
+  t.is(conf.plugins['io.containerd.grpc.v1.cri'], undefined, 'nothing in the CRI plugin containerd 1.x reads');
+  t.is(conf.plugins['io.containerd.cri.v1.runtime'].containerd.default_runtime_name, 'runc');
+  t.regex(c.run('install', 'containerd').out, /unchanged .*already registered/);
+  t.is(c.run('uninstall', 'containerd').code, 0);
+  t.is(c.read(), CONTAINERD_V3);
+  // A version 3 file without a runc handler: BinaryName only, still in the v3 place.
+  const bare = setup(t, 'config.toml', 'version = 3\n');
+  t.is(bare.run('install', 'containerd').code, 0);
+  t.deepEqual((parse(bare.read()) as any).plugins['io.containerd.cri.v1.runtime'].containerd.runtimes.prebake, {
+    runtime_type: 'io.containerd.runc.v2',
+    options: { BinaryName: '/opt/prebake/bin/prebake' },
+  });
+  t.is(bare.run('uninstall', 'containerd').code, 0);
+  t.is(bare.read(), 'version = 3\n');
+});
+
+test('containerd: a runc handler with SystemdCgroup = true gives prebake\'s handler SystemdCgroup = true (and runc\'s other options), BinaryName prebake\'s', (t) => {
+  const v2 = `${CONTAINERD}\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n    SystemdCgroup = true\n    NoPivotRoot = false\n    Root = "/run/containerd/runc"\n    ShimCgroup = ""\n`;
+  const c = setup(t, 'config.toml', v2);
+  t.is(c.run('install', 'containerd').code, 0);
+  const conf = parse(c.read()) as any;
+  t.deepEqual(conf.plugins['io.containerd.grpc.v1.cri'].containerd.runtimes.prebake, {
+    runtime_type: 'io.containerd.runc.v2',
+    options: { BinaryName: '/opt/prebake/bin/prebake', SystemdCgroup: true, NoPivotRoot: false, Root: '/run/containerd/runc', ShimCgroup: '' },
+  });
+  t.is(c.run('uninstall', 'containerd').code, 0);
+  t.is(c.read(), v2);
+  // A file with no version is read as today's (version 2) shape.
+  const none = setup(t, 'config.toml', '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n');
+  t.is(none.run('install', 'containerd').code, 0);
+  t.deepEqual((parse(none.read()) as any).plugins['io.containerd.grpc.v1.cri'].containerd.runtimes.prebake.options, { BinaryName: '/opt/prebake/bin/prebake', SystemdCgroup: true });
+});
+
 test('podman: prebake added to the existing [engine.runtimes] table; uninstall restores', (t) => {
   const c = setup(t, 'containers.conf', PODMAN);
   t.is(c.run('install', 'podman').code, 0);

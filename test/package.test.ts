@@ -19,7 +19,7 @@
 // oci, package.json; node_modules linked): rebuilding the repo's own dist/ would race with the
 // test files ava runs beside this one, which run bin/prebake from it.
 
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -28,7 +28,7 @@ import { storeEntry } from '../src/checkpoint/store.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 import { overlayBundle, run as runPipe, runtimeDirs, uniqueName } from './helpers/bundle.ts';
-import { inRoot as chrootIn, mountsUnder, must, processesIn, run } from './helpers/chroot.ts';
+import { inRoot as chrootIn, must, removeRoot, run } from './helpers/chroot.ts';
 
 const REPO = resolve(import.meta.dirname, '..');
 const MIRROR = 'http://deb.debian.org/debian';
@@ -75,24 +75,6 @@ test.before('npm run package (in a copy of the repo)', async () => {
 let root: string | null = null; // the debootstrapped root, set once created
 
 const inRoot = (argv: string[]) => chrootIn(root!, argv);
-
-/** Unmounts everything under dir (deepest first) and removes it; false if a mount would not go. */
-async function removeRoot(t: ExecutionContext, dir: string): Promise<boolean> {
-  for (const { pid } of processesIn(dir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-  if (processesIn(dir).length) await new Promise((r) => setTimeout(r, 500));
-  for (let tries = 0; tries < 20; tries++) {
-    const left = mountsUnder(dir).sort((a, b) => b.length - a.length);
-    if (!left.length) break;
-    const r = await run(['umount', left[0]!]);
-    if (r.code !== 0) { t.log(`umount ${left[0]}: ${r.stderr.trim()}`); await new Promise((res) => setTimeout(res, 500)); }
-  }
-  const left = mountsUnder(dir);
-  t.deepEqual(left, [], `nothing stays mounted under ${dir}`);
-  if (left.length) return false; // never rm -rf over a bind mount of /dev
-  const rm = await run(['rm', '-rf', '--one-file-system', dir]);
-  t.is(rm.code, 0, rm.stderr);
-  return rm.code === 0;
-}
 
 /** The host's node as a `nodejs` package (bookworm's own is 18): /usr/bin/node, versioned as it. */
 async function nodeStandIn(dir: string): Promise<string> {

@@ -8,7 +8,7 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { inRoot as chrootIn, mountsUnder, must, processesIn, run } from './helpers/chroot.ts';
+import { inRoot as chrootIn, must, processesIn, removeRoot, run } from './helpers/chroot.ts';
 
 const REPO = resolve(import.meta.dirname, '..');
 const MIRROR = 'http://deb.debian.org/debian';
@@ -48,23 +48,7 @@ test.after.always('unmount everything under the root and remove it', async (t) =
   if (!root) return;
   const dir = root;
   // Anything still running in the root (nothing should: policy-rc.d forbids services) holds its mounts.
-  for (const p of processesIn(dir)) {
-    t.log(`killing ${p.comm} (${p.pid}), still running in the root`);
-    try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
-  }
-  if (processesIn(dir).length) await new Promise((r) => setTimeout(r, 500));
-  // Deepest first; a mount that will not go is reported, and the root is then left in place.
-  for (let tries = 0; tries < 20; tries++) {
-    const left = mountsUnder(dir).sort((a, b) => b.length - a.length);
-    if (!left.length) break;
-    const r = await run(['umount', left[0]!]);
-    if (r.code !== 0) { t.log(`umount ${left[0]}: ${r.stderr.trim()}`); await new Promise((res) => setTimeout(res, 500)); }
-  }
-  const left = mountsUnder(dir);
-  t.deepEqual(left, [], 'nothing stays mounted under the root');
-  if (left.length) return; // never rm -rf over a bind mount of /dev or of the repo
-  const rm = await run(['rm', '-rf', '--one-file-system', dir]);
-  t.is(rm.code, 0, rm.stderr);
+  if (!(await removeRoot(t, dir))) return;
   t.false(existsSync(dir), `${dir} is removed`);
 });
 

@@ -2,6 +2,7 @@
 // running commands and collecting their output, commands inside the root, and what is left in
 // it (mounts, processes) when it goes.
 
+import type { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
@@ -74,4 +75,35 @@ export function processesIn(dir: string): { pid: number; comm: string }[] {
     }
   }
   return found;
+}
+
+/**
+ * Kills what still runs in the root, unmounts everything under it (deepest first) and removes it;
+ * false if a mount would not go (then nothing is removed: never rm -rf over a bind mount of /dev).
+ */
+export async function removeRoot(t: ExecutionContext, dir: string): Promise<boolean> {
+  for (const p of processesIn(dir)) {
+    t.log(`killing ${p.comm} (${p.pid}), still running in the root`);
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  if (processesIn(dir).length) await new Promise((r) => setTimeout(r, 500));
+  for (let tries = 0; tries < 20; tries++) {
+    const left = mountsUnder(dir).sort((a, b) => b.length - a.length);
+    if (!left.length) break;
+    const r = await run(['umount', left[0]!]);
+    if (r.code !== 0) {
+      t.log(`umount ${left[0]}: ${r.stderr.trim()}`);
+      await new Promise((res) => setTimeout(res, 500));
+    }
+  }
+  const left = mountsUnder(dir);
+  t.deepEqual(left, [], `nothing stays mounted under ${dir}`);
+  if (left.length) return false;
+  const rm = await run(['rm', '-rf', '--one-file-system', dir]);
+  t.is(rm.code, 0, rm.stderr);
+  return rm.code === 0;
 }
