@@ -27,7 +27,7 @@ import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
 import { PROGRESS_MODES, type ProgressMode, type Progress, progressFor } from './progress.ts';
 import { findSecrets } from './secrets.ts';
-import { engineSpec, joinsNetnsByPath, type Target, TARGETS, targetSpec } from './target.ts';
+import { DEFAULT_DOCKER_RUNTIME, engineSpec, joinsNetnsByPath, RUNTIME_NAME, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -46,11 +46,13 @@ and its auth file).
   --warmup-request REQ     'METHOD /path' (default GET on the probe's path)
   --warmup-body FILE       body of each warm-up request
   --warmup-port PORT       port of the warm-up requests (default the probe's)
-  --env NAME=VALUE         set in the bake run and the baked process (repeatable)
-  --arg ARG                replaces the image's Cmd (repeatable)
+  --env NAME=VALUE         set in the bake run, the baked process and DEST's Env (repeatable)
+  --arg ARG                replaces the image's Cmd, in the bake run and in DEST (repeatable)
   --target ${TARGETS.join('|')}   the runtime spec to bake for (default docker; repeatable);
                            docker, containerd, podman: the spec that engine, running here with
                            prebake registered, generates; runc: runc's own, no engine needed
+  --runtime NAME           --target docker: the name prebake is registered under with dockerd
+                           (default ${DEFAULT_DOCKER_RUNTIME}); the spec probe runs with --runtime=NAME
   --allow-secrets          bake even when the environment or arguments look like they hold
                            secrets (process memory is shipped inside the image)
   --key FILE               the ed25519 key that signs the checkpoint (default ${DEFAULT_KEY});
@@ -91,6 +93,8 @@ export interface BuildOptions {
   progress: ProgressMode;
   /** The bake key's file (--key), read once the build has started as root. */
   keyFile: string;
+  /** The name dockerd knows the prebake runtime by (--runtime; default "prebake"), for --target docker. */
+  dockerRuntime?: string;
 }
 
 export function parseBuildArgs(argv: string[]): BuildOptions {
@@ -116,6 +120,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         env: { type: 'string', multiple: true },
         arg: { type: 'string', multiple: true },
         target: { type: 'string', multiple: true },
+        runtime: { type: 'string' },
         'no-verify': { type: 'boolean' },
         'tls-verify': { type: 'string' },
         key: { type: 'string' },
@@ -182,6 +187,11 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   const port = int('warmup-port', v['warmup-port'], 1);
   if (port !== undefined) opts.warmupPort = port;
   if (v.arg) opts.args = v.arg;
+  if (v.runtime !== undefined) {
+    if (!RUNTIME_NAME.test(v.runtime)) throw new UsageError(`--runtime ${JSON.stringify(v.runtime)}: expected a runtime name as dockerd's daemon.json has it (letters, digits, "_", "." and "-", starting with a letter or digit)`);
+    if (!opts.targets.includes('docker')) throw new UsageError(`--runtime names the runtime for --target docker, which is not among the targets (${opts.targets.join(', ')})`);
+    opts.dockerRuntime = v.runtime;
+  }
   const tls = v['tls-verify'];
   if (tls !== undefined) {
     if (tls !== 'true' && tls !== 'false') throw new UsageError(`--tls-verify=${tls}: expected true or false`);
@@ -236,7 +246,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
   const engines = new Map<Target, Spec>();
   for (const target of opts.targets)
     try {
-      engines.set(target, await engineSpec(target));
+      engines.set(target, await engineSpec(target, opts.dockerRuntime ? { dockerRuntime: opts.dockerRuntime } : {}));
     } catch (e) {
       throw new Error(`${(e as Error).message}${opts.defaultTarget ? ` (docker is the default target; --target runc bakes for plain runc, no engine needed)` : ''}`, { cause: e });
     }
@@ -352,10 +362,15 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
       'io.prebake.key-id': keyIdOf(signingKey),
     };
     begin(opts.dest.transport === 'docker' ? 'push' : 'write image');
+    // DEST runs the baked process as it is: --env in its Env (by name, as `docker run -e` sets
+    // it), --arg as its Cmd. Otherwise a plain run of DEST asks for another environment or
+    // command than the checkpoint's, and the runtime starts it cold.
+    const bakedEnv: Record<string, string> = {};
+    for (const e of opts.env) bakedEnv[e.slice(0, e.indexOf('='))] = e.slice(e.indexOf('=') + 1);
     const written = await writeImage(opts.dest, {
-      source: image,
+      source: opts.args ? { ...image, config: { ...image.config, config: { ...image.config.config, Cmd: opts.args } } } : image,
       addLayer: layer,
-      env: { [CHECKPOINT_ENV]: '/.prebake' },
+      env: { ...bakedEnv, [CHECKPOINT_ENV]: '/.prebake' },
       // As labels and as annotations (engines show either). No org.criu.* names: podman and umoci
       // copy them into every container's spec, and the runtime refuses any org.criu.* there
       // (runc hands org.criu.config to CRIU).

@@ -78,28 +78,45 @@ function cli(cmd: string, args: string[]): string {
   }
 }
 
+/** The name dockerd knows the prebake runtime by unless told otherwise (what `prebake install docker` registers). */
+export const DEFAULT_DOCKER_RUNTIME = 'prebake';
+
+/** A runtime name as it may stand in daemon.json's "runtimes" and after `docker run --runtime=`. */
+export const RUNTIME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export interface EngineSpecOptions {
+  /**
+   * The name the prebake runtime is registered under with dockerd (default "prebake"): the
+   * docker target's probe container runs with `--runtime=NAME`. ctr and podman are given the
+   * runtime's path, no name.
+   */
+  dockerRuntime?: string;
+}
+
 /** How each engine target runs a one-off container under the prebake runtime, and its probe image. */
 const ENGINES = {
   docker: {
     image: `docker-daemon:${SPEC_PROBE_IMAGE}`,
     present: () => cli('docker', ['image', 'inspect', SPEC_PROBE_IMAGE]),
-    check: () => {
-      if (!/"prebake"/.test(cli('docker', ['info', '--format', '{{json .Runtimes}}'])))
-        throw new Error('the prebake runtime is not registered with dockerd (runtimes.prebake in /etc/docker/daemon.json)');
+    check: (o: EngineSpecOptions) => {
+      const name = o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME;
+      const runtimes = JSON.parse(cli('docker', ['info', '--format', '{{json .Runtimes}}']) || '{}') as Record<string, unknown> | null;
+      if (!runtimes || !Object.hasOwn(runtimes, name))
+        throw new Error(`no runtime named "${name}" is registered with dockerd (runtimes.${name} in /etc/docker/daemon.json; prebake install docker registers prebake as "prebake", --runtime NAME names another)`);
     },
-    run: (env: string) => cli('docker', ['run', '--rm', '--runtime=prebake', '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
+    run: (env: string, o: EngineSpecOptions) => cli('docker', ['run', '--rm', `--runtime=${o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME}`, '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
   },
   containerd: {
     image: `containerd:${SPEC_PROBE_IMAGE}`,
     present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
-    check: () => void cli('ctr', ['version']),
-    run: (env: string) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']),
+    check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+    run: (env: string, _o: EngineSpecOptions) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']),
   },
   podman: {
     image: `containers-storage:${SPEC_PROBE_IMAGE}`,
     present: () => cli('podman', ['image', 'inspect', `localhost/${SPEC_PROBE_IMAGE}`]),
-    check: () => void cli('podman', ['version']),
-    run: (env: string) => cli('podman', ['run', '--rm', '--runtime', PREBAKE_BIN(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
+    check: (_o: EngineSpecOptions) => void cli('podman', ['version']),
+    run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', PREBAKE_BIN(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
   },
 } as const;
 
@@ -132,18 +149,20 @@ async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void>
  * The spec an engine generates for a plain run of an image: a probe container runs once under the
  * prebake runtime, which copies its config.json (see CAPTURE_ENV).
  */
-export async function captureEngineSpec(target: keyof typeof ENGINES, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
+export async function captureEngineSpec(target: keyof typeof ENGINES, o: EngineSpecOptions = {}, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
   const engine = ENGINES[target];
   const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
   const file = join(stateBase, 'captures', `${token}.json`);
   // The runtime captures a spec only for a token prebake-build asked for here (root's state).
   const request = join(stateBase, 'captures', `${token}.request`);
   try {
-    engine.check();
+    engine.check(o);
     await ensureSpecProbeImage(target);
     mkdirSync(join(stateBase, 'captures'), { recursive: true, mode: 0o700 });
     writeFileSync(request, '', { mode: 0o600 });
-    engine.run(`${CAPTURE_ENV}=${token}`);
+    engine.run(`${CAPTURE_ENV}=${token}`, o);
+    if (!existsSync(file))
+      throw new Error(target === 'docker' ? `the runtime "${o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME}" ran the probe container but handed no spec back: is it prebake?` : 'the runtime ran the probe container but handed no spec back');
     return JSON.parse(readFileSync(file, 'utf8')) as Spec;
   } catch (e) {
     throw new Error(`--target ${target}: could not capture the engine's spec: ${(e as Error).message}`);
@@ -162,8 +181,8 @@ export function joinsNetnsByPath(target: Target, engine: Spec): boolean {
 }
 
 /** The engine's spec for a plain `run` of an image, before the image's own settings. */
-export async function engineSpec(target: Target): Promise<Spec> {
-  return target === 'runc' ? runcDefaultSpec() : captureEngineSpec(target);
+export async function engineSpec(target: Target, o: EngineSpecOptions = {}): Promise<Spec> {
+  return target === 'runc' ? runcDefaultSpec() : captureEngineSpec(target, o);
 }
 
 export interface BakeSpecOptions {

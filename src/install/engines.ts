@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { parse as parseToml } from 'smol-toml';
+import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
 
 export type Engine = 'docker' | 'containerd' | 'podman';
 export const ENGINES: readonly Engine[] = ['docker', 'containerd', 'podman'];
@@ -50,7 +50,20 @@ function parseOrFail(engine: Engine, file: string, text: string): Record<string,
 
 const get = (o: unknown, path: string[]): unknown => path.reduce<unknown>((v, k) => (v && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined), o);
 
-const CRI_RUNTIMES = ['plugins', 'io.containerd.grpc.v1.cri', 'containerd', 'runtimes'];
+/**
+ * Where containerd's CRI runtime handlers live: a `version = 2` config (containerd 1.x; 2.x reads
+ * it too) has them in the CRI plugin, a `version = 3` one (containerd 2.x) in the CRI runtime plugin.
+ */
+const CRI_RUNTIMES = {
+  2: ['plugins', 'io.containerd.grpc.v1.cri', 'containerd', 'runtimes'],
+  3: ['plugins', 'io.containerd.cri.v1.runtime', 'containerd', 'runtimes'],
+} as const;
+
+/** The shape of a containerd config: 3 for `version = 3` (or later), else 2 (also no file, no version). */
+function containerdVersion(parsed: Record<string, unknown> | null): 2 | 3 {
+  const v = parsed?.version;
+  return (typeof v === 'number' || typeof v === 'bigint') && Number(v) >= 3 ? 3 : 2;
+}
 
 /** Is prebake already registered in this config? */
 function registered(engine: Engine, parsed: Record<string, unknown>): boolean {
@@ -58,7 +71,7 @@ function registered(engine: Engine, parsed: Record<string, unknown>): boolean {
     case 'docker':
       return get(parsed, ['runtimes', 'prebake']) !== undefined;
     case 'containerd':
-      return get(parsed, [...CRI_RUNTIMES, 'prebake']) !== undefined;
+      return get(parsed, [...CRI_RUNTIMES[containerdVersion(parsed)], 'prebake']) !== undefined;
     case 'podman':
       return get(parsed, ['engine', 'runtimes', 'prebake']) !== undefined;
   }
@@ -75,12 +88,15 @@ function withPrebake(engine: Engine, text: string | null, runtimePath: string): 
     }
     case 'containerd': {
       const base = text ?? 'version = 2\n';
+      const parsed = text === null ? null : (parseToml(text) as Record<string, unknown>);
+      const path = CRI_RUNTIMES[containerdVersion(parsed)];
+      const table = `${path.map(tomlKey).join('.')}.prebake`;
       const block = [
         BEGIN,
-        `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.prebake]`,
+        `[${table}]`,
         `  runtime_type = "io.containerd.runc.v2"`,
-        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.prebake.options]`,
-        `    BinaryName = ${q}`,
+        `  [${table}.options]`,
+        ...Object.entries(handlerOptions(parsed, path, runtimePath)).map(([k, v]) => `    ${tomlKey(k)} = ${tomlValue(v)}`),
         END,
       ].join('\n');
       return `${base.replace(/\n*$/, '\n')}\n${block}\n`;
@@ -94,6 +110,33 @@ function withPrebake(engine: Engine, text: string | null, runtimePath: string): 
       return `${base.replace(/\n*$/, base ? '\n' : '')}${base ? '\n' : ''}[engine.runtimes]\n${line}\n`;
     }
   }
+}
+
+/** A TOML key: bare where it may be, else quoted. */
+function tomlKey(k: string): string {
+  return /^[A-Za-z0-9_-]+$/.test(k) ? k : JSON.stringify(k);
+}
+
+/** A TOML value on one line (tables inline). */
+function tomlValue(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (v !== null && typeof v === 'object' && !(v instanceof Date))
+    return `{ ${Object.entries(v as Record<string, unknown>)
+      .map(([k, x]) => `${tomlKey(k)} = ${tomlValue(x)}`)
+      .join(', ')} }`;
+  return stringifyToml({ v }).replace(/^v = /, '').trimEnd();
+}
+
+/**
+ * prebake's handler options: those of the config's runc handler (SystemdCgroup, Root, CriuPath,
+ * …: the shim runs prebake as it runs runc, and the host's containers keep their cgroup driver),
+ * with prebake's BinaryName, as nvidia-ctk makes its handler.
+ */
+function handlerOptions(parsed: Record<string, unknown> | null, runtimes: readonly string[], runtimePath: string): Record<string, unknown> {
+  const runc = get(parsed, [...runtimes, 'runc', 'options']);
+  const options = runc && typeof runc === 'object' && !Array.isArray(runc) ? { ...(runc as Record<string, unknown>) } : {};
+  delete options.BinaryName;
+  return { BinaryName: runtimePath, ...options };
 }
 
 /** The config without prebake's block (or key, for docker). */

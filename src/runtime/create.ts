@@ -377,7 +377,8 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
 /**
  * Stops a restore runc has not finished: runc, CRIU and every task CRIU made are stopped and
  * killed, and what they left mounted (the rootfs runc binds for CRIU, CRIU's cgroup yard) and
- * runc's state for the id go. (runc's `delete` does not know a container it had not recorded.)
+ * runc's state for the id go. (Not `runc delete` first: on the state of a restore killed midway
+ * it took the container's rootfs mount with it, and the cold create found no python3.)
  */
 function abort(runcPid: number, id: string, stateDir: string, call: RuntimeCall): void {
   killTree(runcPid);

@@ -142,6 +142,8 @@ export interface Expectations {
     rootReadonly: boolean;
     /** Per bind destination, where the spec's source is on the host. */
     bindPlace: Map<string, { dev: string; root: string }>;
+    /** Per recursive bind destination, the devices of the host's mounts at or below its source. */
+    treeDevs: Map<string, Set<string>>;
     /** The spec's own masked and read-only paths: each must be there, as a mount, if the path exists. */
     required: { path: string; readonly: boolean }[];
   };
@@ -190,6 +192,16 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
     if (place) bindPlace.set(dest, place);
   }
   const rootDev = spec.root?.path ? hostPlace(spec.root.path)?.dev : undefined;
+  const treeDevs = new Map<string, Set<string>>();
+  for (const [dest, m] of byDest) {
+    if (!(m.options ?? []).includes('rbind') || !m.source) continue;
+    try {
+      const real = realpathSync(posix.isAbsolute(m.source) ? m.source : posix.join(bundle, m.source));
+      treeDevs.set(dest, new Set(host.filter((h) => h.mountPoint === real || h.mountPoint.startsWith(`${real}/`)).map((h) => h.dev)));
+    } catch {
+      treeDevs.set(dest, new Set());
+    }
+  }
   return {
     allowed,
     anyUid: Boolean((prm >> 7n) & 1n), // CAP_SETUID
@@ -211,6 +223,7 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
       ...(rootDev ? { rootDev } : {}),
       rootReadonly: spec.root?.readonly ?? false,
       bindPlace,
+      treeDevs,
       required: [...(spec.linux?.maskedPaths ?? []).map((path) => ({ path: norm(path), readonly: false })), ...(spec.linux?.readonlyPaths ?? []).map((path) => ({ path: norm(path), readonly: true }))],
     },
   };
@@ -226,14 +239,14 @@ const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'];
 function mountExcess(pid: number, x: Expectations['mounts']): string | null {
   const table = mountInfo(pid);
   const has = (m: MountInfo, flag: string) => m.opts.includes(flag) || (flag === 'ro' && m.superOpts.includes('ro'));
-  /** The device of the mount a path would show without its own mount: the nearest one above it. */
-  const parentDev = (mp: string, upTo: number) => {
+  /** The mount a path would show without its own mount: the nearest one above it. */
+  const parentOf = (mp: string, upTo: number) => {
     let best: MountInfo | undefined;
     for (const o of table.slice(0, upTo)) {
       const op = norm(o.mountPoint);
       if (op !== mp && (op === '/' || mp.startsWith(`${op}/`)) && op.length >= (best ? norm(best.mountPoint).length : -1)) best = o;
     }
-    return best?.dev;
+    return best;
   };
   const mounted = new Map<string, MountInfo>();
   for (const [i, m] of table.entries()) {
@@ -244,29 +257,32 @@ function mountExcess(pid: number, x: Expectations['mounts']): string | null {
       if (x.rootReadonly && !has(m, 'ro')) return 'the root mount is writable, the spec asks for a read-only rootfs';
       continue;
     }
-    const inTree = x.trees.some((d) => d !== '/' && mp.startsWith(`${d}/`));
-    if (!x.exact.has(mp) && !inTree) {
-      // A mask: a tmpfs, or a file bound from a tmpfs or devtmpfs (/dev/null). A read-only path:
-      // the filesystem that is there anyway, bound onto itself read-only.
-      if (x.masked.has(mp) && /^(tmpfs|devtmpfs)$/.test(m.fsType)) continue;
-      if (x.readonly.has(mp) && m.dev === parentDev(mp, i) && has(m, 'ro')) continue;
+    const tree = x.trees.find((d) => d !== '/' && mp.startsWith(`${d}/`));
+    if (!x.exact.has(mp) && tree === undefined) {
+      // A mask: a read-only tmpfs over a directory, /dev/null bound over a file. A read-only
+      // path: the filesystem that is there anyway, the same place of it, bound onto itself ro.
+      if (x.masked.has(mp) && ((m.fsType === 'tmpfs' && m.root === '/' && has(m, 'ro')) || (/^(tmpfs|devtmpfs)$/.test(m.fsType) && m.root.endsWith('/null')))) continue;
+      const parent = parentOf(mp, i);
+      if (x.readonly.has(mp) && parent && m.dev === parent.dev && m.root === posix.join(parent.root, mp.slice(norm(parent.mountPoint).length)) && has(m, 'ro')) continue;
       return `mount ${mp} (${m.fsType} ${m.source}) is not in the spec`;
     }
-    // Under cgroup v1 the cgroup mount is a tmpfs (runc's scaffolding) holding one cgroup mount
-    // per controller: those carry the spec's flags (a writable one would allow release_agent).
-    const tree = inTree ? x.trees.find((d) => mp.startsWith(`${d}/`)) : undefined;
     const want = x.byDest.get(tree ?? mp);
     if (!want) continue;
     const cgroup = want.type === 'cgroup' || want.type === 'cgroup2';
-    if (!inTree || (cgroup && /^cgroup2?$/.test(m.fsType))) {
-      const missing = cgroup && m.fsType === 'tmpfs' ? [] : FLAGS.filter((f) => (want.options ?? []).includes(f) && !has(m, f));
-      if (missing.length) return `mount ${mp} lacks ${missing.join(',')}, which the spec asks for`;
+    if (tree !== undefined) {
+      // Below a cgroup mount (under cgroup v1 a tmpfs of runc's): one cgroup mount per
+      // controller, with the spec's flags (a writable one would allow release_agent). Below a
+      // recursive bind: only what is mounted below its source on the host, with its flags.
+      if (cgroup ? !/^cgroup2?$/.test(m.fsType) : !x.treeDevs.get(tree)?.has(m.dev)) return `mount ${mp} (${m.fsType} ${m.source}, device ${m.dev}) is not part of the spec's ${tree}`;
     }
-    if (inTree) continue;
+    const missing = cgroup && m.fsType === 'tmpfs' ? [] : FLAGS.filter((f) => (want.options ?? []).includes(f) && !has(m, f));
+    if (missing.length) return `mount ${mp} lacks ${missing.join(',')}, which the spec asks for`;
+    if (tree !== undefined) continue;
     const shape = mountShape(want).split(' ')[0]!;
     if (shape === 'bind') {
       const place = x.bindPlace.get(mp);
-      if (place && (place.dev !== m.dev || place.root !== m.root))
+      if (!place) return `mount ${mp}: the spec's source ${want.source} cannot be found on the host`;
+      if (place.dev !== m.dev || place.root !== m.root)
         return `mount ${mp} is ${m.root} of device ${m.dev}, the spec binds ${want.source} (${place.root} of device ${place.dev})`;
     } else if (shape !== m.fsType && !(shape === 'cgroup' && /^(cgroup2?|tmpfs)$/.test(m.fsType))) {
       return `mount ${mp} is ${m.fsType}, the spec asks for ${shape}`;
