@@ -14,9 +14,9 @@ import { packLayer } from '../src/image/pack.ts';
 import { readImage } from '../src/image/read.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
 import { parseProbe, probeText } from '../src/build/probe.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../src/lib/netns.ts';
-import { PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { REPO } from './helpers/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
+import { restoreUmociBundle } from './helpers/umoci.ts';
 import { type Member, tarOf } from './helpers/tar.ts';
 
 const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
@@ -204,39 +204,6 @@ test.serial('a hostile source layer stops prebake-build naming the entry; nothin
   t.deepEqual(readdirSync(dir).filter((f) => !f.startsWith('layer-')).sort(), ['hostile', 'tmp']);
 });
 
-/** Runs a bundle made by `umoci unpack` through `prebake create`/`start` and checks it was restored. */
-async function restoreUmociBundle(t: ExecutionContext, bundle: string): Promise<void> {
-  const netns = uniqueName('pbb');
-  const netnsPath = createNetns(netns);
-  const rt = runtimeDirs();
-  const id = uniqueName('umoci');
-  let client: NetnsClient | undefined;
-  t.teardown(async () => {
-    client?.close();
-    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
-    deleteNetns(netns);
-    rt.cleanup();
-  });
-  const configPath = join(bundle, 'config.json');
-  const spec = JSON.parse(readFileSync(configPath, 'utf8')) as Spec;
-  spec.process!.terminal = false;
-  spec.linux!.namespaces = spec.linux!.namespaces!.map((ns) => (ns.type === 'network' ? { type: 'network', path: netnsPath } : ns));
-  writeFileSync(configPath, JSON.stringify(spec, null, 2));
-
-  client = await NetnsClient.start(netns);
-  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', bundle, id]);
-  t.is(create.code, 0, create.output);
-  const start = await run(PREBAKE, ['--root', rt.root, 'start', id]);
-  t.is(start.code, 0, start.output);
-  // Served either way (a cold start too), so the log says which it was.
-  const answer = await client.waitHttp({ port: NOOP_PORT, path: '/', timeoutMs: 10000 });
-  const served = (JSON.parse(answer.body) as { served: number }).served;
-  const log = rt.logLines();
-  t.log(`served ${served}; log: ${JSON.stringify(log)}`);
-  const restored = log.find((l) => l.level === 'info' && /^restored /.test(l.msg));
-  t.truthy(restored, `not restored: ${log.find((l) => l.level === 'warning')?.msg ?? JSON.stringify(log)}`);
-  t.true(served > 1, `served ${served}: the process was baked after its probe and warm-up requests`);
-}
 
 test.serial('bad input: the default target, docker, with no dockerd to ask stops before anything is read', async (t) => {
   const dir = tempDir(t);

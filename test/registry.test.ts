@@ -10,12 +10,11 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, r
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Spec } from '../oci/runtime-spec.ts';
 import { formatImageRef, parseImageRef } from '../src/image/ref.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../src/lib/netns.ts';
-import { PREBAKE, REPO, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { REPO } from './helpers/bundle.ts';
 import { httpGet, startContainerd, startDockerd } from './helpers/engines.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
+import { restoreUmociBundle } from './helpers/umoci.ts';
 
 const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
 
@@ -196,38 +195,6 @@ serial('a registry on plain HTTP without --tls-verify=false: one line naming sko
   t.false(tags.tags.includes('never'), 'nothing pushed');
 });
 
-/** Runs a bundle made by `umoci unpack` through prebake create/start and checks it was restored; as build.test.ts's restoreUmociBundle. */
-async function restoreUmociBundle(t: ExecutionContext, bundle: string): Promise<number> {
-  const netns = uniqueName('pbr');
-  const netnsPath = createNetns(netns);
-  const rt = runtimeDirs();
-  const id = uniqueName('registry');
-  let client: NetnsClient | undefined;
-  t.teardown(async () => {
-    client?.close();
-    await run('runc', ['--root', rt.root, 'delete', '--force', id]);
-    deleteNetns(netns);
-    rt.cleanup();
-  });
-  const configPath = join(bundle, 'config.json');
-  const spec = JSON.parse(readFileSync(configPath, 'utf8')) as Spec;
-  spec.root = { ...spec.root!, readonly: false };
-  spec.process!.terminal = false;
-  spec.linux!.namespaces = spec.linux!.namespaces!.map((ns) => (ns.type === 'network' ? { type: 'network', path: netnsPath } : ns));
-  writeFileSync(configPath, JSON.stringify(spec, null, 2));
-  client = await NetnsClient.start(netns);
-  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', bundle, id]);
-  t.is(create.code, 0, create.output);
-  const start = await run(PREBAKE, ['--root', rt.root, 'start', id]);
-  t.is(start.code, 0, start.output);
-  const answer = await client.waitHttp({ port: NOOP_PORT, path: '/', timeoutMs: 10000 });
-  const served = (JSON.parse(answer.body) as { served: number }).served;
-  const log = rt.logLines();
-  const restored = log.find((l) => l.level === 'info' && /^restored /.test(l.msg));
-  t.truthy(restored, `not restored: ${log.find((l) => l.level === 'warning')?.msg ?? JSON.stringify(log)}`);
-  t.true(served > 1, `served ${served}: the process was baked after its probe and warm-up requests`);
-  return served;
-}
 
 concurrent('docker:// → docker:// for runc: baked from the registry, pushed back with the checkpoint layer, pulled and restored from an umoci bundle', async (t) => {
   const dest = `docker://${registry!.host}/noop:baked`;
