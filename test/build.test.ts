@@ -402,6 +402,7 @@ test('files the function wrote or removed while it was baked ship in the checkpo
   const r = await prebakeBuild([keeper, `oci:${out}:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);
   t.regex(r.stderr, /rootfs changes\s+\d+ ms/);
+  t.regex(r.stderr, /runc target: a bundle restores with root\.readonly false and process\.terminal false/);
   // Not a terminal: plain progress, a line as each step starts, then one with its time.
   for (const step of ['read image', 'unpack', 'runc: start', 'runc: ready', 'runc: warmup', 'runc: checkpoint', 'bake (runc)', 'verify (runc)', 'pack layer', 'write image'])
     t.regex(r.stderr, new RegExp(`prebake-build: ${step.replace(/[()]/g, '\\$&')} \\.\\.\\.\\n(.*\\n)*prebake-build: ${step.replace(/[()]/g, '\\$&')} +\\d+ ms\\n`), step);
