@@ -232,12 +232,12 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
 const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'];
 
 /**
- * Why the mount table of the restored init holds more than the spec gives, or null: a mount the
+ * Why the mount table of the restored init (`table`; `exists` tells whether a path exists in the
+ * container) holds more than the spec gives, or null: a mount the
  * spec does not name, one without the flags the spec asks for, a bind of another place than the
  * spec's source, another filesystem type, or a masked or read-only path left open.
  */
-function mountExcess(pid: number, x: Expectations['mounts']): string | null {
-  const table = mountInfo(pid);
+export function mountExcess(table: readonly MountInfo[], exists: (path: string) => boolean, x: Expectations['mounts']): string | null {
   const has = (m: MountInfo, flag: string) => m.opts.includes(flag) || (flag === 'ro' && m.superOpts.includes('ro'));
   /** The mount a path would show without its own mount: the nearest one above it. */
   const parentOf = (mp: string, upTo: number) => {
@@ -291,7 +291,7 @@ function mountExcess(pid: number, x: Expectations['mounts']): string | null {
   // Every path the spec masks or makes read-only is so, where it exists in the container.
   for (const r of x.required) {
     const m = mounted.get(r.path);
-    if (m ? r.readonly && !has(m, 'ro') : existsSync(`/proc/${pid}/root${r.path}`))
+    if (m ? r.readonly && !has(m, 'ro') : exists(r.path))
       return `${r.readonly ? 'read-only' : 'masked'} path ${r.path} is ${m ? 'writable' : 'open'} in the restored container`;
   }
   return null;
@@ -342,5 +342,5 @@ export function restoredExcess(initPid: number, x: Expectations): string | null 
         return `${where}'s ${file} namespace is ${want === null ? "the host's, the spec asks for a new one" : 'not the one the spec names'}`;
     }
   }
-  return mountExcess(initPid, x.mounts);
+  return mountExcess(mountInfo(initPid), (path) => existsSync(`/proc/${initPid}/root${path}`), x.mounts);
 }
