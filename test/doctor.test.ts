@@ -24,6 +24,6 @@ test('doctor fails and names the problem when runc cannot be run', (t) => {
 test('doctor checks the CRIU that --criu names, as create hands it to runc', (t) => {
   const r = spawnSync(PREBAKE, ['--criu', '/nonexistent/criu', 'doctor'], { encoding: 'utf8' });
   t.is(r.status, 1, r.stdout);
-  t.regex(r.stdout, /FAIL\s+criu\s+.*\/nonexistent\/criu/);
+  t.regex(r.stdout, /FAIL\s+criu\s+\/nonexistent\/criu not found \(PATH=.*\); scripts\/setup\.sh builds CRIU >= 4\.2 into \/usr\/local\/sbin/);
   t.regex(r.stdout, /FAIL\s+criu check\s+.*\/nonexistent\/criu/);
 });

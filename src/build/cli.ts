@@ -480,10 +480,11 @@ export async function main(argv: string[]): Promise<number> {
     const result = await build(opts, report);
     if (opts.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else if (opts.quiet) process.stdout.write(`${result.dest}\n`);
-    else progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
-    // What `runc spec` writes differs from the runc target in two fields: say which bundles restore.
-    if (!opts.json && !opts.quiet && opts.targets.includes('runc'))
-      progress('runc target: a bundle restores with root.readonly false and process.terminal false (runc spec writes true for both)');
+    else {
+      // What `runc spec` writes differs from the runc target in two fields: say which bundles restore.
+      if (opts.targets.includes('runc')) progress('runc target: a bundle restores with root.readonly false and process.terminal false (runc spec writes true for both)');
+      progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
+    }
     return 0;
   } catch (e) {
     process.stderr.write(`prebake-build: ${(e as Error).message}\n`);

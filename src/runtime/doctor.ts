@@ -28,7 +28,11 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     try {
       checks.push({ name, ...f() });
     } catch (e) {
-      checks.push({ name, ok: false, detail: (e as Error).message.split('\n')[0]! });
+      // A program that is not there is named as such, with where it was looked for.
+      const err = e as NodeJS.ErrnoException & { path?: string };
+      const hint = name.startsWith('criu') ? `; scripts/setup.sh builds CRIU >= ${MIN_CRIU} into /usr/local/sbin` : '';
+      const detail = err.code === 'ENOENT' && err.path ? `${err.path} not found (PATH=${process.env.PATH ?? ''})${hint}` : err.message.split('\n')[0]!;
+      checks.push({ name, ok: false, detail });
     }
   };
   attempt('kernel', () => ({ ok: true, detail: release() }));
