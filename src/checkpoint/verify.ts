@@ -12,10 +12,6 @@ import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, restored
 import { importCheckpoint, readEntry, storeEntry } from './store.ts';
 import { loadTrustStore, SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
 
-export function loadManifest(dir: string): CheckpointManifest {
-  return parseManifest(readContained(join(dir, MANIFEST_FILE), MANIFEST_MAX_BYTES).toString('utf8'));
-}
-
 /** Why this checkpoint cannot be restored into `spec` on this host, or null when it can. */
 export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFacts, wanted: BakedSpec = bakedSpecOf(spec)): string | null {
   if (m.arch !== host.arch) return `checkpoint was baked on ${m.arch}, this host is ${host.arch}`;
