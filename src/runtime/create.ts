@@ -14,7 +14,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
-import { type Expectations, expectationsOf, restoredExcess } from './inspect.ts';
+import { type Expectations, expectationsOf, mountInfo, restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -101,14 +101,13 @@ function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConf
   if (req.kind === 'off') throw new Error(`checkpoint turned off by ${req.source}`);
   // runc create fails on an id in use, and a restore attempt must not touch that container.
   // (bin/prebake checked before it started an early restore, whose runc made the dir since.)
-  const id0 = createArgs.rest[0]!;
-  if (!early && validId(id0) && existsSync(join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id0))) throw new Error(`a container ${id0} exists already`);
+  const id = createArgs.rest[0]!;
+  if (!early && validId(id) && existsSync(join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id))) throw new Error(`a container ${id} exists already`);
   for (const f of CREATE_FLAGS) {
     const v = flagValue(createArgs, f.name);
     if (f.onRestore === 'refuse' && v !== undefined && v !== '0' && v !== '')
       throw new Error(`create --${f.name} ${v} cannot be honoured by a restore`);
   }
-  const id = createArgs.rest[0]!;
   if (!validId(id)) throw new Error(`container id ${JSON.stringify(id)} is not one runc accepts`);
   const criu = criuAnnotations(spec);
   if (criu.length) throw new Error(`the spec carries the annotation ${criu.join(', ')}, which runc would hand to CRIU: refused`);
@@ -210,10 +209,13 @@ function discardAttempt(attempt: { id: string; stateDir: string; netnsPath?: str
  * that has no room left (no inode for another file) is a cold start with that reason, and once
  * runc has restored the container nothing is left to write for the engine's `start` to be right.
  * CRIU and runc write into the logs they find; a log that cannot take its lines costs the lines.
+ * Returns those paths and the CRIU config to name: dist/criu.conf, or a copy written here.
  */
-function prepareState(plan: RestorePlan, stateBase: string): { work: string; runcLog: string } {
+function prepareState(plan: RestorePlan, stateBase: string): { work: string; runcLog: string; criuConf: string } {
   const work = join(plan.stateDir, 'criu');
   const runcLog = join(plan.stateDir, 'runc-restore.log');
+  const shipped = criuConfig();
+  const criuConf = shipped ?? join(plan.stateDir, CRIU_CONF);
   rmSync(plan.stateDir, { recursive: true, force: true });
   try {
     // Nobody but root reads prebake's state: the base is 0700 whatever made it before.
@@ -223,12 +225,12 @@ function prepareState(plan: RestorePlan, stateBase: string): { work: string; run
     writeFileSync(join(work, 'restore.log'), '', { mode: 0o600 }); // the mode CRIU gives its log
     writeFileSync(runcLog, '', { mode: 0o600 });
     writeFileSync(join(plan.stateDir, RESTORED_MARKER), '', { mode: 0o600 });
-    if (criuConfig() === undefined) writeFileSync(join(plan.stateDir, CRIU_CONF), CRIU_CONF_TEXT, { mode: 0o600 });
+    if (shipped === undefined) writeFileSync(criuConf, CRIU_CONF_TEXT, { mode: 0o600 });
   } catch (e) {
     rmSync(plan.stateDir, { recursive: true, force: true });
     throw new Error(`cannot write prebake's state in ${plan.stateDir}: ${(e as Error).message}`);
   }
-  return { work, runcLog };
+  return { work, runcLog, criuConf };
 }
 
 /** dist/criu.conf, which bin/prebake names (PREBAKE_CRIU_CONFIG), if it says what it must. */
@@ -314,7 +316,7 @@ interface Failure {
  * the restore is then stopped and cleared away.
  */
 function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, cfg: RuntimeConfig, callerGone: () => boolean): Failure | null {
-  let state: { work: string; runcLog: string };
+  let state: ReturnType<typeof prepareState>;
   try {
     state = prepareState(plan, cfg.stateBase);
   } catch (e) {
@@ -323,7 +325,7 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
   let failure: Failure;
   try {
     // The restored process takes runc's stdio in place of the pipes it had at bake time.
-    const env = { ...process.env, CRIU_CONFIG_FILE: criuConfig() ?? join(plan.stateDir, CRIU_CONF) };
+    const env = { ...process.env, CRIU_CONFIG_FILE: state.criuConf };
     // Not spawnSync: a restore that never ends (CRIU blocked on a file of the image) must be
     // stopped and cleared away with everything it made, which needs runc still there.
     const runc = spawn(cfg.runc, restoreArgs(plan, call, createArgs), { stdio: 'inherit', env });
@@ -420,9 +422,8 @@ function unmountUnder(given: readonly string[]): void {
   const dirs = given.flatMap((d) => [...new Set([d, real(d)])]);
   let points: string[];
   try {
-    points = readFileSync('/proc/self/mountinfo', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) ?? '')
+    points = mountInfo('self')
+      .map((m) => m.mountPoint)
       .filter((m) => dirs.some((d) => m === d || m.startsWith(`${d}/`)));
   } catch {
     return;
