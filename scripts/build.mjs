@@ -3,7 +3,10 @@
 // (dist/prebake-admin.cjs), which are not on any engine's hot path, as plain bundles.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import protobuf from 'protobufjs';
+import { createRequire } from 'node:module';
 
 const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', define: { PREBAKE_VERSION: JSON.stringify(version) }, logLevel: 'warning', legalComments: 'none' };
@@ -18,6 +21,19 @@ execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebak
   env: { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' },
 });
 
+// prebake-build's cri target talks CRI: the API definition (Kubernetes' cri-api api.proto, which
+// scripts/setup.sh unpacks) is built into it. Without it the target says how to get it.
+const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
+let criApi = '';
+if (existsSync(CRI_PROTO)) {
+  // google/protobuf/descriptor.proto, which gogo.proto imports: protobufjs's copy.
+  protobuf.common('descriptor', createRequire(import.meta.url)('protobufjs/google/protobuf/descriptor.json').nested.google.nested.protobuf.nested);
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => (isAbsolute(target) || !existsSync(join('/usr/share/gocode/src', target)) ? target : join('/usr/share/gocode/src', target));
+  root.loadSync(CRI_PROTO, { keepCase: true });
+  criApi = JSON.stringify(root.toJSON());
+} else console.warn(`build: ${CRI_PROTO} is missing (scripts/setup.sh unpacks it): prebake-build is built without the CRI target`);
+
 // These find bin/prebake from their own location (import.meta.url, which CommonJS lacks).
 const tool = (entry, outfile) =>
   build({
@@ -25,7 +41,7 @@ const tool = (entry, outfile) =>
     entryPoints: [entry],
     outfile,
     banner: { js: 'const __import_meta_url = require("url").pathToFileURL(__filename).href;' },
-    define: { ...common.define, 'import.meta.url': '__import_meta_url' },
+    define: { ...common.define, 'import.meta.url': '__import_meta_url', PREBAKE_CRI_API: JSON.stringify(criApi) },
   });
 await tool('src/build/entry.ts', 'dist/prebake-build.cjs');
 await tool('src/install/main.ts', 'dist/prebake-admin.cjs');

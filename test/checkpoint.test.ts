@@ -177,7 +177,7 @@ test('a container running another command, directory or environment than the bak
   t.regex(processMismatch(proc(), proc((s) => (s.process!.env = ['PATH=/bin'])))!, /environment differs .*-PORT/);
 });
 
-test('a network namespace CRIU saved is not restored where the container joins one by path; a joined one may be given a new one', async (t) => {
+test('a checkpoint is restored only into the kind of network namespace it was baked in: its own, one joined by path, or the host\'s', async (t) => {
   const { writeManifest } = await import('../src/checkpoint/write.ts');
   const { chooseCheckpoint } = await import('../src/checkpoint/verify.ts');
   const { hostFacts } = await import('../src/lib/host.ts');
@@ -194,7 +194,7 @@ test('a network namespace CRIU saved is not restored where the container joins o
     ['own-joined', own, joined, /baked in a network namespace of its own, the container asks for a network namespace joined by path/],
     ['own-host', own, host, /the container asks for the host's network/],
     ['joined-joined', joined, joined, null],
-    ['joined-own', joined, own, null],
+    ['joined-own', joined, own, /baked in a network namespace joined by path, the container asks for a network namespace of its own/],
     ['joined-host', joined, host, /joined by path, the container asks for the host's network/],
     ['host-own', host, own, /baked in the host's network/],
     ['host-host', host, host, null],

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd } from './helpers/engines.ts';
+import { cniNetwork } from './helpers/cni.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';
@@ -266,4 +267,36 @@ test.serial('a task joining a network namespace by path (ctr --with-ns) is not r
   const warning = taskLog(id).find((l) => l.level === 'warning');
   t.log(warning?.msg);
   t.regex(warning?.msg ?? '', /cold start: the checkpoint was baked in a network namespace of its own, the container asks for a network namespace joined by path/);
+});
+
+test.serial('an image baked with --target containerd-netns restores into a CNI network namespace joined by path and answers on its CNI address; with --target containerd beside it, a plain ctr run restores too', async (t) => {
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'containerd-netns', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:cni'], { env, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const net = cniNetwork('prebake-ctr0', '10.250.78');
+  const [id, plain, netns] = [uniqueName('ctr-cni'), uniqueName('ctr-cni-plain'), uniqueName('pbcni')];
+  t.teardown(() => {
+    removeTask(id);
+    removeTask(plain);
+    net.remove();
+  });
+  const { path, ip } = net.add(netns);
+  const run = ctr(['run', '-d', '--runc-binary', PREBAKE, '--with-ns', `network:${path}`, 'docker.io/prebake/noop:cni', id]);
+  t.is(run.status, 0, run.stderr);
+  const pid = await taskPid(id);
+  t.is(statSync(`/proc/${pid}/ns/net`).ino, statSync(path).ino, 'the restored task is in the namespace it joined');
+  let answer: { served: number } | undefined;
+  for (let i = 0; i < 100 && !answer; i++) {
+    try {
+      answer = (await (await fetch(`http://${ip}:8080/`, { signal: AbortSignal.timeout(2000) })).json()) as { served: number };
+    } catch {
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+  t.true((answer?.served ?? 0) > 1, `restored, answering on its CNI address ${ip} (a cold start would answer served 1): ${JSON.stringify(answer)}`);
+  t.true(taskLog(id).some((l) => /^restored .* from \/\.prebake\/containerd-netns /.test(l.msg)), JSON.stringify(taskLog(id)));
+  // The checkpoint for a joined namespace left it out; a task with a namespace of its own gets
+  // the other checkpoint, which CRIU saved its namespace in.
+  t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:cni', plain]).status, 0);
+  t.true(get(await taskPid(plain)).served > 1, 'a plain ctr run of the same image restores as well');
+  t.true(taskLog(plain).some((l) => /^restored .* from \/\.prebake\/containerd /.test(l.msg)), JSON.stringify(taskLog(plain)));
 });

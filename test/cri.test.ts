@@ -1,12 +1,15 @@
 // The CRI path, driven by a real CRI client (gRPC, runtime.v1) against a containerd the test
 // starts with its CRI plugin, a CNI bridge of its own and the `prebake` runtime handler that
-// `prebake install containerd` registers: pods of a plain and of a baked image run through
-// prebake and serve on their pod IPs, the baked one starts cold and prebake's log says why, the
-// container lifecycle calls work, and nothing is left afterwards.
+// `prebake install containerd` registers: pods of a plain image run through prebake and serve on
+// their pod IPs; a pod of an image baked with --target cri (through the same CRI plugin, with the
+// pod's volume given at bake time) is restored and serves on its pod IP with kubelet's service
+// variables set; an image baked for ctr starts cold and prebake's log says why; the container
+// lifecycle calls work; and nothing is left afterwards.
 
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
@@ -32,6 +35,28 @@ import { NOOP_CMD, NOOP_PORT, noopImage } from './helpers/images.ts';
 
 const PLAIN = 'docker.io/prebake/noop:plain';
 const BAKED = 'docker.io/prebake/noop:baked';
+const CRI_BAKED = 'docker.io/prebake/noop:cri';
+/** The pod's volume: a host directory bound read-only at /data, given at bake time and at run time. */
+let volume: string;
+const volumeMount = () => ({ container_path: '/data', host_path: volume, readonly: true });
+/** What kubelet adds to every container of a pod in the default namespace (enableServiceLinks). */
+const KUBELET_ENV = [
+  { key: 'KUBERNETES_SERVICE_HOST', value: '10.96.0.1' },
+  { key: 'KUBERNETES_SERVICE_PORT', value: '443' },
+  { key: 'KUBERNETES_SERVICE_PORT_HTTPS', value: '443' },
+  { key: 'KUBERNETES_PORT', value: 'tcp://10.96.0.1:443' },
+  { key: 'KUBERNETES_PORT_443_TCP', value: 'tcp://10.96.0.1:443' },
+  { key: 'KUBERNETES_PORT_443_TCP_PROTO', value: 'tcp' },
+  { key: 'KUBERNETES_PORT_443_TCP_PORT', value: '443' },
+  { key: 'KUBERNETES_PORT_443_TCP_ADDR', value: '10.96.0.1' },
+  { key: 'REDIS_SERVICE_HOST', value: '10.96.7.9' },
+  { key: 'REDIS_SERVICE_PORT', value: '6379' },
+  { key: 'REDIS_PORT', value: 'tcp://10.96.7.9:6379' },
+  { key: 'REDIS_PORT_6379_TCP', value: 'tcp://10.96.7.9:6379' },
+  { key: 'REDIS_PORT_6379_TCP_PROTO', value: 'tcp' },
+  { key: 'REDIS_PORT_6379_TCP_PORT', value: '6379' },
+  { key: 'REDIS_PORT_6379_TCP_ADDR', value: '10.96.7.9' },
+];
 
 let ctd: CriContainerd;
 
@@ -45,12 +70,23 @@ test.before(async (t) => {
   // the baked image into the namespace CRI reads (a NAMESPACE/ prefix needs a registry after it).
   const bake = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'containerd', `oci:${layout}:latest`, `containerd:${CRI_NAMESPACE}/${BAKED}`], { env: ctd.env, encoding: 'utf8' });
   if (bake.status !== 0) throw new Error(`prebake-build failed (${bake.status}): ${bake.stderr}`);
-  for (const image of [PAUSE_IMAGE, PLAIN, BAKED]) await waitForImage(ctd.cri, image);
+  // --target cri: the spec CRI gives a container of a pod (through a probe pod under the prebake
+  // handler), with the pod's volume from the container config given at bake time.
+  volume = mkdtempSync(join(tmpdir(), 'prebake-cri-volume-'));
+  writeFileSync(join(volume, 'greeting'), 'hello from the volume\n');
+  const containerConfig = join(volume, '..', `${volume.split('/').pop()}.container.json`);
+  writeFileSync(containerConfig, JSON.stringify({ mounts: [volumeMount()] }));
+  const criBake = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'cri', '--container-config', containerConfig, `oci:${layout}:latest`, `containerd:${CRI_NAMESPACE}/${CRI_BAKED}`], { env: ctd.env, encoding: 'utf8' });
+  rmSync(containerConfig, { force: true });
+  t.log(criBake.stderr.trim());
+  if (criBake.status !== 0) throw new Error(`prebake-build --target cri failed (${criBake.status}): ${criBake.stderr}`);
+  for (const image of [PAUSE_IMAGE, PLAIN, BAKED, CRI_BAKED]) await waitForImage(ctd.cri, image);
   t.log(`containerd with CRI up, images ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 });
 
 test.after.always(async () => {
   await ctd?.stop();
+  if (volume) rmSync(volume, { recursive: true, force: true });
 });
 
 interface Status {
@@ -126,6 +162,40 @@ test.serial('a pod of an image that is not prebaked runs under the prebake handl
     t.like(s.first, { ok: true, served: 1, function: 'noop', restored: false }, name);
     t.deepEqual(s.cmdline, NOOP_CMD, `${name}: the image's command is PID 1 of the container`);
   }
+});
+
+test.serial('a pod of the image baked with --target cri is restored: it serves on its pod IP in the pod\'s namespaces, with its volume, kubelet\'s variables for new processes, and Stop/Remove work', async (t) => {
+  const pod = await ctd.runPod('cri-baked', 'prebake');
+  let removed = false;
+  t.teardown(async () => {
+    if (!removed) await ctd.cri.runtime('RemovePodSandbox', { pod_sandbox_id: pod.id }).catch(() => {});
+  });
+  const id = await ctd.createContainer(pod, 'fn', CRI_BAKED, { mounts: [volumeMount()], envs: KUBELET_ENV });
+  const t0 = performance.now();
+  await ctd.cri.runtime('StartContainer', { container_id: id });
+  const r = await waitHttp(pod.ip, NOOP_PORT);
+  const ms = performance.now() - t0;
+  const first = JSON.parse(r.body) as Status;
+  const log = ctd.runtimeLog(id);
+  t.log(`first answer ${ms.toFixed(0)} ms after StartContainer: ${JSON.stringify(first)}; prebake's log:\n${log.map((l) => `  ${l.level}: ${l.msg}`).join('\n')}`);
+  t.true(log.some((l) => /^restored .* from \/\.prebake/.test(l.msg)), 'restored');
+  t.deepEqual(log.filter((l) => l.level === 'warning'), [], 'no cold start, no warning (kubelet\'s variables do not count against the checkpoint)');
+  t.true(first.served > 1, `the counter goes on from the bake (a cold start answers 1): ${first.served}`);
+
+  // The pod's namespaces: the restored process joined the sandbox's network, IPC and UTS.
+  const info = JSON.parse((await status(id)).info.info!) as { pid: number };
+  const sandbox = JSON.parse((await ctd.cri.runtime<{ info: Record<string, string> }>('PodSandboxStatus', { pod_sandbox_id: pod.id, verbose: true })).info.info!) as { pid: number };
+  for (const ns of ['net', 'ipc', 'uts']) t.is(statSync(`/proc/${info.pid}/ns/${ns}`).ino, statSync(`/proc/${sandbox.pid}/ns/${ns}`).ino, `the function is in the pod's ${ns} namespace`);
+  t.not(statSync(`/proc/${info.pid}/ns/pid`).ino, statSync(`/proc/${sandbox.pid}/ns/pid`).ino, 'a pid namespace of its own');
+  t.is((await exec(id, ['hostname'])).stdout.toString().trim(), 'cri-baked', "the pod's hostname");
+  t.is((await exec(id, ['cat', '/data/greeting'])).stdout.toString(), 'hello from the volume\n', 'the pod\'s volume is mounted');
+  t.is((await exec(id, ['sh', '-c', 'echo $KUBERNETES_SERVICE_HOST $REDIS_PORT'])).stdout.toString().trim(), '10.96.0.1 tcp://10.96.7.9:6379', 'a new process in the container gets kubelet\'s variables');
+  const environ = readFileSync(`/proc/${info.pid}/environ`, 'utf8').split('\0');
+  t.false(environ.some((e) => e.startsWith('KUBERNETES_')), 'the restored process keeps the environment it was baked with (documented)');
+  const again = JSON.parse((await httpGet(pod.ip, NOOP_PORT)).body) as Status;
+  t.is(again.served, first.served + 1, 'the same process serves on');
+  await stopAndRemove(t, pod, id);
+  removed = true;
 });
 
 let baked: { pod: Pod; id: string; first: Status } | undefined;

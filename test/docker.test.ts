@@ -247,8 +247,9 @@ test.serial('a create that fails shows the engine the same one-line error throug
   // Another command than the baked one: prebake starts it cold, and runc's create fails.
   const attempt = (runtime: string) => spawnSync('docker', ['run', '--rm', `--runtime=${runtime}`, IMAGE, '/no/such/binary'], { env: dk.env, encoding: 'utf8' });
   const [viaRunc, viaPrebake] = [attempt('runc'), attempt('prebake')];
-  // docker's own hint ("Run 'docker run --help'") follows the daemon's one line.
-  const message = (r: ReturnType<typeof attempt>) => r.stderr.trim().split('\n')[0]!.replace(/[0-9a-f]{64}/g, '$ID');
+  // docker's own hint ("Run 'docker run --help'") follows the daemon's one line; its warnings
+  // about the host ("IPv4 forwarding is disabled") come before it.
+  const message = (r: ReturnType<typeof attempt>) => r.stderr.trim().split('\n').find((l) => !l.startsWith('WARNING:'))!.replace(/[0-9a-f]{64}/g, '$ID');
   t.log(`docker run with prebake: ${message(viaPrebake)}`);
   t.not(viaRunc.status, 0);
   t.is(viaPrebake.status, viaRunc.status);

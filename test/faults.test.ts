@@ -30,7 +30,8 @@ function runcOrCriu(id: string): string[] {
     .filter(Boolean)
     .filter((l) => {
       try {
-        return !/^node/.test(readFileSync(`/proc/${l.split(' ')[0]}/comm`, 'utf8'));
+        // runc, its children (runc:[2:INIT]) and CRIU; not a shell or Node program that names them.
+        return /^(runc|criu)/.test(readFileSync(`/proc/${l.split(' ')[0]}/comm`, 'utf8'));
       } catch {
         return false; // gone
       }

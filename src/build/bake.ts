@@ -171,7 +171,13 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
     const imagePath = join(opts.outDir, CHECKPOINT_DIR);
     begin('checkpoint');
     try {
-      execFileSync(runc, ['checkpoint', '--image-path', imagePath, '--work-path', work, opts.id], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // A UTS or IPC namespace the container joins by path (a pod's) is shared with CRIU for the
+      // dump, so CRIU leaves it out of the checkpoint: a restore then joins the pod's namespace
+      // instead of writing the baked hostname and SysV IPC objects into it.
+      const shared = (spec.linux?.namespaces ?? []).filter((n) => n.path && (n.type === 'uts' || n.type === 'ipc')).map((n) => `--${n.type}=${n.path}`);
+      const argv = ['checkpoint', '--image-path', imagePath, '--work-path', work, opts.id];
+      if (shared.length) execFileSync('nsenter', [...shared, runc, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+      else execFileSync(runc, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (e) {
       let log = '';
       try {

@@ -17,7 +17,7 @@ import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
 import { compareVersions, criuVersion } from '../lib/host.ts';
-import { attachNetns, createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
+import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 import { mountOverlay } from '../lib/overlay.ts';
 import { spawnPiped } from '../lib/pipe.ts';
@@ -27,7 +27,7 @@ import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
 import { PROGRESS_MODES, type ProgressMode, type Progress, progressFor } from './progress.ts';
 import { findSecrets } from './secrets.ts';
-import { DEFAULT_DOCKER_RUNTIME, engineSpec, joinsNetnsByPath, RUNTIME_NAME, type Target, TARGETS, targetSpec } from './target.ts';
+import { type CriConfig, DEFAULT_RUNTIME_NAME, engineSpec, type JoinedPaths, type JoinedType, joinedTypes, makeNamespaces, type RunOverrides, RUNTIME_NAME, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -48,11 +48,19 @@ and its auth file).
   --warmup-port PORT       port of the warm-up requests (default the probe's)
   --env NAME=VALUE         set in the bake run, the baked process and DEST's Env (repeatable)
   --arg ARG                replaces the image's Cmd, in the bake run and in DEST (repeatable)
-  --target ${TARGETS.join('|')}   the runtime spec to bake for (default docker; repeatable);
+  --target TARGET          the runtime spec to bake for (default docker; repeatable):
+                           ${TARGETS.join(', ')};
                            docker, containerd, podman: the spec that engine, running here with
-                           prebake registered, generates; runc: runc's own, no engine needed
-  --runtime NAME           --target docker: the name prebake is registered under with dockerd
-                           (default ${DEFAULT_DOCKER_RUNTIME}); the spec probe runs with --runtime=NAME
+                           prebake registered, generates; containerd-netns: ctr run --with-ns
+                           network:PATH (CNI, faasd); cri: a Kubernetes pod's container through
+                           containerd's CRI plugin; runc: runc's own, no engine needed
+  --runtime NAME           --target docker: the name prebake is registered under with dockerd;
+                           --target cri: the CRI runtime handler (default ${DEFAULT_RUNTIME_NAME})
+  --pod-config FILE        --target cri: the pod's PodSandboxConfig, CRI's JSON as crictl runp
+                           reads it (namespace options, sysctls, security context, DNS)
+  --container-config FILE  --target cri: the container's ContainerConfig, CRI's JSON as crictl
+                           create reads it (mounts for the pod's volumes, envs, command, args,
+                           working_dir, security context); its image is ignored
   --allow-secrets          bake even when the environment or arguments look like they hold
                            secrets (process memory is shipped inside the image)
   --key FILE               the ed25519 key that signs the checkpoint (default ${DEFAULT_KEY});
@@ -93,8 +101,11 @@ export interface BuildOptions {
   progress: ProgressMode;
   /** The bake key's file (--key), read once the build has started as root. */
   keyFile: string;
-  /** The name dockerd knows the prebake runtime by (--runtime; default "prebake"), for --target docker. */
-  dockerRuntime?: string;
+  /** The name dockerd or the CRI plugin knows the prebake runtime by (--runtime; default "prebake"), for --target docker and cri. */
+  runtimeName?: string;
+  /** --pod-config and --container-config, for --target cri. */
+  podConfig?: CriConfig;
+  containerConfig?: CriConfig;
 }
 
 export function parseBuildArgs(argv: string[]): BuildOptions {
@@ -121,6 +132,8 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
         arg: { type: 'string', multiple: true },
         target: { type: 'string', multiple: true },
         runtime: { type: 'string' },
+        'pod-config': { type: 'string' },
+        'container-config': { type: 'string' },
         'no-verify': { type: 'boolean' },
         'tls-verify': { type: 'string' },
         key: { type: 'string' },
@@ -189,9 +202,18 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   if (v.arg) opts.args = v.arg;
   if (v.runtime !== undefined) {
     if (!RUNTIME_NAME.test(v.runtime)) throw new UsageError(`--runtime ${JSON.stringify(v.runtime)}: expected a runtime name as dockerd's daemon.json has it (letters, digits, "_", "." and "-", starting with a letter or digit)`);
-    if (!opts.targets.includes('docker')) throw new UsageError(`--runtime names the runtime for --target docker, which is not among the targets (${opts.targets.join(', ')})`);
-    opts.dockerRuntime = v.runtime;
+    if (!opts.targets.includes('docker') && !opts.targets.includes('cri')) throw new UsageError(`--runtime names the runtime for --target docker or cri, neither of which is among the targets (${opts.targets.join(', ')})`);
+    opts.runtimeName = v.runtime;
   }
+  for (const [flag, key] of [['pod-config', 'podConfig'], ['container-config', 'containerConfig']] as const) {
+    const file = v[flag];
+    if (file === undefined) continue;
+    if (!opts.targets.includes('cri')) throw new UsageError(`--${flag} is for --target cri, which is not among the targets (${opts.targets.join(', ')})`);
+    opts[key] = readCriConfig(flag, file);
+  }
+  const cc = opts.containerConfig;
+  if (cc && opts.args && ((cc.command as unknown[] | undefined)?.length || (cc.args as unknown[] | undefined)?.length))
+    throw new UsageError('--arg and the command or args of --container-config both say what to run: give one');
   const tls = v['tls-verify'];
   if (tls !== undefined) {
     if (tls !== 'true' && tls !== 'false') throw new UsageError(`--tls-verify=${tls}: expected true or false`);
@@ -217,6 +239,47 @@ interface Cleanup {
   (): void;
 }
 
+
+const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((e) => typeof e === 'string');
+
+/** A CRI config file (JSON, field names as in api.proto), checked for the fields prebake-build reads. */
+function readCriConfig(flag: string, file: string): CriConfig {
+  let c: unknown;
+  try {
+    c = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`--${flag} ${file}: ${(e as Error).message}`);
+  }
+  if (!c || typeof c !== 'object' || Array.isArray(c)) throw new UsageError(`--${flag} ${file}: expected a JSON object (CRI's ${flag === 'pod-config' ? 'PodSandboxConfig' : 'ContainerConfig'})`);
+  const o = c as CriConfig;
+  for (const f of ['command', 'args'])
+    if (o[f] !== undefined && !strings(o[f])) throw new UsageError(`--${flag} ${file}: ${f} must be a list of strings`);
+  if (o.envs !== undefined && !(Array.isArray(o.envs) && o.envs.every((e: { key?: unknown; value?: unknown }) => typeof e?.key === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(e.key) && ['string', 'undefined'].includes(typeof e.value))))
+    throw new UsageError(`--${flag} ${file}: envs must be a list of {"key": NAME, "value": STRING}`);
+  const sc = ((o.linux as CriConfig | undefined)?.security_context ?? {}) as CriConfig;
+  if (sc.run_as_username) throw new UsageError(`--${flag} ${file}: run_as_username is not supported; give run_as_user (and run_as_group)`);
+  return o;
+}
+
+/**
+ * The process a bake runs for `target`: --env and --arg; for cri also the container config's
+ * envs, command, args and working_dir, as containerd's CRI plugin applies them (a command
+ * replaces the image's Entrypoint and Cmd, args alone its Cmd), and its run_as_user.
+ */
+function runOverrides(target: Target, opts: BuildOptions, env: string[]): RunOverrides {
+  const o: RunOverrides = { env: [...opts.env, ...env], ...(opts.args ? { args: opts.args } : {}) };
+  const c = target === 'cri' ? opts.containerConfig : undefined;
+  if (!c) return o;
+  o.env = [...((c.envs ?? []) as { key: string; value?: string }[]).map((e) => `${e.key}=${e.value ?? ''}`), ...o.env!];
+  const [command, args] = [(c.command ?? []) as string[], (c.args ?? []) as string[]];
+  if (command.length) {
+    o.entrypoint = command;
+    o.args = args;
+  } else if (args.length) o.args = args;
+  if (typeof c.working_dir === 'string' && c.working_dir) o.cwd = c.working_dir;
+  if ((((c.linux as CriConfig | undefined)?.security_context ?? {}) as CriConfig).run_as_user) o.engineUser = true;
+  return o;
+}
 
 function defaultProbe(image: SourceImage): Probe {
   const ports = Object.keys(image.config.config?.ExposedPorts ?? {});
@@ -246,7 +309,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
   const engines = new Map<Target, Spec>();
   for (const target of opts.targets)
     try {
-      engines.set(target, await engineSpec(target, opts.dockerRuntime ? { dockerRuntime: opts.dockerRuntime } : {}));
+      engines.set(target, await engineSpec(target, { ...(opts.runtimeName ? { runtimeName: opts.runtimeName } : {}), ...(opts.podConfig ? { podConfig: opts.podConfig } : {}), ...(opts.containerConfig ? { containerConfig: opts.containerConfig } : {}) }));
     } catch (e) {
       throw new Error(`${(e as Error).message}${opts.defaultTarget ? ` (docker is the default target; --target runc bakes for plain runc, no engine needed)` : ''}`, { cause: e });
     }
@@ -273,7 +336,8 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
     image = await readImage(opts.source);
     lap(opts.source.transport === 'docker' ? 'pull' : 'read image');
     const cfg = image.config.config ?? {};
-    const secrets = findSecrets([...(cfg.Env ?? []), ...opts.env], [...(cfg.Entrypoint ?? []), ...(opts.args ?? cfg.Cmd ?? [])]);
+    const pod = runOverrides(opts.targets.includes('cri') ? 'cri' : opts.targets[0]!, opts, []);
+    const secrets = findSecrets([...(cfg.Env ?? []), ...pod.env!], [...(pod.entrypoint ?? cfg.Entrypoint ?? []), ...(pod.args ?? cfg.Cmd ?? [])]);
     if (secrets.length && !opts.allowSecrets)
       throw new Error(`the baked process's memory would carry secrets into the image: ${secrets.join('; ')}; pass --allow-secrets to bake anyway`);
     for (const s of secrets) progress(`warning: ${s} (baked anyway: --allow-secrets)`);
@@ -288,16 +352,19 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
     const warmupRequest = parseWarmupRequest(opts.warmupRequest ?? (ready.kind === 'http' ? ready.path : '/'), opts.warmupBody);
     const stage = join(tmp, 'stage');
     const manifests: CheckpointManifest[] = [];
-    const bakes: { target: Target; byPath: boolean; rootfsMode: number | undefined; shape: (netnsPath?: string, env?: string[]) => Spec; spec: Spec; upper: string; merged: string; unmount: () => void }[] = [];
+    const bakes: { target: Target; joins: JoinedType[]; rootfsMode: number | undefined; shape: (paths: JoinedPaths, env?: string[]) => Spec; spec: Spec; upper: string; merged: string; unmount: () => void }[] = [];
     for (const target of opts.targets) {
       const outDir = opts.targets.length > 1 ? join(stage, '.prebake', target) : join(stage, '.prebake');
       begin(`bake (${target})`);
       const bundle = join(tmp, `bake-${target}`);
       const netns = `prebake-build-${process.pid}-${target}`;
       const engine = engines.get(target)!;
-      const byPath = joinsNetnsByPath(target, engine);
-      const netnsPath = byPath ? createNetns(netns) : undefined;
-      cleanups.push(() => deleteNetns(netns));
+      const joins = joinedTypes(target, engine);
+      const ns = makeNamespaces(joins, netns, join(tmp, `ns-${target}`));
+      cleanups.push(() => {
+        ns.remove();
+        deleteNetns(netns);
+      });
       const upper = join(tmp, `upper-${target}`);
       const merged = join(bundle, 'rootfs');
       const unmount = mountOverlay([lower], upper, join(tmp, `work-${target}`), merged);
@@ -305,15 +372,15 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
       // The engine's rootfs root has a mode of its own (podman's is 0555); CRIU checks it on restore.
       const rootfsMode = (engine as { 'io.prebake.rootfsMode'?: number })['io.prebake.rootfsMode'];
       if (rootfsMode !== undefined) chmodSync(merged, rootfsMode);
-      const shape = (netnsPath?: string, env: string[] = []) =>
+      const shape = (nsPaths: JoinedPaths, env: string[] = []) =>
         targetSpec(target, engine, image!.config.config ?? {}, {
           rootfs: 'rootfs',
           hostRootfs: lower,
-          ...(netnsPath ? { netnsPath } : {}),
+          nsPaths,
           scratch: join(tmp, `files-${target}`),
-          overrides: { env: [...opts.env, ...env], ...(opts.args ? { args: opts.args } : {}) },
+          overrides: runOverrides(target, opts, env),
         });
-      const spec = shape(netnsPath);
+      const spec = shape(ns.paths);
       writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
       const { manifest } = await bake({
         bundle,
@@ -330,7 +397,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
         onStep: (s, ms) => report.end(`${target}: ${s}`, ms),
       });
       manifests.push(manifest);
-      bakes.push({ target, byPath, rootfsMode, shape, spec, upper, merged, unmount });
+      bakes.push({ target, joins, rootfsMode, shape, spec, upper, merged, unmount });
       lap(`bake (${target})`);
     }
     // The image carries what the (first) bake changed in the rootfs; each target's verify run
@@ -346,7 +413,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
     if (opts.verify)
       for (const b of bakes) {
         begin(`verify (${b.target})`);
-        await verifyRestore(b.target, b.byPath, b.rootfsMode, (p) => b.shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), [stage, first.upper, lower], ready, opts, tmp, cleanups);
+        await verifyRestore(b.target, b.joins, b.rootfsMode, (p) => b.shape(p, [`${CHECKPOINT_ENV}=/.prebake`]), [stage, first.upper, lower], ready, opts, tmp, cleanups);
         lap(`verify (${b.target})`);
       }
     begin('pack layer');
@@ -402,9 +469,9 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
 /** Restores the staged checkpoint once through the prebake runtime in a fresh netns and probes it. */
 async function verifyRestore(
   target: Target,
-  byPath: boolean,
+  joins: JoinedType[],
   rootfsMode: number | undefined,
-  specFor: (netnsPath?: string) => Spec,
+  specFor: (paths: JoinedPaths) => Spec,
   lowers: string[],
   ready: Probe,
   opts: BuildOptions,
@@ -424,6 +491,7 @@ async function verifyRestore(
   const env = { ...process.env, PREBAKE_STATE_DIR: join(tmp, 'state'), PREBAKE_STORE_DIR: join(tmp, 'store') };
   let client: NetnsClient | undefined;
   let created: ReturnType<typeof spawnPiped> | undefined;
+  let ns: ReturnType<typeof makeNamespaces> | undefined;
   const unmount = mountOverlay(lowers, join(tmp, `vupper-${target}`), join(tmp, `vwork-${target}`), join(bundle, 'rootfs'));
   if (rootfsMode !== undefined) chmodSync(join(bundle, 'rootfs'), rootfsMode);
   const done = () => {
@@ -435,11 +503,13 @@ async function verifyRestore(
     }
     created?.close();
     unmount();
+    ns?.remove();
     deleteNetns(netns);
   };
   cleanups.push(done);
   try {
-    const spec = specFor(byPath ? createNetns(netns) : undefined);
+    ns = makeNamespaces(joins, netns, join(tmp, `vns-${target}`));
+    const spec = specFor(ns.paths);
     writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
     created = spawnPiped(prebake, [...g, 'create', '--bundle', bundle, '--pid-file', pidFile, id], env);
     const code = await created.exit;
@@ -449,7 +519,7 @@ async function verifyRestore(
     if (!restored) throw new Error(`verify: the checkpoint did not restore: ${lines.find((l) => l.level === 'warning')?.msg ?? 'no reason logged'}`);
     execFileSync(prebake, ['--root', root, 'start', id], { env });
     // An engine's network namespace has no path: name the restored one to probe it.
-    if (!byPath) attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
+    if (!joins.includes('network')) attachNetns(netns, Number(readFileSync(pidFile, 'utf8')));
     client = await NetnsClient.start(netns);
     if (ready.kind === 'http') await client.waitHttp({ port: ready.port, path: ready.path, timeoutMs: opts.readyTimeoutMs });
     else if (ready.kind === 'tcp') await client.waitTcp(ready.port, opts.readyTimeoutMs);

@@ -2,19 +2,21 @@
 // the spec an engine generates (captured from the running dockerd or containerd), shaped for a bake run with the
 // image's Entrypoint, Cmd, Env, WorkingDir and User and the user's overrides.
 
-import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { packLayer } from '../image/pack.ts';
 import { scratchImage, writeImage } from '../image/write.ts';
+import { criClient, criEndpoint, waitForImage } from '../lib/cri.ts';
+import { createNetns, deleteNetns } from '../lib/netns.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 import { CAPTURE_ENV } from '../runtime/create.ts';
 import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc', 'docker', 'containerd', 'podman'] as const;
+export const TARGETS = ['runc', 'docker', 'containerd', 'containerd-netns', 'cri', 'podman'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface ImageRunConfig {
@@ -27,8 +29,14 @@ export interface ImageRunConfig {
 
 export interface RunOverrides {
   env?: string[];
+  /** Replaces the image's Entrypoint (a CRI container config's command). */
+  entrypoint?: string[];
   /** Replaces the image's Cmd. */
   args?: string[];
+  /** Replaces the image's WorkingDir. */
+  cwd?: string;
+  /** The engine's process.user stays (a CRI container config's run_as_user), not the image's User. */
+  engineUser?: boolean;
 }
 
 const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -78,20 +86,32 @@ function cli(cmd: string, args: string[]): string {
   }
 }
 
-/** The name dockerd knows the prebake runtime by unless told otherwise (what `prebake install docker` registers). */
-export const DEFAULT_DOCKER_RUNTIME = 'prebake';
+/**
+ * The name dockerd and the CRI plugin know the prebake runtime by unless told otherwise (what
+ * `prebake install docker|containerd` registers).
+ */
+export const DEFAULT_RUNTIME_NAME = 'prebake';
 
 /** A runtime name as it may stand in daemon.json's "runtimes" and after `docker run --runtime=`. */
 export const RUNTIME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 export interface EngineSpecOptions {
   /**
-   * The name the prebake runtime is registered under with dockerd (default "prebake"): the
-   * docker target's probe container runs with `--runtime=NAME`. ctr and podman are given the
-   * runtime's path, no name.
+   * The name the prebake runtime is registered under with dockerd, or as the CRI plugin's runtime
+   * handler (default "prebake"): the docker target's probe container runs with `--runtime=NAME`,
+   * the cri target's probe pod with runtime_handler NAME. ctr and podman are given the runtime's
+   * path, no name.
    */
-  dockerRuntime?: string;
+  runtimeName?: string;
+  /** For the cri target: the pod's PodSandboxConfig and the container's ContainerConfig (CRI's JSON, as crictl reads it). */
+  podConfig?: CriConfig;
+  containerConfig?: CriConfig;
 }
+
+/** A CRI message as JSON, field names as in api.proto (snake_case). */
+export type CriConfig = Record<string, unknown>;
+
+const ctrRun = (env: string, flags: string[] = []) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), ...flags, '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']);
 
 /** How each engine target runs a one-off container under the prebake runtime, and its probe image. */
 const ENGINES = {
@@ -99,18 +119,42 @@ const ENGINES = {
     image: `docker-daemon:${SPEC_PROBE_IMAGE}`,
     present: () => cli('docker', ['image', 'inspect', SPEC_PROBE_IMAGE]),
     check: (o: EngineSpecOptions) => {
-      const name = o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME;
+      const name = o.runtimeName ?? DEFAULT_RUNTIME_NAME;
       const runtimes = JSON.parse(cli('docker', ['info', '--format', '{{json .Runtimes}}']) || '{}') as Record<string, unknown> | null;
       if (!runtimes || !Object.hasOwn(runtimes, name))
         throw new Error(`no runtime named "${name}" is registered with dockerd (runtimes.${name} in /etc/docker/daemon.json; prebake install docker registers prebake as "prebake", --runtime NAME names another)`);
     },
-    run: (env: string, o: EngineSpecOptions) => cli('docker', ['run', '--rm', `--runtime=${o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME}`, '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
+    run: (env: string, o: EngineSpecOptions) => cli('docker', ['run', '--rm', `--runtime=${o.runtimeName ?? DEFAULT_RUNTIME_NAME}`, '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
   },
   containerd: {
     image: `containerd:${SPEC_PROBE_IMAGE}`,
     present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
     check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
-    run: (env: string, _o: EngineSpecOptions) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']),
+    run: (env: string, _o: EngineSpecOptions) => ctrRun(env),
+  },
+  // `ctr run --with-ns network:PATH`: a network namespace made beforehand and joined by path, as
+  // CNI, faasd and the CRI plugin give one.
+  'containerd-netns': {
+    image: `containerd:${SPEC_PROBE_IMAGE}`,
+    present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
+    check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+    run: (env: string, _o: EngineSpecOptions) => {
+      const name = `prebake-spec-${process.pid}`;
+      try {
+        return ctrRun(env, ['--with-ns', `network:${createNetns(name)}`]);
+      } finally {
+        deleteNetns(name);
+      }
+    },
+  },
+  // A pod through containerd's CRI plugin, with the prebake runtime handler: the spec a
+  // Kubernetes pod's container gets (the sandbox's network, IPC and UTS namespaces joined by path,
+  // the pod's /etc/hosts, /etc/hostname, /etc/resolv.conf and /dev/shm, the pod's volumes).
+  cri: {
+    image: `containerd:k8s.io/docker.io/${SPEC_PROBE_IMAGE}`,
+    present: () => cli('ctr', ['-n', 'k8s.io', 'images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
+    check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+    run: (env: string, o: EngineSpecOptions) => criProbe(env, o),
   },
   podman: {
     image: `containers-storage:${SPEC_PROBE_IMAGE}`,
@@ -119,6 +163,69 @@ const ENGINES = {
     run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', PREBAKE_BIN(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
   },
 } as const;
+
+/** What kubelet asks for a pod without host namespaces: the pod's network and IPC, a pid namespace per container. */
+const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
+
+function withNamespaceOptions(config: CriConfig): CriConfig {
+  const linux = (config.linux ?? {}) as CriConfig;
+  const sc = (linux.security_context ?? {}) as CriConfig;
+  return { ...config, linux: { ...linux, security_context: { ...sc, namespace_options: sc.namespace_options ?? POD_NAMESPACES } } };
+}
+
+/**
+ * Runs the probe container in a pod of its own through CRI (runtime handler --runtime, default
+ * prebake), with the pod and container configs given, and removes both again. The runtime
+ * copies the spec at the container's create, which the CRI plugin asks for at StartContainer.
+ */
+async function criProbe(env: string, o: EngineSpecOptions): Promise<void> {
+  const endpoint = criEndpoint();
+  const cri = criClient(endpoint);
+  const handler = o.runtimeName ?? DEFAULT_RUNTIME_NAME;
+  const image = `docker.io/${SPEC_PROBE_IMAGE}`;
+  const logs = mkdtempSync(join(tmpdir(), 'prebake-cri-probe-'));
+  let pod: string | undefined;
+  let container: string | undefined;
+  try {
+    await waitForImage(cri, image);
+    const given = o.podConfig ?? {};
+    const sandbox = withNamespaceOptions({
+      ...given,
+      metadata: { namespace: 'default', ...((given.metadata ?? {}) as CriConfig), name: `prebake-spec-probe-${process.pid}`, uid: randomUUID(), attempt: 0 },
+      log_directory: logs,
+    });
+    try {
+      ({ pod_sandbox_id: pod } = await cri.runtime<{ pod_sandbox_id: string }>('RunPodSandbox', { config: sandbox, runtime_handler: handler }, 120_000));
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (/no runtime for|runtime handler/i.test(msg)) throw new Error(`the CRI plugin at ${endpoint} has no runtime handler "${handler}" (prebake install containerd registers "prebake"; --runtime NAME names another): ${msg}`);
+      throw new Error(`CRI at ${endpoint}: ${msg}`);
+    }
+    const c = o.containerConfig ?? {};
+    const [key, value] = [env.slice(0, env.indexOf('=')), env.slice(env.indexOf('=') + 1)];
+    const config = withNamespaceOptions({
+      ...c,
+      metadata: { name: 'spec-probe', attempt: 0 },
+      image: { image },
+      command: ['/bin/true'],
+      args: [],
+      envs: [...((c.envs as unknown[] | undefined) ?? []), { key, value }],
+      log_path: 'spec-probe.log',
+    });
+    ({ container_id: container } = await cri.runtime<{ container_id: string }>('CreateContainer', { pod_sandbox_id: pod, config, sandbox_config: sandbox }, 120_000));
+    // The CRI plugin has the runtime create the container at StartContainer, not before.
+    await cri.runtime('StartContainer', { container_id: container }, 120_000);
+  } finally {
+    if (container) await cri.runtime('StopContainer', { container_id: container, timeout: 10 }).catch(() => {});
+    if (container) await cri.runtime('RemoveContainer', { container_id: container }).catch(() => {});
+    if (pod) {
+      await cri.runtime('StopPodSandbox', { pod_sandbox_id: pod }).catch(() => {});
+      await cri.runtime('RemovePodSandbox', { pod_sandbox_id: pod }).catch(() => {});
+    }
+    cri.close();
+    rmSync(logs, { recursive: true, force: true });
+  }
+}
 
 /** A one-file image (busybox) to run the probe container from; written to the engine once. */
 async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void> {
@@ -160,9 +267,9 @@ export async function captureEngineSpec(target: keyof typeof ENGINES, o: EngineS
     await ensureSpecProbeImage(target);
     mkdirSync(join(stateBase, 'captures'), { recursive: true, mode: 0o700 });
     writeFileSync(request, '', { mode: 0o600 });
-    engine.run(`${CAPTURE_ENV}=${token}`, o);
+    await engine.run(`${CAPTURE_ENV}=${token}`, o);
     if (!existsSync(file))
-      throw new Error(target === 'docker' ? `the runtime "${o.dockerRuntime ?? DEFAULT_DOCKER_RUNTIME}" ran the probe container but handed no spec back: is it prebake?` : 'the runtime ran the probe container but handed no spec back');
+      throw new Error(target === 'docker' ? `the runtime "${o.runtimeName ?? DEFAULT_RUNTIME_NAME}" ran the probe container but handed no spec back: is it prebake?` : 'the runtime ran the probe container but handed no spec back');
     return JSON.parse(readFileSync(file, 'utf8')) as Spec;
   } catch (e) {
     throw new Error(`--target ${target}: could not capture the engine's spec: ${(e as Error).message}`);
@@ -172,12 +279,55 @@ export async function captureEngineSpec(target: keyof typeof ENGINES, o: EngineS
   }
 }
 
+/** Namespaces a bake or verify run can make and then join by path, as the engine's spec joins them. */
+export type JoinedType = 'network' | 'ipc' | 'uts';
+export type JoinedPaths = Partial<Record<JoinedType, string>>;
+
 /**
- * Whether the bake (and verify) run joins a network namespace of ours by path: runc's own spec,
- * and engines that hand runc a namespace they made (podman). docker and ctr let runc make one.
+ * The namespaces the bake (and verify) run joins by path: the network for runc's own spec and
+ * for every engine that hands runc a namespace it made (podman, ctr --with-ns, CRI); IPC and UTS
+ * where the engine joins its own (the CRI pod's sandbox). docker and plain ctr let runc make one.
  */
-export function joinsNetnsByPath(target: Target, engine: Spec): boolean {
-  return target === 'runc' || Boolean(engine.linux?.namespaces?.find((n) => n.type === 'network')?.path);
+export function joinedTypes(target: Target, engine: Spec): JoinedType[] {
+  const types = new Set((engine.linux?.namespaces ?? []).filter((n) => n.path).map((n) => n.type as string));
+  if (target === 'runc') types.add('network');
+  for (const t of types)
+    if (t !== 'network' && t !== 'ipc' && t !== 'uts') throw new Error(`--target ${target}: the engine's spec joins a ${t} namespace by path; a bake cannot make one to join`);
+  return [...types] as JoinedType[];
+}
+
+/**
+ * Makes the namespaces to join: the network one with `ip netns` (named `name`, loopback up), IPC
+ * and UTS with unshare, each kept by a bind mount of its ns file under `dir` (the UTS one's
+ * hostname is "prebake"). remove() unmounts and deletes them; idempotent.
+ */
+export function makeNamespaces(types: readonly JoinedType[], name: string, dir: string): { paths: JoinedPaths; remove(): void } {
+  const paths: JoinedPaths = {};
+  const bound: string[] = [];
+  const remove = () => {
+    if (paths.network) deleteNetns(name);
+    for (const f of bound.splice(0)) {
+      spawnSync('umount', [f], { stdio: 'ignore' });
+      rmSync(f, { force: true });
+    }
+  };
+  try {
+    if (types.includes('network')) paths.network = createNetns(name);
+    const other = types.filter((t): t is 'ipc' | 'uts' => t !== 'network');
+    if (other.length) {
+      mkdirSync(dir, { recursive: true });
+      for (const t of other) {
+        paths[t] = join(dir, t);
+        writeFileSync(paths[t]!, '');
+        bound.push(paths[t]!);
+      }
+      execFileSync('unshare', [...other.map((t) => `--${t}=${paths[t]}`), ...(other.includes('uts') ? ['hostname', 'prebake'] : ['true'])], { stdio: ['ignore', 'ignore', 'pipe'] });
+    }
+  } catch (e) {
+    remove();
+    throw new Error(`cannot make the namespaces a bake run joins (${types.join(', ')}): ${(e as Error).message}`);
+  }
+  return { paths, remove };
 }
 
 /** The engine's spec for a plain `run` of an image, before the image's own settings. */
@@ -190,8 +340,8 @@ export interface BakeSpecOptions {
   rootfs: string;
   /** The unpacked image on the host, to resolve its User. */
   hostRootfs: string;
-  /** For the runc target: the network namespace to join. docker's has no path (its hook sets it up). */
-  netnsPath?: string;
+  /** The namespaces to join by path (see makeNamespaces); others the run makes. docker's network has no path (its hook sets it up). */
+  nsPaths?: JoinedPaths;
   /** A directory for the files engines bind-mount (/etc/hosts, /etc/hostname, /etc/resolv.conf). */
   scratch: string;
   overrides?: RunOverrides;
@@ -204,17 +354,17 @@ export interface BakeSpecOptions {
  */
 export function targetSpec(target: Target, engine: Spec, image: ImageRunConfig, o: BakeSpecOptions): Spec {
   const spec = structuredClone(engine);
-  const args = [...(image.Entrypoint ?? []), ...(o.overrides?.args ?? image.Cmd ?? [])];
+  const args = [...(o.overrides?.entrypoint ?? image.Entrypoint ?? []), ...(o.overrides?.args ?? image.Cmd ?? [])];
   if (args.length === 0) throw new Error('the image has neither Entrypoint nor Cmd, and no --arg was given: nothing to run');
   let env = mergeEnv(image.Env ?? [], o.overrides?.env ?? []);
   if (!env.some((e) => e.startsWith('PATH='))) env = [DEFAULT_PATH, ...env];
-  const user = resolveUser(o.hostRootfs, image.User);
+  const user = o.overrides?.engineUser ? {} : resolveUser(o.hostRootfs, image.User);
   spec.process = {
     ...spec.process!,
     terminal: false,
     args,
     env: target === 'docker' ? [...env.filter((e) => !e.startsWith('HOSTNAME=')), 'HOSTNAME=prebake'] : env,
-    cwd: image.WorkingDir || '/',
+    cwd: o.overrides?.cwd || image.WorkingDir || '/',
     user: { ...spec.process!.user, ...user },
   };
   // runc's own default is a readonly rootfs; engines (and umoci) give a writable one.
@@ -225,7 +375,10 @@ export function targetSpec(target: Target, engine: Spec, image: ImageRunConfig, 
   spec.annotations = null;
   if (spec.linux) {
     delete spec.linux.cgroupsPath;
-    spec.linux.namespaces = (spec.linux.namespaces ?? []).map((ns) => (ns.type === 'network' ? (o.netnsPath ? { type: 'network', path: o.netnsPath } : { type: 'network' }) : ns));
+    spec.linux.namespaces = (spec.linux.namespaces ?? []).map((ns) => {
+      const path = o.nsPaths?.[ns.type as JoinedType];
+      return path ? { type: ns.type, path } : { type: ns.type };
+    });
   }
   const files: Record<string, string> = {
     '/etc/hosts': '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n',

@@ -110,12 +110,13 @@ export function networkModeOf(spec: Spec): NetworkMode {
 
 /**
  * Why a process baked in a `baked` network namespace cannot be restored into a `wanted` one, or
- * null. A namespace CRIU saved is re-created by CRIU: a container asking to join one by path
- * would get CRIU's instead. A joined one can be joined again or given a new namespace (the
- * runtime makes it); the host's only the host's.
+ * null: only into the same kind. A namespace CRIU saved is re-created by CRIU: a container asking
+ * to join one by path would get CRIU's instead. A joined one was left out of the checkpoint, and
+ * runc's restore needs one to join (CRIU: "Unable to find an external netns"); the host's only
+ * the host's. An image for both carries both checkpoints (one per target).
  */
 export function networkMismatch(baked: NetworkMode | undefined, wanted: NetworkMode): string | null {
-  if (baked === undefined || baked === wanted || (baked === 'path' && wanted === 'new')) return null;
+  if (baked === undefined || baked === wanted) return null;
   const what = { new: 'a network namespace of its own', path: 'a network namespace joined by path', host: "the host's network" };
   return `the checkpoint was baked in ${what[baked]}, the container asks for ${what[wanted]}`;
 }
@@ -134,9 +135,21 @@ export interface BakedProcess {
 export const ENGINE_ENV = ['HOSTNAME', 'HOME', 'TERM', 'container'];
 const ENV_IGNORED = new RegExp(`^(${ENGINE_ENV.join('|')}|PREBAKE_[A-Z_]*)=`);
 
+/**
+ * What kubelet adds to every container of a pod, told apart by name and value: the `kubernetes`
+ * service's variables and, with enableServiceLinks (the default), every service's of the pod's
+ * namespace: NAME_SERVICE_HOST=IP, NAME_SERVICE_PORT[_PORTNAME]=N, NAME_PORT=PROTO://IP:N and
+ * NAME_PORT_N_PROTO[=PROTO://IP:N | _PROTO=proto | _PORT=N | _ADDR=IP]. They change with the
+ * cluster's services, so they do not count against a checkpoint: a restored process keeps the
+ * values it was baked with (none, unless the bake was given them); processes started in the
+ * container later (exec) get the pod's.
+ */
+export const KUBELET_ENV =
+  /^[A-Z_][A-Z0-9_]*_(SERVICE_HOST=[0-9A-Fa-f.:]+|SERVICE_PORT(_[A-Z0-9_]+)?=\d+|PORT=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|PORT_\d+_(TCP|UDP|SCTP)(=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|_PROTO=(tcp|udp|sctp)|_PORT=\d+|_ADDR=[0-9A-Fa-f.:]+))$/;
+
 export function bakedProcessOf(spec: Spec): BakedProcess {
   const p = spec.process;
-  return { args: p?.args ?? [], cwd: p?.cwd ?? '/', env: [...new Set((p?.env ?? []).filter((e) => !ENV_IGNORED.test(e)))].sort() };
+  return { args: p?.args ?? [], cwd: p?.cwd ?? '/', env: [...new Set((p?.env ?? []).filter((e) => !ENV_IGNORED.test(e) && !KUBELET_ENV.test(e)))].sort() };
 }
 
 /** Why the baked process is not the one the container asks for, or null. */

@@ -102,7 +102,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
     };
     try {
       const netnsPath = createNetns(netns);
-      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, netnsPath, scratch: join(dir, 'files') });
+      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: netnsPath }, scratch: join(dir, 'files') });
       // A cold replica is the conventional start of the same image: its config without the
       // checkpoint marker, which prebake hands to runc untouched (runc + ~2 ms). Turning the
       // checkpoint off instead would add prebake's own Node start, which no unbaked image pays.

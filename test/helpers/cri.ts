@@ -1,11 +1,8 @@
-// The CRI path for tests: a CRI client (gRPC over containerd's unix socket, the API definition
-// loaded from trixie's golang-github-kubernetes-cri-api-dev .deb, which scripts/setup.sh unpacks into its cache) and a containerd with its CRI plugin
+// The CRI path for tests: a containerd with its CRI plugin
 // enabled, with root, state, socket, config, CNI config and a bridge of its own, the `prebake`
 // runtime handler registered by `prebake install containerd`, and pods' network namespaces,
 // cgroups and logs kept apart from anything else on the host.
 
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
@@ -13,12 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packLayer } from '../../src/image/pack.ts';
 import { scratchImage, writeImage } from '../../src/image/write.ts';
+import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
 import { PREBAKE, REPO } from './bundle.ts';
+import { CNI_BIN } from './cni.ts';
 
-/** Where scripts/setup.sh unpacks the CRI API definition (package runtime.v1). */
-export const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
-/** The CNI plugins of containernetworking-plugins. */
-export const CNI_BIN = '/usr/lib/cni';
+export { type CriCall, type CriClient, criClient, waitForImage } from '../../src/lib/cri.ts';
+export { CNI_BIN } from './cni.ts';
+
 /** The test pods' bridge and /24; nothing else here uses them. */
 export const CRI_BRIDGE = 'prebake-cri0';
 export const CRI_NET = '10.250.77';
@@ -27,55 +25,6 @@ export const CRI_NAMESPACE = 'k8s.io';
 export const CRI_RUNC_ROOT = `/run/containerd/runc/${CRI_NAMESPACE}`;
 /** A pause image built from /bin/busybox: a shell that waits until it gets SIGTERM. */
 export const PAUSE_IMAGE = 'docker.io/prebake/pause:1';
-
-type Callback = (err: grpc.ServiceError | null, res: unknown) => void;
-type Method = (req: object, options: grpc.CallOptions, cb: Callback) => grpc.ClientUnaryCall;
-
-/** One unary CRI call; rejects with the method and the server's message. */
-export type CriCall = <R = Record<string, unknown>>(method: string, req?: object, timeoutMs?: number) => Promise<R>;
-
-export interface CriClient {
-  runtime: CriCall;
-  image: CriCall;
-  close(): void;
-}
-
-let loaded: { RuntimeService: grpc.ServiceClientConstructor; ImageService: grpc.ServiceClientConstructor } | undefined;
-
-function criServices(): NonNullable<typeof loaded> {
-  if (loaded) return loaded;
-  if (!existsSync(CRI_PROTO)) throw new Error(`the CRI API definition ${CRI_PROTO} is missing: run scripts/setup.sh, which unpacks it`);
-  // Field names as in the .proto (snake_case), enums by name, int64 as strings (nanosecond times).
-  // gogo.proto, which api.proto imports, is bookworm's golang-github-gogo-protobuf-dev.
-  const def = protoLoader.loadSync(CRI_PROTO, { includeDirs: ['/usr/share/gocode/src'], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: NonNullable<typeof loaded> } };
-  loaded = pkg.runtime.v1;
-  return loaded;
-}
-
-function caller(client: grpc.Client, service: string): CriCall {
-  return <R>(method: string, req: object = {}, timeoutMs = 60_000) =>
-    new Promise<R>((resolve, reject) => {
-      const fn = (client as unknown as Record<string, Method | undefined>)[method];
-      if (typeof fn !== 'function') return reject(new Error(`${service} has no method ${method}`));
-      fn.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new Error(`CRI ${method}: ${err.details || err.message}`, { cause: err })) : resolve(res as R)));
-    });
-}
-
-/** A CRI client on the unix socket `socket`. */
-export function criClient(socket: string): CriClient {
-  const { RuntimeService, ImageService } = criServices();
-  const rt = new RuntimeService(`unix://${socket}`, grpc.credentials.createInsecure());
-  const im = new ImageService(`unix://${socket}`, grpc.credentials.createInsecure());
-  return {
-    runtime: caller(rt, 'RuntimeService'),
-    image: caller(im, 'ImageService'),
-    close: () => {
-      rt.close();
-      im.close();
-    },
-  };
-}
 
 // The parts of the CRI messages the tests read (field names as in api.proto).
 
@@ -135,7 +84,8 @@ export interface CriContainerd {
   ids: string[];
   ctr(args: string[]): string;
   runPod(name: string, handler: string): Promise<Pod>;
-  createContainer(pod: Pod, name: string, image: string): Promise<string>;
+  /** `extra`: more of the ContainerConfig (mounts, envs). */
+  createContainer(pod: Pod, name: string, image: string, extra?: Record<string, unknown>): Promise<string>;
   /** The runtime's log (the shim's --log file) of a container while its bundle exists, as JSON lines. */
   runtimeLog(id: string): { level: string; msg: string; [k: string]: unknown }[];
   /** Removes every pod through CRI and stops containerd with SIGTERM; forces nothing. */
@@ -442,8 +392,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     return { id, name, handler, config, ip, logDir };
   };
 
-  const createContainer = async (pod: Pod, name: string, image: string): Promise<string> => {
+  const createContainer = async (pod: Pod, name: string, image: string, extra: Record<string, unknown> = {}): Promise<string> => {
     const config = {
+      ...extra,
       metadata: { name, attempt: 0 },
       image: { image },
       log_path: `${name}.log`,
@@ -504,17 +455,6 @@ export function importLayout(ctd: Pick<CriContainerd, 'ctr'>, layout: string, ta
     ctd.ctr(['-n', ns, 'images', 'import', join(dir, 'image.tar')]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** Waits until CRI lists the image (it learns of imports from containerd's events). */
-export async function waitForImage(cri: CriClient, image: string, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const st = await cri.image<{ image: { id: string } | null }>('ImageStatus', { image: { image } });
-    if (st.image?.id) return;
-    if (Date.now() > end) throw new Error(`CRI does not know the image ${image} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
