@@ -1,5 +1,6 @@
 // End to end: what a restored process holds (/proc/<pid>/status: CapEff, CapBnd, CapPrm,
-// NoNewPrivs, Seccomp, Uid) is never more than the container's spec asks for.
+// NoNewPrivs, Seccomp, Uid) is never more than the container's spec asks for; its oom_score_adj
+// is the spec's, whatever was baked.
 
 import test from 'ava';
 import { readFileSync } from 'node:fs';
@@ -29,7 +30,8 @@ async function restoredStatus(t: import('ava').ExecutionContext, change: (s: Spe
   const restored = rt.logLines().some((l) => /^restored /.test(l.msg));
   const status = readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/status`, 'utf8');
   const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)![1]!.trim();
-  return { spec, restored, capEff: capsOf(field('CapEff')), capBnd: capsOf(field('CapBnd')), capPrm: capsOf(field('CapPrm')), noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), uid: field('Uid').split(/\s+/) };
+  const oomScoreAdj = Number(readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/oom_score_adj`, 'utf8'));
+  return { spec, restored, oomScoreAdj, capEff: capsOf(field('CapEff')), capBnd: capsOf(field('CapBnd')), capPrm: capsOf(field('CapPrm')), noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), uid: field('Uid').split(/\s+/) };
 }
 
 test('restored into a spec granting more capabilities, the process keeps the fewer it was baked with', async (t) => {
@@ -55,4 +57,15 @@ test('a spec asking for fewer capabilities than were baked gets a cold process w
   t.false(s.restored);
   t.deepEqual(s.capEff, ['CAP_KILL']);
   t.deepEqual(s.capBnd, ['CAP_KILL']);
+});
+
+test('a restored process gets the oom_score_adj its spec asks for, not the baked one (kubelet sets it per pod and node)', async (t) => {
+  // Above this host's own: lowering it needs CAP_SYS_RESOURCE, which root may lack in a sandbox (runc create fails then too).
+  for (const want of [321, 654]) {
+    const s = await restoredStatus(t, (spec) => {
+      spec.process!.oomScoreAdj = want;
+    });
+    t.true(s.restored, `restored under oomScoreAdj ${want}`);
+    t.is(s.oomScoreAdj, want);
+  }
 });

@@ -14,7 +14,7 @@ import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
-import { type Expectations, expectationsOf, mountInfo, restoredExcess } from './inspect.ts';
+import { applyOomScoreAdj, type Expectations, expectationsOf, mountInfo, restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
 
 export const RESTORED_MARKER = 'restored';
@@ -268,13 +268,14 @@ const CRIU_CONF = 'criu.conf';
 const CRIU_CONF_TEXT = 'leave-stopped\n';
 
 /**
- * The verdict on what runc restored, its tasks still stopped: null when it is within the spec,
- * else why not. The reason is about privilege, not about the checkpoint's files.
+ * The verdict on what runc restored, its tasks still stopped: null when it is within the spec
+ * (and then its processes have the spec's oom_score_adj), else why not. The reason is about
+ * privilege, not about the checkpoint's files.
  */
 function verdictOn(plan: RestorePlan, pidFile: string): string | null {
   const pid = restoredPid(pidFile);
   if (pid === undefined) return 'runc wrote no pid for the restored process';
-  return restoredExcess(pid, plan.expect);
+  return restoredExcess(pid, plan.expect) ?? applyOomScoreAdj(pid, plan.expect);
 }
 
 /** Sends SIGCONT down a stopped process tree, children first (none of them runs before its parent is checked). */

@@ -2,7 +2,7 @@
 // CRIU has left them stopped: capabilities, ids, no_new_privs, seccomp, namespaces and mounts
 // must be within what the new spec grants, whatever the checkpoint's images or manifest claimed.
 
-import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
@@ -129,6 +129,12 @@ export interface Expectations {
   groups: Set<number>;
   noNewPrivs: boolean;
   seccomp: boolean;
+  /**
+   * The oom_score_adj the restored processes get: the spec's, else what a process the runtime
+   * starts inherits (this program's). CRIU restores the baked one, which need not be the
+   * engine's (kubelet derives it from the pod's memory request and the node's memory).
+   */
+  oomScoreAdj: number;
   /** ns file -> the namespace the tasks must be in, or null for a new one (not the host's). */
   nsWanted: Map<string, string | null>;
   hostNs: Map<string, string>;
@@ -147,6 +153,29 @@ export interface Expectations {
     /** The spec's own masked and read-only paths: each must be there, as a mount, if the path exists. */
     required: { path: string; readonly: boolean }[];
   };
+}
+
+function ownOomScoreAdj(): number {
+  try {
+    return Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Gives every restored process under `initPid` the spec's oom_score_adj (x.oomScoreAdj); the
+ * reason it could not, or null.
+ */
+export function applyOomScoreAdj(initPid: number, x: Pick<Expectations, 'oomScoreAdj'>): string | null {
+  for (const pid of new Set(tasksUnder(initPid).map((t) => t.pid))) {
+    try {
+      if (Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim()) !== x.oomScoreAdj) writeFileSync(`/proc/${pid}/oom_score_adj`, String(x.oomScoreAdj));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ESRCH') return `cannot set oom_score_adj ${x.oomScoreAdj} of process ${pid}: ${(e as Error).message}`;
+    }
+  }
+  return null;
 }
 
 export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions): Expectations {
@@ -211,6 +240,7 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
     groups: new Set([gid, ...(p?.user.additionalGids ?? [])]),
     noNewPrivs: p?.noNewPrivileges ?? false,
     seccomp: Boolean(spec.linux?.seccomp),
+    oomScoreAdj: p?.oomScoreAdj ?? ownOomScoreAdj(),
     nsWanted,
     hostNs,
     mounts: {
