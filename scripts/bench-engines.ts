@@ -1,12 +1,14 @@
 // Benchmark under real engines, each started privately and stopped before the next (docker: its own
-// dockerd and containerd; containerd: its own containerd, driven by ctr; podman: its own config and
-// storage). Per engine and function, interleaved rounds of `run -d` -> first HTTP 200 (on the
-// published port; a ctr task from inside its network namespace) of the image baked with
-// `prebake-build --target <engine>`: prebake restoring it, prebake starting it cold (checkpoint
-// turned off) and plain runc; then `run --rm IMAGE /bin/true` of an image that is not prebaked,
-// runc vs prebake (what the wrapper costs a container it only passes to runc).
+// dockerd and containerd; containerd: its own containerd, driven by ctr; containerd-cni: the same
+// with each task in a CNI bridge network's namespace, joined by path; cri: pods through its own
+// containerd's CRI plugin; podman: its own config and storage). Per engine and function,
+// interleaved rounds of `run -d` -> first HTTP 200 (on the published port, the CNI address or the
+// pod IP; a plain ctr task from inside its network namespace) of the image baked for the engine's
+// target: prebake restoring it, prebake starting it cold (checkpoint turned off) and plain runc;
+// then `run --rm IMAGE /bin/true` of an image that is not prebaked, runc vs prebake (what the
+// wrapper costs a container it only passes to runc).
 //
-//   npm run bench:engines -- [--runs N] [--engines docker,containerd,podman] [--functions noop,markdown]
+//   npm run bench:engines -- [--runs N] [--engines docker,containerd,containerd-cni,cri,podman] [--functions noop,markdown]
 
 import { parseArgs } from 'node:util';
 import { SPEC_PROBE_IMAGE } from '../src/build/target.ts';
@@ -34,7 +36,7 @@ const log = (l: string) => process.stderr.write(`${l}\n`);
 async function benchEngine(engine: Engine, functions: FunctionName[], runs: number): Promise<Measured> {
   const images = {} as Record<FunctionName, string>;
   for (const fn of functions) {
-    log(`${engine.name}: baking ${fn} (prebake-build --target ${engine.name}) ...`);
+    log(`${engine.name}: baking ${fn} ...`);
     images[fn] = await engine.bake(fn);
   }
   const empty = () => Object.fromEntries(functions.map((f) => [f, Object.fromEntries(VARIANTS.map((v) => [v, [] as number[]]))])) as Measured['startup'];
@@ -69,8 +71,7 @@ const fmt = (v: number) => v.toFixed(0).padStart(6);
 const row = (name: string, xs: number[]) => `${name.padEnd(56)} ${fmt(quantile(xs, 0.5))} ${fmt(quantile(xs, 0.1))} ${fmt(quantile(xs, 0.9))}`;
 
 function table(engine: Engine, m: Measured, functions: FunctionName[], runs: number): string {
-  const cmd = engine.name === 'containerd' ? 'ctr run -d' : `${engine.name} run -d`;
-  const rm = engine.name === 'containerd' ? 'ctr run --rm' : `${engine.name} run --rm`;
+  const [cmd, rm] = [engine.describe.run, engine.describe.runRm];
   const out = [`${engine.version}, ${runs} interleaved runs of each; ms`, ''];
   for (const fn of functions) {
     const s = m.startup[fn];

@@ -16,14 +16,22 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Target } from '../build/target.ts';
 import type { FunctionName } from '../image/functions.ts';
+import { waitForImage } from '../lib/cri.ts';
 import type { HttpResult, Request } from '../lib/netns.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 import { bakeFunction } from './bake.ts';
 import { EngineClient, type Endpoint } from './client.ts';
+import { cniNetwork } from './cni.ts';
+import { CRI_NAMESPACE, CRI_RUNC_ROOT, type Pod, startCriContainerd, writePauseImage } from './cri.ts';
 import { type Containerd, type Dockerd, type Podman, startContainerd, startDockerd, startPodman } from './daemons.ts';
 
-export const ENGINE_NAMES = ['docker', 'containerd', 'podman'] as const;
+/**
+ * containerd-cni: ctr run --with-ns network:PATH in a CNI bridge network's namespace (faasd's way);
+ * cri: a pod through containerd's CRI plugin (Kubernetes' way).
+ */
+export const ENGINE_NAMES = ['docker', 'containerd', 'containerd-cni', 'cri', 'podman'] as const;
 export type EngineName = (typeof ENGINE_NAMES)[number];
 export const isEngineName = (s: string): s is EngineName => (ENGINE_NAMES as readonly string[]).includes(s);
 
@@ -75,8 +83,8 @@ export interface Engine {
   version: string;
   /** The environment prebake-build and the engine's CLI need to reach this private instance. */
   env: NodeJS.ProcessEnv;
-  /** How a container is started, started cold and reached, for reports. */
-  describe: { prebake: string; runc: string; off: string; reached: string };
+  /** How a container is started, started cold and reached, for reports; `run`: what is timed, `runRm`: a foreground run. */
+  describe: { prebake: string; runc: string; off: string; reached: string; run: string; runRm: string };
   /** prebake-build's reference for NAME:TAG in this engine. */
   transportRef(image: string): string;
   /** Bakes a sample function with `--target <engine>` into the engine; resolves to its NAME:TAG. */
@@ -106,9 +114,13 @@ export function freePort(): Promise<number> {
 /** What differs between engines: how a container is run, reached, removed. */
 interface Driver {
   version: string;
+  /** prebake-build's --target for this engine. */
+  target: Target;
   env: NodeJS.ProcessEnv;
   describe: Engine['describe'];
   transportRef(image: string): string;
+  /** What comes before the clock starts (a CRI pod and its container made, a CNI netns). */
+  prepare?(name: string, o: StartOptions): Promise<void>;
   /** `run -d` (publishing `o.port` on 127.0.0.1:hostPort where there is a port to publish); resolves once the engine's command has returned, to how the container is reached. */
   runDetached(name: string, o: StartOptions, hostPort: number): Promise<Endpoint>;
   remove(name: string): Promise<void>;
@@ -140,7 +152,8 @@ async function dockerDriver(): Promise<Driver> {
     return {
       version,
       env: dk.env,
-      describe: { prebake: 'docker run -d --runtime=prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'docker run -d --runtime=runc -p 127.0.0.1:PORT:8080 IMAGE', off: `-e ${OFF_ENV}`, reached: 'on the published port from the host (docker-proxy)' },
+      target: 'docker',
+      describe: { prebake: 'docker run -d --runtime=prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'docker run -d --runtime=runc -p 127.0.0.1:PORT:8080 IMAGE', off: `-e ${OFF_ENV}`, reached: 'on the published port from the host (docker-proxy)', run: 'docker run -d', runRm: 'docker run --rm' },
       transportRef: (image) => `docker-daemon:${image}`,
       async runDetached(name, o, port) {
         await dk.docker(['run', '-d', '--name', name, `--runtime=${o.runtime}`, ...envFlags('-e', o.env), ...(o.checkpointOff ? ['-e', OFF_ENV] : []), '-p', `127.0.0.1:${port}:${o.port}`, o.image]);
@@ -158,8 +171,11 @@ async function dockerDriver(): Promise<Driver> {
   }
 }
 
-async function containerdDriver(): Promise<Driver> {
+/** ctr against a private containerd; with `cni`, each task joins a CNI bridge network's namespace by path (ctr run --with-ns). */
+async function containerdDriver(cni = false): Promise<Driver> {
   const ctd: Containerd = await startContainerd();
+  const net = cni ? cniNetwork('prebake-bench0', '10.250.79') : undefined;
+  const joined = new Map<string, { path: string; ip: string }>();
   try {
     const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(await ctd.ctr(['version']))?.[1] ?? '?'}`;
     const ref = (image: string) => `docker.io/${image}`;
@@ -167,10 +183,16 @@ async function containerdDriver(): Promise<Driver> {
     return {
       version,
       env: { ...process.env, CONTAINERD_ADDRESS: ctd.socket },
-      describe: { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} IMAGE ID`, runc: 'ctr run -d IMAGE ID', off: `--env ${OFF_ENV}`, reached: "inside the task's network namespace (ctr gives it loopback only)" },
+      target: cni ? 'containerd-netns' : 'containerd',
+      describe: net
+        ? { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} --with-ns network:NETNS IMAGE ID`, runc: 'ctr run -d --with-ns network:NETNS IMAGE ID', off: `--env ${OFF_ENV}`, reached: 'on its CNI address from the host (a bridge network; CNI ADD before the clock starts)', run: 'ctr run -d --with-ns network:NETNS', runRm: 'ctr run --rm' }
+        : { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} IMAGE ID`, runc: 'ctr run -d IMAGE ID', off: `--env ${OFF_ENV}`, reached: "inside the task's network namespace (ctr gives it loopback only)", run: 'ctr run -d', runRm: 'ctr run --rm' },
       transportRef: (image) => `containerd:${image}`,
+      ...(net ? { prepare: async (name: string) => void joined.set(name, net.add(name)) } : {}),
       async runDetached(name, o) {
-        await ctd.ctr(['run', '-d', ...runtimeFlags(o.runtime), ...envFlags('--env', o.env), ...(o.checkpointOff ? ['--env', OFF_ENV] : []), ref(o.image), name]);
+        const ns = joined.get(name);
+        await ctd.ctr(['run', '-d', ...runtimeFlags(o.runtime), ...(ns ? ['--with-ns', `network:${ns.path}`] : []), ...envFlags('--env', o.env), ...(o.checkpointOff ? ['--env', OFF_ENV] : []), ref(o.image), name]);
+        if (ns) return { host: ns.ip, port: o.port };
         // The shim writes the task's pid into its bundle before `ctr run -d` returns.
         const pid = Number(readFileSync(join(ctd.state, 'io.containerd.runtime.v2.task', 'default', name, 'init.pid'), 'utf8'));
         return { pid, port: o.port };
@@ -179,12 +201,95 @@ async function containerdDriver(): Promise<Driver> {
         await ctd.ctr(['task', 'kill', '-s', 'SIGKILL', name]).catch(() => '');
         await ctd.ctr(['task', 'delete', '-f', name]).catch(() => '');
         await ctd.ctr(['container', 'delete', name]).catch(() => '');
+        if (joined.delete(name)) net?.del(name);
       },
       // ctr has no `task update`: runc's, on the root the shim gives every runtime here.
       pin: async (name, cpus) => void (await exec('runc', ['--root', '/run/containerd/runc/default', 'update', '--cpuset-cpus', cpus, name])),
       runRm: async (name, image, runtime, args) => void (await ctd.ctr(['run', '--rm', ...runtimeFlags(runtime), ref(image), name, ...args])),
       logs: async (name) => readFileSync(join(ctd.state, 'io.containerd.runtime.v2.task', 'default', name, 'log.json'), 'utf8').trim(),
-      stop: () => ctd.stop(),
+      stop: async () => {
+        await ctd.stop();
+        net?.remove();
+      },
+    };
+  } catch (e) {
+    await ctd.stop();
+    net?.remove();
+    throw e;
+  }
+}
+
+/**
+ * Pods through a private containerd's CRI plugin (src/engines/cri.ts), as kubelet makes them: the
+ * pod sandbox and the container are made before the clock starts, StartContainer is timed to the
+ * first answer on the pod IP. The prebake runtime handler, or the default runc one.
+ */
+async function criDriver(): Promise<Driver> {
+  const ctd = await startCriContainerd();
+  const made = new Map<string, { pod: Pod; id: string }>();
+  const ref = (image: string) => `docker.io/${image}`;
+  const kv = (e: string) => ({ key: e.slice(0, e.indexOf('=')), value: e.slice(e.indexOf('=') + 1) });
+  const make = async (name: string, o: Pick<StartOptions, 'image' | 'runtime' | 'env' | 'checkpointOff'>, extra: Record<string, unknown> = {}) => {
+    await waitForImage(ctd.cri, ref(o.image));
+    const pod = await ctd.runPod(name, o.runtime === 'prebake' ? 'prebake' : '');
+    made.set(name, { pod, id: '' });
+    const id = await ctd.createContainer(pod, 'fn', ref(o.image), { ...extra, envs: [...(o.env ?? []), ...(o.checkpointOff ? [OFF_ENV] : [])].map(kv) });
+    made.set(name, { pod, id });
+    return { pod, id };
+  };
+  const remove = async (name: string) => {
+    const m = made.get(name);
+    if (!m) return;
+    made.delete(name);
+    if (m.id) {
+      await ctd.cri.runtime('StopContainer', { container_id: m.id, timeout: 0 }).catch(() => {});
+      await ctd.cri.runtime('RemoveContainer', { container_id: m.id }).catch(() => {});
+    }
+    await ctd.cri.runtime('StopPodSandbox', { pod_sandbox_id: m.pod.id }).catch(() => {});
+    await ctd.cri.runtime('RemovePodSandbox', { pod_sandbox_id: m.pod.id }).catch(() => {});
+  };
+  try {
+    await writePauseImage(ctd);
+    const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(ctd.ctr(['version']))?.[1] ?? '?'} (CRI)`;
+    return {
+      version,
+      target: 'cri',
+      env: ctd.env,
+      describe: {
+        prebake: 'RunPodSandbox (runtime_handler prebake), CreateContainer, then StartContainer',
+        runc: 'the same with the default (runc) handler',
+        off: `envs ${OFF_ENV}`,
+        reached: 'on the pod IP from the host (a CNI bridge; the pod and its container are made before the clock starts)',
+        run: 'CRI StartContainer',
+        runRm: 'CRI pod + container to its exit',
+      },
+      transportRef: (image) => `containerd:${CRI_NAMESPACE}/${ref(image)}`,
+      prepare: async (name, o) => void (await make(name, o)),
+      async runDetached(name, o) {
+        const { pod, id } = made.get(name)!;
+        await ctd.cri.runtime('StartContainer', { container_id: id });
+        return { host: pod.ip, port: o.port };
+      },
+      remove,
+      pin: async (name, cpus) => void (await exec('runc', ['--root', CRI_RUNC_ROOT, 'update', '--cpuset-cpus', cpus, made.get(name)!.id])),
+      async runRm(name, image, runtime, args) {
+        const { id } = await make(name, { image, runtime }, { command: args });
+        try {
+          await ctd.cri.runtime('StartContainer', { container_id: id });
+          for (;;) {
+            const st = await ctd.cri.runtime<{ status: { state: string } }>('ContainerStatus', { container_id: id });
+            if (st.status.state === 'CONTAINER_EXITED') break;
+            await new Promise((r) => setTimeout(r, 2));
+          }
+        } finally {
+          await remove(name);
+        }
+      },
+      logs: async (name) => (made.get(name)?.id ? ctd.runtimeLog(made.get(name)!.id).map((l) => `${l.level}: ${l.msg}`).join('\n') : ''),
+      stop: async () => {
+        for (const name of [...made.keys()]) await remove(name);
+        await ctd.stop();
+      },
     };
   } catch (e) {
     await ctd.stop();
@@ -200,7 +305,8 @@ async function podmanDriver(): Promise<Driver> {
     return {
       version,
       env: pm.env,
-      describe: { prebake: 'podman run -d --runtime prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'podman run -d --runtime runc -p 127.0.0.1:PORT:8080 IMAGE', off: '--annotation io.prebake.checkpoint=off', reached: 'on the published port from the host' },
+      target: 'podman',
+      describe: { prebake: 'podman run -d --runtime prebake -p 127.0.0.1:PORT:8080 IMAGE', runc: 'podman run -d --runtime runc -p 127.0.0.1:PORT:8080 IMAGE', off: '--annotation io.prebake.checkpoint=off', reached: 'on the published port from the host', run: 'podman run -d', runRm: 'podman run --rm' },
       transportRef: (image) => `containers-storage:${image}`,
       async runDetached(name, o, port) {
         await pm.podman(['run', '-d', '--name', name, '--runtime', o.runtime, ...envFlags('-e', o.env), ...(o.checkpointOff ? ['--annotation', 'io.prebake.checkpoint=off'] : []), '-p', `127.0.0.1:${port}:${o.port}`, ref(o.image)]);
@@ -218,7 +324,7 @@ async function podmanDriver(): Promise<Driver> {
   }
 }
 
-const DRIVERS: Record<EngineName, () => Promise<Driver>> = { docker: dockerDriver, containerd: containerdDriver, podman: podmanDriver };
+const DRIVERS: Record<EngineName, () => Promise<Driver>> = { docker: dockerDriver, containerd: () => containerdDriver(), 'containerd-cni': () => containerdDriver(true), cri: criDriver, podman: podmanDriver };
 
 let seq = 0;
 
@@ -268,7 +374,7 @@ export async function startEngine(name: EngineName): Promise<Engine> {
     transportRef: d.transportRef,
     async bake(fn) {
       const image = `prebake/${fn}:baked`;
-      await bakeFunction(fn, { target: name, dest: d.transportRef(image), env: d.env });
+      await bakeFunction(fn, { target: d.target, dest: d.transportRef(image), env: d.env });
       return image;
     },
     async start(o) {
@@ -276,6 +382,12 @@ export async function startEngine(name: EngineName): Promise<Engine> {
       const hostPort = await freePort();
       // Startup is timed with the client free to run anywhere (settle pinned it for the last one).
       if (pinned) await placeClient(`0-${cpus().length - 1}`);
+      try {
+        await d.prepare?.(cname, o);
+      } catch (e) {
+        await d.remove(cname);
+        throw e;
+      }
       const t0 = performance.now();
       let at: Endpoint;
       let first: HttpResult;

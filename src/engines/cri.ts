@@ -1,20 +1,20 @@
-// The CRI path for tests: a containerd with its CRI plugin
-// enabled, with root, state, socket, config, CNI config and a bridge of its own, the `prebake`
-// runtime handler registered by `prebake install containerd`, and pods' network namespaces,
-// cgroups and logs kept apart from anything else on the host.
+// A private containerd with its CRI plugin enabled, for tests and benchmarks: root, state,
+// socket, config, CNI config and a bridge of its own, the `prebake` runtime handler registered by
+// `prebake install containerd`, and pods' network namespaces, cgroups and logs kept apart from
+// anything else on the host.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { packLayer } from '../../src/image/pack.ts';
-import { scratchImage, writeImage } from '../../src/image/write.ts';
-import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
-import { PREBAKE, REPO } from './bundle.ts';
+import { packLayer } from '../image/pack.ts';
+import { scratchImage, writeImage } from '../image/write.ts';
+import { CRI_PROTO, type CriClient, criClient } from '../lib/cri.ts';
+import { PREBAKE_BIN } from '../lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
 
-export { type CriCall, type CriClient, criClient, waitForImage } from '../../src/lib/cri.ts';
+export { type CriCall, type CriClient, criClient, waitForImage } from '../lib/cri.ts';
 export { CNI_BIN } from './cni.ts';
 
 /** The test pods' bridge and /24; nothing else here uses them. */
@@ -165,7 +165,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
   if (existsSync(`/sys/class/net/${CRI_BRIDGE}`)) throw new Error(`the link ${CRI_BRIDGE} exists already: another run of this test, or one that was not cleaned up`);
   if (sh('ip', ['-4', 'route']).includes(`${CRI_NET}.`)) throw new Error(`${CRI_NET}.0/24 is routed on this host already; the test needs it for its own bridge`);
 
-  const runtimePath = options.runtimePath ?? PREBAKE;
+  const runtimePath = options.runtimePath ?? PREBAKE_BIN();
   const runc = sh('sh', ['-c', 'command -v runc']).trim();
   const dir = mkdtempSync(join(tmpdir(), 'prebake-cri-'));
   const tag = dir.slice(-6).toLowerCase().replace(/[^a-z0-9]/g, 'x');
@@ -342,7 +342,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 `,
     );
     // The handler exactly as users get it.
-    sh(join(REPO, 'bin/prebake'), ['install', 'containerd', '--config', config, '--path', runtimePath], { ...process.env, PREBAKE_INSTALL_STATE: join(dir, 'install') });
+    sh(PREBAKE_BIN(), ['install', 'containerd', '--config', config, '--path', runtimePath], { ...process.env, PREBAKE_INSTALL_STATE: join(dir, 'install') });
 
     const fd = openSync(log, 'a');
     child = spawn('containerd', ['--config', config], { stdio: ['ignore', fd, fd], detached: true, env: { ...process.env, PREBAKE_RUNC: wrapper } });

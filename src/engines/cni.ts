@@ -1,4 +1,4 @@
-// A CNI bridge network of a test's own, driven through the CNI plugins of
+// A CNI bridge network of a test's or benchmark's own, driven through the CNI plugins of
 // containernetworking-plugins as a CNI runtime drives them (CNI_COMMAND ADD/DEL, the config on
 // stdin): network namespaces made beforehand, each given an address on the bridge, for
 // containers that join them by path (`ctr run --with-ns network:PATH`, faasd, the CRI plugin).
@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createNetns, deleteNetns, netnsPath } from '../../src/lib/netns.ts';
+import { createNetns, deleteNetns, netnsPath } from '../lib/netns.ts';
 
 /** The CNI plugins of containernetworking-plugins. */
 export const CNI_BIN = '/usr/lib/cni';
