@@ -286,7 +286,7 @@ test('probes: each kind parses and prints back; a bad one names the option and t
 
 // Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
 
-test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake', async (t) => {
+test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake, also with runc spec\'s config.json (root.readonly and process.terminal false)', async (t) => {
   const dir = tempDir(t);
   const out = join(dir, 'baked');
   const r = await prebakeBuild([source, `oci:${out}:baked`], ownTmp(t, dir));
@@ -302,6 +302,10 @@ test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is
   sh('umoci', ['unpack', '--image', `${out}:baked`, bundle]);
   t.true(existsSync(join(bundle, 'rootfs/.prebake/manifest.json')));
   await restoreUmociBundle(t, bundle);
+  // A bundle whose config.json is runc spec's, with the two fields prebake-build names.
+  const byHand = join(dir, 'by-hand');
+  sh('umoci', ['unpack', '--image', `${out}:baked`, byHand]);
+  await restoreUmociBundle(t, byHand, { runcSpec: true });
 });
 
 test('--env and --arg are written into DEST\'s Env and Cmd: the umoci bundle of DEST runs the baked process and is restored', async (t) => {

@@ -552,7 +552,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (opts.quiet) process.stdout.write(`${result.dest}\n`);
     else {
       // What `runc spec` writes differs from the runc target in two fields: say which bundles restore.
-      if (opts.targets.includes('runc')) progress('runc target: a bundle restores with root.readonly false and process.terminal false (runc spec writes true for both)');
+      if (opts.targets.includes('runc')) progress('runc target: a bundle restores with root.readonly false and process.terminal false (runc spec writes true for both), joining a network namespace by path (linux.namespaces: {"type": "network", "path": ...})');
       progress(`wrote ${result.dest} (checkpoint layer ${(result.layer.size / 1e6).toFixed(1)} MB, ${result.layer.digest})`);
     }
     return 0;

@@ -5,12 +5,17 @@ import type { ExecutionContext } from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
+import { runcDefaultSpec } from '../../src/build/spec.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
 import { PREBAKE, run, runtimeDirs, uniqueName } from './bundle.ts';
 import { NOOP_PORT } from './images.ts';
 
-/** Creates and starts the bundle through prebake, checks it was restored; returns what it served. */
-export async function restoreUmociBundle(t: ExecutionContext, bundle: string): Promise<number> {
+/**
+ * Creates and starts the bundle through prebake, checks it was restored; returns what it served.
+ * `runcSpec`: its config.json is first replaced by what `runc spec` writes, with umoci's process
+ * (args, env, cwd, user) put in, as a runc user makes a bundle by hand.
+ */
+export async function restoreUmociBundle(t: ExecutionContext, bundle: string, o: { runcSpec?: boolean } = {}): Promise<number> {
   const netns = uniqueName('pbu');
   const netnsPath = createNetns(netns);
   const rt = runtimeDirs();
@@ -23,7 +28,13 @@ export async function restoreUmociBundle(t: ExecutionContext, bundle: string): P
     rt.cleanup();
   });
   const configPath = join(bundle, 'config.json');
-  const spec = JSON.parse(readFileSync(configPath, 'utf8')) as Spec;
+  const umoci = JSON.parse(readFileSync(configPath, 'utf8')) as Spec;
+  const spec = o.runcSpec ? runcDefaultSpec() : umoci;
+  if (o.runcSpec) {
+    const { args, env, cwd, user } = umoci.process!;
+    spec.process = { ...spec.process!, args, env, cwd, user };
+  }
+  // What prebake-build prints for the runc target: runc spec writes true for both.
   spec.root = { ...spec.root!, readonly: false };
   spec.process!.terminal = false;
   spec.linux!.namespaces = spec.linux!.namespaces!.map((ns) => (ns.type === 'network' ? { type: 'network', path: netnsPath } : ns));
