@@ -5,7 +5,8 @@
 // /etc/docker/daemon.json, dockerd reloaded with SIGHUP), `prebake uninstall docker` at the end. The
 // noop function is baked into the system dockerd; a replica is restored, the containers that do not
 // fit (capabilities dropped, read-only rootfs, another user, another command) start cold with the
-// reason logged; the refused early restores leave no mount or state behind.
+// reason logged; the refused early restores leave no mount or state behind. ctr against the same
+// system containerd (its default address and namespace) restores a --target containerd bake.
 
 import test, { type ExecutionContext } from 'ava';
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
@@ -59,6 +60,17 @@ let counter = 0;
 /** Every container this file made, by id: none may be left. */
 const ours = new Set<string>();
 const names: string[] = [];
+
+// ctr waits 10 s for a socket that is not there unless told otherwise.
+const ctrOk = () => existsSync(CONTAINERD_SOCKET) && spawnSync('ctr', ['--connect-timeout', '2s', '--address', CONTAINERD_SOCKET, 'version'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+/** ctr against the system containerd, its default address and namespace (no CONTAINERD_ADDRESS, no -n). */
+const systemEnv = (): NodeJS.ProcessEnv => {
+  const e = { ...env };
+  delete e.CONTAINERD_ADDRESS;
+  delete e.CONTAINERD_NAMESPACE;
+  return e;
+};
+const ctr = (args: string[]) => spawnSync('ctr', args, { env: systemEnv(), encoding: 'utf8' });
 
 async function docker(args: string[]): Promise<string> {
   try {
@@ -232,8 +244,6 @@ test.before(async (t) => {
     // A dockerd that is still starting (its pid file names a live one) is the system's, not ours.
     const pid = existsSync('/var/run/docker.pid') ? Number(readFileSync('/var/run/docker.pid', 'utf8').trim()) : 0;
     if (pid && existsSync(`/proc/${pid}`)) throw new Error(`a system dockerd (pid ${pid}) runs but does not answer on ${SOCKET}`);
-    // ctr waits 10 s for a socket that is not there unless told otherwise.
-    const ctrOk = () => existsSync(CONTAINERD_SOCKET) && spawnSync('ctr', ['--connect-timeout', '2s', '--address', CONTAINERD_SOCKET, 'version'], { stdio: 'ignore', timeout: 10_000 }).status === 0;
     if (!ctrOk()) {
       if (!onPath('containerd')) throw new Error('containerd is not installed (docker.io depends on it)');
       // containerd's defaults: /etc/containerd/config.toml if there is one, /var/lib/containerd, /run/containerd.
@@ -367,6 +377,44 @@ serial('--cap-drop ALL, --read-only, --user 1000 and another command start cold,
     t.is((await docker(['logs', id])).trim(), '1');
     await docker(['rm', '-f', id]);
   });
+});
+
+serial('ctr against the system containerd (/run/containerd, namespace default): an image baked with --target containerd is restored by ctr run --runc-binary prebake, and nothing of it is left', async (t) => {
+  if (!ctrOk()) {
+    t.log(`skipped: the dockerd here runs a containerd of its own; none answers on ${CONTAINERD_SOCKET}`);
+    t.pass();
+    return;
+  }
+  const ref = `docker.io/prebake-system-test/noop:ctr-${process.pid}`;
+  const id = `pbk-sys-ctr-${process.pid}`;
+  const probeThere = ctr(['images', 'inspect', `docker.io/${SPEC_PROBE}`]).status === 0;
+  const mounts0 = readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
+  t.teardown(() => {
+    ctr(['task', 'kill', '-s', 'KILL', id]);
+    ctr(['task', 'delete', '-f', id]);
+    ctr(['container', 'delete', id]);
+    ctr(['images', 'rm', ref]);
+    if (!probeThere) ctr(['images', 'rm', `docker.io/${SPEC_PROBE}`]);
+  });
+  await bakeNoopInto(t, 'containerd', `containerd:${ref}`, systemEnv());
+  const r = ctr(['run', '-d', '--runc-binary', PREBAKE, ref, id]);
+  t.is(r.status, 0, r.stderr);
+  let pid = 0;
+  for (let i = 0; i < 100 && !pid; i++) {
+    pid = Number(new RegExp(`^${id}\\s+(\\d+)\\s+RUNNING`, 'm').exec(ctr(['task', 'ls']).stdout)?.[1] ?? 0);
+    if (!pid) await new Promise((res) => setTimeout(res, 50));
+  }
+  const c = spawnSync('nsenter', [`--net=/proc/${pid}/ns/net`, 'curl', '-s', '-m', '5', 'http://127.0.0.1:8080/'], { encoding: 'utf8' });
+  t.true((JSON.parse(c.stdout || '{}') as { served?: number }).served! > 1, `restored (a cold start answers 1): ${c.stdout} ${c.stderr}`);
+  const bundle = join('/run/containerd/io.containerd.runtime.v2.task/default', id);
+  t.regex(readFileSync(join(bundle, 'log.json'), 'utf8'), new RegExp(`"msg":"restored ${id} from /\\.prebake`));
+  t.true(existsSync(join(STATE_BASE, '/run/containerd/runc/default', id)), "prebake's state of the restored task is under the shim's runc root");
+  ctr(['task', 'kill', '-s', 'KILL', id]);
+  for (let i = 0; i < 100 && ctr(['task', 'delete', id]).status !== 0; i++) await new Promise((res) => setTimeout(res, 50));
+  t.is(ctr(['container', 'delete', id]).status, 0);
+  for (const d of [join('/run/containerd/runc/default', id), join(STATE_BASE, '/run/containerd/runc/default', id), bundle]) t.false(existsSync(d), `${d} is gone`);
+  const left = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => !mounts0.includes(l) && l.includes(id));
+  t.deepEqual(left, [], 'no mount of the task is left');
 });
 
 serial('nothing is left of the containers: no criu-root or prebake mount, no runc or prebake state, no container', async (t) => {
