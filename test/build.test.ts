@@ -222,7 +222,7 @@ test.serial('bad input: not root is one line, before anything is read', async (t
   assertFailed(t, r, { code: 1, message: /must run as root/, dest });
 });
 
-test.serial('bad input: --runtime with a name dockerd could not have, or without --target docker, is a usage error; nothing is read', async (t) => {
+test.serial('bad input: --runtime with a name dockerd could not have, or without --target docker or cri, is a usage error; nothing is read', async (t) => {
   const dir = tempDir(t);
   const dest = join(dir, 'out');
   // A name is checked before any engine is asked: no dockerd is reachable here.
@@ -233,10 +233,38 @@ test.serial('bad input: --runtime with a name dockerd could not have, or without
     t.deepEqual(readdirSync(r.tmp), [], `${JSON.stringify(name)}: nothing unpacked`);
   }
   const runc = await prebakeBuild(['--quiet', '--target', 'runc', '--runtime', 'prebake-alt', source, `oci:${dest}:baked`], env);
-  assertFailed(t, runc, { code: 2, message: /--runtime names the runtime for --target docker, which is not among the targets \(runc\)/, dest, usage: true });
+  assertFailed(t, runc, { code: 2, message: /--runtime names the runtime for --target docker or cri, neither of which is among the targets \(runc\)/, dest, usage: true });
   // A good name gets as far as asking dockerd (none here) for the probe.
   const ok = await prebakeBuild(['--quiet', '--runtime', 'prebake-alt', source, `oci:${dest}:baked`], env, { defaultTarget: true });
   assertFailed(t, ok, { code: 1, message: /--target docker: could not capture the engine's spec: .*(Cannot connect|no-docker\.sock)/, dest });
+});
+
+test.serial('bad input: --pod-config and --container-config without --target cri, unreadable, not a JSON object, with a malformed field, privileged or in the host\'s namespaces, or a command beside --arg, are usage errors; nothing is read', async (t) => {
+  const dir = tempDir(t);
+  const dest = join(dir, 'out');
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+  const good = file('c.json', '{"mounts": []}');
+  const cases: [string[], RegExp][] = [
+    [['--target', 'runc', '--container-config', good], /--container-config is for --target cri, which is not among the targets \(runc\)/],
+    [['--target', 'cri', '--pod-config', join(dir, 'absent.json')], /--pod-config .*absent\.json: ENOENT/],
+    [['--target', 'cri', '--container-config', file('bad.json', '{"mounts": [')], /--container-config .*bad\.json: /],
+    [['--target', 'cri', '--container-config', file('list.json', '[]')], /expected a JSON object \(CRI's ContainerConfig\)/],
+    [['--target', 'cri', '--container-config', file('cmd.json', '{"command": "python3"}')], /command must be a list of strings/],
+    [['--target', 'cri', '--container-config', file('env.json', '{"envs": [{"key": "A B", "value": "1"}]}')], /envs must be a list of \{"key": NAME, "value": STRING\}/],
+    [['--target', 'cri', '--container-config', file('user.json', '{"linux": {"security_context": {"run_as_username": "app"}}}')], /run_as_username is not supported/],
+    [['--target', 'cri', '--arg', 'x', '--container-config', file('args.json', '{"args": ["y"]}')], /--arg and the command or args of --container-config both say what to run/],
+    [['--target', 'cri', '--container-config', file('priv.json', '{"linux": {"security_context": {"privileged": true}}}')], /a privileged container is not baked/],
+    [['--target', 'cri', '--pod-config', file('hostnet.json', '{"linux": {"security_context": {"namespace_options": {"network": "NODE"}}}}')], /namespace_options\.network NODE \(the host's\) is not baked/],
+  ];
+  const env = ownTmp(t, dir);
+  for (const [flags, message] of cases) {
+    const r = await prebakeBuild(['--quiet', ...flags, source, `oci:${dest}:baked`], env);
+    assertFailed(t, r, { code: 2, message, dest, usage: true });
+    t.deepEqual(readdirSync(r.tmp), [], `${flags.join(' ')}: nothing unpacked`);
+  }
 });
 
 /** A tmpfs of `size` at `dir`, unmounted when the test ends. */

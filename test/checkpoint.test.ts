@@ -175,6 +175,15 @@ test('a container running another command, directory or environment than the bak
   t.regex(processMismatch(proc(), proc((s) => (s.process!.cwd = '/tmp')))!, /working directory is \/tmp/);
   t.regex(processMismatch(proc(), proc((s) => s.process!.env!.push('DEBUG=1')))!, /environment differs .*\+DEBUG/);
   t.regex(processMismatch(proc(), proc((s) => (s.process!.env = ['PATH=/bin'])))!, /environment differs .*-PORT/);
+  // kubelet's service variables count only outside a pod; long entries are never taken for them.
+  const kube = proc((s) => s.process!.env!.push('KUBERNETES_SERVICE_HOST=10.96.0.1', 'REDIS_PORT=tcp://10.96.7.9:6379', 'REDIS_PORT_6379_TCP_ADDR=10.96.7.9'));
+  t.is(processMismatch(proc(), kube, true), null, 'a pod: ignored');
+  t.regex(processMismatch(proc(), kube)!, /environment differs .*\+KUBERNETES_SERVICE_HOST/, 'docker -e: counted');
+  t.regex(processMismatch(proc(), proc((s) => s.process!.env!.push('APP_PORT=8080')), true)!, /\+APP_PORT/, 'a number is not a service link');
+  const long = `A${'_SERVICE_PORT'.repeat(20_000)}=1`;
+  const t0 = performance.now();
+  t.regex(processMismatch(proc(), proc((s) => s.process!.env!.push(long)), true)!, /environment differs/);
+  t.true(performance.now() - t0 < 50, `a 260 kB variable is compared in ${(performance.now() - t0).toFixed(1)} ms`);
 });
 
 test('a checkpoint is restored only into the kind of network namespace it was baked in: its own, one joined by path, or the host\'s', async (t) => {
@@ -211,4 +220,22 @@ test('a checkpoint is restored only into the kind of network namespace it was ba
   const { network: _network, ...older } = goodManifest().spec;
   t.is(parseManifest(JSON.stringify({ ...goodManifest(), spec: older })).spec.network, undefined);
   t.throws(() => parseManifest(JSON.stringify({ ...goodManifest(), spec: { ...goodManifest().spec, network: 'bridge' } })), { message: /spec\.network "bridge"/ });
+});
+
+test('a checkpoint carrying UTS or IPC namespace images is not restored where the container joins those namespaces by path (CRIU would write them into the pod\'s), and one without them not where new ones are asked for', async (t) => {
+  const { namespaceImagesMismatch } = await import('../src/checkpoint/verify.ts');
+  const withNs = (how: 'new' | 'path' | 'host') =>
+    spec((s) => {
+      s.linux!.namespaces = [{ type: 'pid' }, ...(['uts', 'ipc'] as const).flatMap((type) => (how === 'host' ? [] : [{ type, ...(how === 'path' ? { path: `/proc/1/ns/${type}` } : {}) }]))];
+    });
+  const own = ['core-1.img', 'utsns-12.img', 'ipcns-var-11.img'];
+  const none = ['core-1.img'];
+  t.is(namespaceImagesMismatch(own, withNs('new')), null);
+  t.is(namespaceImagesMismatch(none, withNs('path')), null, 'a cri bake joins the pod\'s namespaces');
+  t.is(namespaceImagesMismatch(none, withNs('host')), null);
+  t.regex(namespaceImagesMismatch(own, withNs('path'))!, /carries UTS namespace of its own, the container asks for one joined by path/);
+  t.regex(namespaceImagesMismatch(['core-1.img', 'utsns-12.img'], withNs('path'))!, /UTS/);
+  t.regex(namespaceImagesMismatch(['core-1.img', 'ipcns-var-11.img'], withNs('path'))!, /carries IPC namespace of its own, the container asks for one joined by path/);
+  t.regex(namespaceImagesMismatch(none, withNs('new'))!, /carries no UTS namespace of its own, the container asks for a new one/);
+  t.regex(namespaceImagesMismatch(own, withNs('host'))!, /carries UTS namespace of its own, the container asks for the host's/);
 });

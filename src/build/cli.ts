@@ -258,6 +258,12 @@ function readCriConfig(flag: string, file: string): CriConfig {
     throw new UsageError(`--${flag} ${file}: envs must be a list of {"key": NAME, "value": STRING}`);
   const sc = ((o.linux as CriConfig | undefined)?.security_context ?? {}) as CriConfig;
   if (sc.run_as_username) throw new UsageError(`--${flag} ${file}: run_as_username is not supported; give run_as_user (and run_as_group)`);
+  // The bake runs the image as root on the host that holds the signing key: not with the host's
+  // devices and capabilities, nor in its network, PID or IPC namespace.
+  if (sc.privileged === true) throw new UsageError(`--${flag} ${file}: a privileged container is not baked (the bake host holds the signing key)`);
+  const nsOptions = (sc.namespace_options ?? {}) as CriConfig;
+  for (const k of ['network', 'pid', 'ipc'])
+    if (nsOptions[k] === 'NODE' || nsOptions[k] === 2) throw new UsageError(`--${flag} ${file}: namespace_options.${k} NODE (the host's) is not baked (the bake host holds the signing key)`);
   return o;
 }
 

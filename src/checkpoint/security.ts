@@ -140,20 +140,32 @@ const ENV_IGNORED = new RegExp(`^(${ENGINE_ENV.join('|')}|PREBAKE_[A-Z_]*)=`);
  * service's variables and, with enableServiceLinks (the default), every service's of the pod's
  * namespace: NAME_SERVICE_HOST=IP, NAME_SERVICE_PORT[_PORTNAME]=N, NAME_PORT=PROTO://IP:N and
  * NAME_PORT_N_PROTO[=PROTO://IP:N | _PROTO=proto | _PORT=N | _ADDR=IP]. They change with the
- * cluster's services, so they do not count against a checkpoint: a restored process keeps the
- * values it was baked with (none, unless the bake was given them); processes started in the
- * container later (exec) get the pod's.
+ * cluster's services, so in a CRI container's spec they do not count against a checkpoint
+ * (processMismatch): a restored process keeps the values it was baked with (none, unless the bake
+ * was given them); processes started in the container later (exec) get the pod's. Only entries
+ * of at most KUBELET_ENV_MAX characters are tested (a service name has at most 63, an address
+ * 45): the pattern backtracks on long ones.
  */
+export const KUBELET_ENV_MAX = 200;
 export const KUBELET_ENV =
   /^[A-Z_][A-Z0-9_]*_(SERVICE_HOST=[0-9A-Fa-f.:]+|SERVICE_PORT(_[A-Z0-9_]+)?=\d+|PORT=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|PORT_\d+_(TCP|UDP|SCTP)(=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|_PROTO=(tcp|udp|sctp)|_PORT=\d+|_ADDR=[0-9A-Fa-f.:]+))$/;
 
 export function bakedProcessOf(spec: Spec): BakedProcess {
   const p = spec.process;
-  return { args: p?.args ?? [], cwd: p?.cwd ?? '/', env: [...new Set((p?.env ?? []).filter((e) => !ENV_IGNORED.test(e) && !KUBELET_ENV.test(e)))].sort() };
+  return { args: p?.args ?? [], cwd: p?.cwd ?? '/', env: [...new Set((p?.env ?? []).filter((e) => !ENV_IGNORED.test(e)))].sort() };
 }
 
-/** Why the baked process is not the one the container asks for, or null. */
-export function processMismatch(baked: BakedProcess, wanted: BakedProcess): string | null {
+/** Whether a spec is a Kubernetes pod's container as containerd's CRI plugin writes it. */
+export const isCriContainer = (spec: Spec): boolean => spec.annotations?.['io.kubernetes.cri.container-type'] === 'container';
+
+const kubeletVar = (e: string) => e.length <= KUBELET_ENV_MAX && KUBELET_ENV.test(e);
+
+/**
+ * Why the baked process is not the one the container asks for, or null. `kubelet`: the container
+ * is a pod's (isCriContainer), and kubelet's variables (KUBELET_ENV) do not count on either side.
+ */
+export function processMismatch(baked: BakedProcess, wanted: BakedProcess, kubelet = false): string | null {
+  if (kubelet) return processMismatch({ ...baked, env: baked.env.filter((e) => !kubeletVar(e)) }, { ...wanted, env: wanted.env.filter((e) => !kubeletVar(e)) });
   if (JSON.stringify(baked.args) !== JSON.stringify(wanted.args))
     return `the container runs ${JSON.stringify(wanted.args)}, the checkpoint is of ${JSON.stringify(baked.args)}`;
   if (baked.cwd !== wanted.cwd) return `the container's working directory is ${wanted.cwd}, the checkpoint's ${baked.cwd}`;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import type { HostFacts } from '../lib/host.ts';
 import { type CheckpointManifest, MANIFEST_FILE, MANIFEST_MAX_BYTES, parseManifest } from './manifest.ts';
-import { type BakedSpec, bakedSpecOf, networkMismatch, processMismatch, restoredMismatch, securityMismatch } from './security.ts';
+import { type BakedSpec, bakedSpecOf, isCriContainer, networkMismatch, processMismatch, restoredMismatch, securityMismatch } from './security.ts';
 import { importCheckpoint, readEntry, storeEntry } from './store.ts';
 import { loadTrustStore, SIGNATURE_FILE, SIGNATURE_MAX_BYTES, verifyManifestSignature } from './trust.ts';
 
@@ -24,14 +24,38 @@ export function incompatibility(m: CheckpointManifest, spec: Spec, host: HostFac
   const gone = m.spec.mounts.filter((d) => !wanted.mounts.includes(d));
   if (extra.length || gone.length)
     return `mount destinations differ from the baked ones (${[...extra.map((d) => `+${d}`), ...gone.map((d) => `-${d}`)].join(' ')})`;
-  const net = networkMismatch(m.spec.network, wanted.network ?? 'new');
+  const net = networkMismatch(m.spec.network, wanted.network ?? 'new') ?? namespaceImagesMismatch(Object.keys(m.files), spec);
   if (net) return net;
   if (m.spec.terminal !== wanted.terminal)
     return `the checkpoint was baked ${m.spec.terminal ? 'with' : 'without'} a terminal, the container asks ${wanted.terminal ? 'for one' : 'for none'}`;
-  const proc = processMismatch(m.spec.process, wanted.process);
+  const proc = processMismatch(m.spec.process, wanted.process, isCriContainer(spec));
   if (proc) return proc;
   const why = securityMismatch(m.spec.security, wanted.security) ?? restoredMismatch(m.spec.restored, wanted.restored);
   return why && `security: ${why}`;
+}
+
+/**
+ * Why CRIU would restore the checkpoint's UTS or IPC namespace wrongly into `spec`, or null, by the
+ * namespace images it carries (utsns-*.img, ipcns-var-*.img, which CRIU requires whenever the
+ * root task had a namespace of its own). Given one to join (a pod's), CRIU joins it and then
+ * writes the image's hostname, IPC sysctls and SysV objects into it, for every container of the
+ * pod to see, before anything can check the result. Asked for a new one, a checkpoint without it
+ * would leave the tasks in the runtime's own (the host's); asked for the host's, CRIU would make
+ * one.
+ */
+export function namespaceImagesMismatch(files: readonly string[], spec: Spec): string | null {
+  for (const [type, image] of [
+    ['uts', /^utsns-\d+\.img$/],
+    ['ipc', /^ipcns-var-\d+\.img$/],
+  ] as const) {
+    const ns = spec.linux?.namespaces?.find((n) => n.type === type);
+    const carried = files.some((f) => image.test(f));
+    const asked = !ns ? "the host's" : ns.path ? 'one joined by path' : 'a new one';
+    // Only a new namespace is one CRIU makes from the images.
+    if (carried === Boolean(ns && !ns.path)) continue;
+    return `the checkpoint ${carried ? 'carries' : 'carries no'} ${type.toUpperCase()} namespace of its own, the container asks for ${asked}`;
+  }
+  return null;
 }
 
 export interface ChosenCheckpoint {

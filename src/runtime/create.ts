@@ -269,13 +269,16 @@ const CRIU_CONF_TEXT = 'leave-stopped\n';
 
 /**
  * The verdict on what runc restored, its tasks still stopped: null when it is within the spec
- * (and then its processes have the spec's oom_score_adj), else why not. The reason is about
- * privilege, not about the checkpoint's files.
+ * and its processes have the spec's oom_score_adj, else why not (`excess` when it holds more
+ * than the spec grants). The reason is about the restored tasks, not the checkpoint's files.
  */
-function verdictOn(plan: RestorePlan, pidFile: string): string | null {
+function verdictOn(plan: RestorePlan, pidFile: string): Failure | null {
   const pid = restoredPid(pidFile);
-  if (pid === undefined) return 'runc wrote no pid for the restored process';
-  return restoredExcess(pid, plan.expect) ?? applyOomScoreAdj(pid, plan.expect);
+  if (pid === undefined) return { reason: 'runc wrote no pid for the restored process' };
+  const excess = restoredExcess(pid, plan.expect);
+  if (excess !== null) return { reason: excess, excess: true };
+  const oom = applyOomScoreAdj(pid, plan.expect);
+  return oom === null ? null : { reason: oom };
 }
 
 /** Sends SIGCONT down a stopped process tree, children first (none of them runs before its parent is checked). */
@@ -336,12 +339,12 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
       abort(runc.pid, plan.id, plan.stateDir, call);
       failure = status === 'timeout' ? { reason: timedOut(cfg) } : { reason: 'abandoned', abandoned: true };
     } else if (status === 0) {
-      const excess = verdictOn(plan, restorePidFile(plan, createArgs));
-      if (excess === null) {
+      const refused = verdictOn(plan, restorePidFile(plan, createArgs));
+      if (refused === null) {
         finishRestored(plan, restorePidFile(plan, createArgs));
         return null;
       }
-      failure = { reason: excess, excess: true };
+      failure = refused;
     } else failure = { reason: status === undefined ? 'runc went away' : failureReason(state.runcLog, join(state.work, 'restore.log')) };
   } catch (e) {
     // A restored container prebake cannot finish (its process gone before the restore signal)
@@ -559,14 +562,14 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
         const verdict = verdictFor(plan, log);
         // runc exits a few ms after it has written the restored init's pid (CRIU is done, the
         // tasks stopped): the tasks are checked meanwhile.
-        let excess: string | null | undefined;
+        let refused: Failure | null | undefined;
         const status = exitOf(early.runcPid, early.shellPid, cfg.restoreTimeoutMs, () => {
-          if (callerGone() || excess !== undefined || !existsSync(pidFile)) return false;
+          if (callerGone() || refused !== undefined || !existsSync(pidFile)) return false;
           // The init CRIU restored is runc's child until runc exits (a pid file left from an
           // earlier container names some other process).
           const pid = restoredPid(pidFile);
           if (pid === undefined || parentOf(pid) !== early.runcPid) return false;
-          excess = verdictOn(plan, pidFile);
+          refused = verdictOn(plan, pidFile);
           return true;
         });
         if (status === 'timeout') {
@@ -580,10 +583,10 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
           return { reason };
         }
         if (status === 0) {
-          excess ??= verdictOn(plan, pidFile);
-          if (excess !== null) {
+          refused ??= verdictOn(plan, pidFile);
+          if (refused !== null) {
             discardAttempt(plan, call, cfg);
-            return { reason: excess, excess: true };
+            return refused;
           }
           if (!callerGone()) {
             writeSync(VERDICT_FD, verdict);

@@ -170,7 +170,8 @@ function ownOomScoreAdj(): number {
 export function applyOomScoreAdj(initPid: number, x: Pick<Expectations, 'oomScoreAdj'>): string | null {
   for (const pid of new Set(tasksUnder(initPid).map((t) => t.pid))) {
     try {
-      if (Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim()) !== x.oomScoreAdj) writeFileSync(`/proc/${pid}/oom_score_adj`, String(x.oomScoreAdj));
+      // Written whatever it reads, as runc writes it: the write also sets oom_score_adj_min.
+      writeFileSync(`/proc/${pid}/oom_score_adj`, String(x.oomScoreAdj));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ESRCH') return `cannot set oom_score_adj ${x.oomScoreAdj} of process ${pid}: ${(e as Error).message}`;
     }
