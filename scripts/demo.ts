@@ -4,7 +4,10 @@
 // containerd or podman start that engine privately, bake each image for it and start the
 // replicas through it (`docker run -d`, `ctr run -d`, `podman run -d`).
 //
-//   npm run demo -- [--engine runc|docker|containerd|podman] [--runs N] [--requests M] [--functions noop,markdown,resize,ml] [--out DIR]
+// --full is the seed study's size: 200 starts per function and mode, 200 requests after each.
+// An estimate of the run's duration is printed before it starts.
+//
+//   npm run demo -- [--full] [--engine runc|docker|containerd|podman] [--runs N] [--requests M] [--functions noop,markdown,resize,ml] [--out DIR]
 
 import { parseArgs } from 'node:util';
 import { stopEnginesOnSignal, stoppingOnSignal } from '../src/engines/engine.ts';
@@ -12,20 +15,48 @@ import { FUNCTIONS, type FunctionName, isFunctionName } from '../src/image/funct
 import { consoleTable, writeReport } from '../src/study/report.ts';
 import { runStudy, STUDY_ENGINES, type StudyEngine } from '../src/study/run.ts';
 
+/**
+ * What one replica of each function typically costs here (docs/study.md, 2026-12-07, 2 cores):
+ * cold and prebaked startup and one request's latency, ms; and what every replica costs besides
+ * (its bundle, overlay, network namespace, client and teardown), from the ~3 min of the default run.
+ */
+const TYPICAL: Record<FunctionName, { cold: number; prebaked: number; request: number }> = {
+  noop: { cold: 94, prebaked: 91, request: 0.6 },
+  markdown: { cold: 125, prebaked: 85, request: 1.7 },
+  resize: { cold: 206, prebaked: 93, request: 15 },
+  ml: { cold: 2764, prebaked: 150, request: 45 },
+};
+const PER_REPLICA_MS = 1500;
+
+/** The run's expected duration in ms, images cached (a first build takes minutes more). */
+function estimateMs(functions: FunctionName[], runs: number, requests: number): number {
+  return functions.reduce((sum, f) => {
+    const t = TYPICAL[f];
+    return sum + runs * (t.cold + t.prebaked + 2 * (requests * t.request + PER_REPLICA_MS));
+  }, 0);
+}
+
+const duration = (ms: number) => (ms < 90_000 ? `${Math.round(ms / 1000)} s` : ms < 5_400_000 ? `${Math.round(ms / 60_000)} min` : `${(ms / 3_600_000).toFixed(1)} h`);
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     args: process.argv.slice(2),
-    options: { engine: { type: 'string', default: 'runc' }, runs: { type: 'string', default: '10' }, requests: { type: 'string', default: '20' }, functions: { type: 'string', default: Object.keys(FUNCTIONS).join(',') }, out: { type: 'string', default: 'report' } },
+    options: { full: { type: 'boolean', default: false }, engine: { type: 'string', default: 'runc' }, runs: { type: 'string' }, requests: { type: 'string' }, functions: { type: 'string', default: Object.keys(FUNCTIONS).join(',') }, out: { type: 'string', default: 'report' } },
   });
+  if (values.full && (values.runs !== undefined || values.requests !== undefined)) throw new Error('--full sets --runs 200 --requests 200: give either');
   const functions = values.functions.split(',').filter(Boolean);
   const unknown = functions.filter((f) => !isFunctionName(f));
   if (unknown.length) throw new Error(`--functions: no function ${unknown.join(', ')} (there are ${Object.keys(FUNCTIONS).join(', ')})`);
   const engine = values.engine as StudyEngine;
   if (!STUDY_ENGINES.includes(engine)) throw new Error(`--engine ${values.engine}: expected one of ${STUDY_ENGINES.join(', ')}`);
-  const runs = Number(values.runs);
-  const requests = Number(values.requests);
+  const runs = Number(values.runs ?? (values.full ? 200 : 10));
+  const requests = Number(values.requests ?? (values.full ? 200 : 20));
   if (!Number.isInteger(runs) || runs < 2) throw new Error(`--runs ${values.runs}: expected an integer >= 2`);
   if (!Number.isInteger(requests) || requests < 1) throw new Error(`--requests ${values.requests}: expected an integer >= 1`);
+  const estimate = estimateMs(functions as FunctionName[], runs, requests);
+  process.stderr.write(
+    `demo: ${runs} run(s) per function and mode, ${requests} request(s) after each start, ${functions.join(', ')}${engine === 'runc' ? '' : ` through ${engine}`}: about ${duration(estimate)} once the images are built and baked (estimated from this machine's earlier runs)\n`,
+  );
   stopEnginesOnSignal();
   const results = await runStudy({
     functions: functions as FunctionName[],
