@@ -23,7 +23,7 @@
 // are noisy: the header prints the load average, before and after.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
@@ -168,6 +168,41 @@ function timedCall(cmd: string, args: string[]): { ms: number; code: number; std
   const ms = performance.now() - t0;
   if (r.error) throw r.error;
   return { ms, code: r.status ?? 128, stdout: r.stdout };
+}
+
+/**
+ * CPU time (user + sys) of every process a create runs: it is started in a cpuacct cgroup of its
+ * own (cgroup v1), read once they have all exited. The container's cgroup (the spec names none, so
+ * runc makes it below runc's own) is counted up to then: the restored tasks' own restore work
+ * (CRIU's restorer runs as them), a cold container's runc init; not what the function does once
+ * it runs. null where there is no cpuacct hierarchy to make one in.
+ */
+const CPUACCT = '/sys/fs/cgroup/cpuacct';
+let cpuSeq = 0;
+function cpuGroup(): { wrap(cmd: string, args: string[]): [string, string[]]; ms(): Promise<number>; remove(): void } | null {
+  if (!existsSync(join(CPUACCT, 'cpuacct.usage'))) return null;
+  const dir = join(CPUACCT, `prebake-bench-${process.pid}-${++cpuSeq}`);
+  try {
+    mkdirSync(dir);
+  } catch {
+    return null;
+  }
+  const procs = () => readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
+  return {
+    wrap: (cmd, args) => ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', dir, cmd, ...args]],
+    async ms() {
+      // The Node program may still be exiting when create has returned.
+      for (let i = 0; i < 400 && procs(); i++) await new Promise((r) => setTimeout(r, 1));
+      return Number(readFileSync(join(dir, 'cpuacct.usage'), 'utf8')) / 1e6;
+    },
+    remove() {
+      try {
+        rmdirSync(dir);
+      } catch {
+        /* the container's cgroup still below it (runc delete removes it): left */
+      }
+    },
+  };
 }
 
 function runcForce(root: string, args: string[]): void {
@@ -344,6 +379,8 @@ interface Replica {
   served: number;
   /** prebake's log `ms` for the restore (its runc restore call). */
   logMs?: number;
+  /** CPU time (user + sys) of every process of its create (cpuGroup); undefined without cpuacct. */
+  cpuMs?: number;
   /** Duration covered by CRIU's restore.log, and its phases. */
   criuMs?: number;
   phases?: CriuPhases;
@@ -380,12 +417,14 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType
   const id = uniqueName(`bench-${variant}`);
   const pipes: (() => void)[] = [];
   let client: NetnsClient | undefined;
+  const cpu = cpuGroup();
   const teardown = onCleanup(() => {
     client?.close();
     runcForce(rt.root, ['delete', '--force', id]);
     rmSync(containerStateDir(cfg, rt.root, id), { recursive: true, force: true });
     for (const c of pipes) c();
     b.cleanup();
+    cpu?.remove();
   });
   try {
     b.writeSpec(variant === 'cold' ? coldSpec(baked, b.netnsPath) : baked.spec(b.netnsPath));
@@ -423,17 +462,22 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType
       if (code !== 0) throw new Error(`${LABEL[variant]}: start exit ${code}: ${out().trim()}`);
     };
     const t0 = performance.now();
-    const create = spawnPiped(variant === 'raw-restore' ? RUNC : PREBAKE, createArgs);
+    // (The cgroup's sh, ~1 ms, is the same for every variant.)
+    const createCmd = variant === 'raw-restore' ? RUNC : PREBAKE;
+    const create = spawnPiped(...(cpu ? cpu.wrap(createCmd, createArgs) : [createCmd, createArgs] as [string, string[]]));
     pipes.push(create.close);
     const createOut = collect(create);
     const createCode = await create.exit;
     const t1 = performance.now();
     if (createCode !== 0) throw new Error(`${LABEL[variant]}: exit ${createCode}: ${createOut().trim()}`);
+    // Untimed: the create's CPU, once its processes are gone (a cold container waits for start).
+    const cpuMs = await cpu?.ms();
+    const t1b = performance.now();
     if (variant === 'cold') await start();
     const t2 = performance.now();
     const res = await client.waitHttp({ port: PORT, path: '/', intervalMs: HTTP_INTERVAL_MS, timeoutMs: 30_000 });
     const t3 = performance.now();
-    let startMs = t2 - t1;
+    let startMs = t2 - t1b;
     if (variant === 'prebake-restore' || variant === 'prebake-restore-uncached') {
       const s0 = performance.now();
       await start();
@@ -454,7 +498,7 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType
     }
     const t4 = performance.now();
     await client.request({ port: PORT, path: '/' });
-    const r: Replica = { variant, totalMs: t3 - t0, createMs: t1 - t0, startMs, httpMs: t3 - t2, nextHttpMs: performance.now() - t4, served };
+    const r: Replica = { variant, totalMs: t1 - t0 + (t3 - t1b), createMs: t1 - t0, startMs, httpMs: t3 - t2, nextHttpMs: performance.now() - t4, served, ...(cpuMs !== undefined ? { cpuMs } : {}) };
     if (restored) {
       const logPath = variant === 'raw-restore' ? join(criuWork, 'restore.log') : join(containerStateDir(cfg, rt.root, id), 'criu', 'restore.log');
       const log = parseCriuLog(logPath);
@@ -524,6 +568,7 @@ function partsOf(rs: Replica[]): Parts {
     start: med((r) => r.startMs),
     http: med((r) => r.httpMs),
     nextHttp: med((r) => r.nextHttpMs),
+    cpu: med((r) => r.cpuMs),
     prebakeLogMs: med((r) => r.logMs),
     criu: med((r) => r.criuMs),
     criuStartup: med((r) => r.phases?.startup),
@@ -679,9 +724,12 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
         ['first HTTP 200 after create (cold: after start; 1 ms polling)', n(p.http), n(u.http), n(r.http), n(c.http)],
         ['start (cold: before the 200; restore: a no-op, after it)', n(p.start), n(u.start), '-', n(c.start)],
         ['(the next request, untimed, for reference)', n(p.nextHttp), n(u.nextHttp), n(r.nextHttp), n(c.nextHttp)],
+        ['CPU time, user + sys, of every process of the create (untimed)', n(p.cpu), n(u.cpu), n(r.cpu), n(c.cpu)],
       ],
     ),
   );
+  if (p.cpu === undefined) out.push(`  CPU time not measured: no cpuacct cgroup hierarchy at ${CPUACCT} to count it in.`);
+  else out.push(`  CPU: a restore takes ${f1(p.cpu)} ms of CPU (raw runc restore ${f1(r.cpu ?? NaN)}, prebake ${signed(p.cpu - (r.cpu ?? NaN))} ms), a cold create ${f1(c.cpu ?? NaN)} ms (its function's start after it not counted); on 2 CPUs a burst of restores is CPU-bound at ~${f1(2000 / p.cpu)} per second.`);
   out.push('  raw restore columns include the spawn of runc itself (sh + cat pipe, as for the others).');
   const k = start.checks;
   const coldMs = start.variants.cold.median;
