@@ -54,16 +54,18 @@ interface Options {
   json: boolean;
   /** Only (b): what `npm run demo` shows. */
   startOnly: boolean;
+  /** (d): replicas restored at once (0: none). */
+  burst: number;
 }
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench-runtime: ${msg}\n`);
-  process.stderr.write('usage: bench-runtime [--runs N (default 10)] [--calls N (default 30)] [--warmup N (default 1)] [--start-only] [--json]\n');
+  process.stderr.write('usage: bench-runtime [--runs N (default 10)] [--calls N (default 30)] [--warmup N (default 1)] [--burst N (default 10, 0: none)] [--start-only] [--json]\n');
   process.exit(msg ? 2 : 0);
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { runs: 10, calls: 30, warmup: 1, json: false, startOnly: false };
+  const o: Options = { runs: 10, calls: 30, warmup: 1, json: false, startOnly: false, burst: 10 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
@@ -85,6 +87,9 @@ function parseOptions(argv: string[]): Options {
         break;
       case '--json':
         o.json = true;
+        break;
+      case '--burst':
+        o.burst = num(0);
         break;
       case '--start-only':
         o.startOnly = true;
@@ -771,6 +776,61 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
   return out.join('\n');
 }
 
+// ---------------------------------------------------------------------------------------------
+// (d) a burst: replicas of one image restored at once, as a scale-out creates them
+
+interface BurstResult {
+  n: number;
+  /** Per replica: spawn of its create -> its first HTTP 200, all spawned at once. */
+  readyMs: number[];
+  /** The whole burst: first spawn -> last replica's first 200. */
+  wallMs: number;
+}
+
+async function benchBurst(baked: BakedFunction, n: number): Promise<BurstResult> {
+  const rt = runtimeDirs();
+  onCleanup(() => rt.cleanup());
+  // Untimed: every replica's bundle, netns, spec and client, ready before the first create.
+  const replicas: { b: TestBundle; id: string; client: NetnsClient; pipes: (() => void)[] }[] = [];
+  const teardown = onCleanup(() => {
+    for (const r of replicas) {
+      r.client.close();
+      runcForce(rt.root, ['delete', '--force', r.id]);
+      rmSync(containerStateDir(cfg, rt.root, r.id), { recursive: true, force: true });
+      for (const c of r.pipes) c();
+      r.b.cleanup();
+    }
+  });
+  try {
+    for (let i = 0; i < n; i++) {
+      const b = overlayBundle(baked.layers);
+      const id = uniqueName('bench-burst');
+      b.writeSpec(baked.spec(b.netnsPath));
+      replicas.push({ b, id, client: await NetnsClient.start(b.netns), pipes: [] });
+    }
+    for (const r of replicas) await r.client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(() => { throw new Error(`port ${PORT} answers in a fresh netns`); }, () => {});
+    const t0 = performance.now();
+    const readyMs = await Promise.all(
+      replicas.map(async (r) => {
+        const t = performance.now();
+        const p = spawnPiped(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', r.b.dir, '--pid-file', join(r.b.dir, 'init.pid'), r.id]);
+        r.pipes.push(p.close);
+        const out = collect(p);
+        const code = await p.exit;
+        if (code !== 0) throw new Error(`burst: create of ${r.id} exited ${code}: ${out().trim()}`);
+        const res = await r.client.waitHttp({ port: PORT, path: '/', intervalMs: HTTP_INTERVAL_MS, timeoutMs: 60_000 });
+        const ms = performance.now() - t;
+        const served = (JSON.parse(res.body) as { served: number }).served;
+        if (!(served > 1)) throw new Error(`burst: ${r.id} served ${served}, not a restore: ${prebakeLog(rt.log, r.id).map((o) => o.msg).join('; ')}`);
+        return ms;
+      }),
+    );
+    return { n, readyMs, wallMs: performance.now() - t0 };
+  } finally {
+    teardown();
+  }
+}
+
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   if (process.getuid?.() !== 0) usage('must run as root (runc, CRIU, mounts, network namespaces)');
@@ -795,6 +855,11 @@ async function main(): Promise<void> {
     }
     progress(`(b) create -> first HTTP 200, ${opts.runs} runs each (+${opts.warmup} warm-up) ...`);
     const start = await benchStart(baked, opts, cacheEntry);
+    let burst: BurstResult | undefined;
+    if (opts.burst > 0) {
+      progress(`(d) a burst of ${opts.burst} restores at once ...`);
+      burst = await benchBurst(baked, opts.burst);
+    }
     const loadAfter = loadavg().map((x) => Number(x.toFixed(2)));
     if (opts.json) {
       const summary = {
@@ -804,10 +869,17 @@ async function main(): Promise<void> {
         passThrough: pass,
         createCosts: costs,
         start: { ...start, labels: LABEL },
+        ...(burst ? { burst: { ...burst, summary: summarize(burst.readyMs), overSingle: median(burst.readyMs) / start.variants['prebake-restore'].median } } : {}),
       };
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     } else {
-      process.stdout.write(`\n${report(env, opts, pass, costs, start)}\n(load average after: ${loadAfter.join(' ')})\n`);
+      const single = start.variants['prebake-restore'].median;
+      const burstText = burst
+        ? `\n(d) a burst: ${burst.n} replicas of the image restored at once (one prebake create each, spawned together), spawn -> first HTTP 200, ms\n` +
+          `${table(['', 'median', 'p10', 'p90', 'max'], [[`each of ${burst.n}`, f1(median(burst.readyMs)), f1(quantile(burst.readyMs, 0.1)), f1(quantile(burst.readyMs, 0.9)), f1(Math.max(...burst.readyMs))]])}\n` +
+          `  the median replica / one restore alone (${f1(single)} ms, (b)): ${f2(median(burst.readyMs) / single)}x   target <= 3x: ${median(burst.readyMs) / single <= 3 ? 'PASS' : 'MISS'}; the whole burst ${f1(burst.wallMs)} ms\n`
+        : '';
+      process.stdout.write(`\n${report(env, opts, pass, costs, start)}\n${burstText}(load average after: ${loadAfter.join(' ')})\n`);
     }
   } finally {
     cleanupAll();
