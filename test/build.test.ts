@@ -18,6 +18,7 @@ import { REPO } from './helpers/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
 import { restoreUmociBundle } from './helpers/umoci.ts';
 import { type Member, tarOf } from './helpers/tar.ts';
+import { mountPoints } from '../src/lib/mountinfo.ts';
 
 const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
 
@@ -85,9 +86,7 @@ function leftovers({ pid, tmp }: BuildRun): string[] {
     .map((l) => l.split(' ')[0]!)
     .filter(ours)
     .map((n) => `netns ${n}`);
-  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
+  const mounts = mountPoints()
     .filter((m) => m.startsWith(join(tmp, 'prebake-build-')))
     .map((m) => `mount ${m}`);
   const dirs = readdirSync(tmp)

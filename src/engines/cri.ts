@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { packLayer } from '../image/pack.ts';
 import { scratchImage, writeImage } from '../image/write.ts';
 import { CRI_PROTO, type CriClient, criClient } from '../lib/cri.ts';
+import { mountPoints } from '../lib/mountinfo.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
 
@@ -104,12 +105,6 @@ function sh(cmd: string, args: string[], env?: NodeJS.ProcessEnv): string {
     throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr || err.message).trim()}`, { cause: e });
   }
 }
-
-const mountPoints = () =>
-  readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p): p is string => p !== undefined);
 
 /** Pids whose command line mentions `text`. */
 function processesMentioning(text: string): number[] {

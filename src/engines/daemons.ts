@@ -8,6 +8,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { mountPoints } from '../lib/mountinfo.ts';
 import { PREBAKE_BIN } from '../lib/paths.ts';
 
 const run = promisify(execFile);
@@ -86,11 +87,7 @@ async function terminate(d: { child: ChildProcess; exited: Promise<void> }, grac
 
 /** Unmounts every mount point under `dir`, deepest first. */
 function unmountUnder(dir: string): void {
-  const points = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
+  const points = mountPoints(dir).sort((a, b) => b.length - a.length);
   for (const p of points) {
     try {
       execFileSync('umount', [p], { stdio: 'ignore' });

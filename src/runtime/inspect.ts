@@ -6,6 +6,9 @@ import { existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFil
 import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
+import { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
+
+export { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 
 /** Linux capability numbers, in order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
 export const CAP_NAMES = [
@@ -62,34 +65,6 @@ const nsId = (path: string) => {
   const st = statSync(path);
   return `${st.dev}:${st.ino}`;
 };
-
-/** Decodes mountinfo's octal escapes (\040 for a space). */
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-export interface MountInfo {
-  /** major:minor of the mounted filesystem. */
-  dev: string;
-  root: string;
-  mountPoint: string;
-  /** The mount's own options (ro, nosuid, nodev, noexec, …) and its superblock's. */
-  opts: string[];
-  superOpts: string[];
-  fsType: string;
-  source: string;
-}
-
-/** /proc/<pid>/mountinfo (or /proc/self/mountinfo), parsed. */
-export function mountInfo(pid: number | 'self' = 'self'): MountInfo[] {
-  return readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [pre, post = ''] = line.split(' - ');
-      const f = pre!.split(' ');
-      const g = post.split(' ');
-      return { dev: f[2]!, root: unescape(f[3]!), mountPoint: unescape(f[4]!), opts: (f[5] ?? '').split(','), fsType: g[0]!, source: unescape(g[1] ?? ''), superOpts: (g[2] ?? '').split(',') };
-    });
-}
 
 /**
  * Where a host path lives, as a bind mount of it shows in mountinfo: the device (major:minor) of

@@ -5,6 +5,7 @@
 import type { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mountPoints } from '../../src/lib/mountinfo.ts';
 
 export type Result = { code: number | null; stdout: string; stderr: string; ms: number };
 
@@ -55,11 +56,7 @@ export const inRoot = (root: string, argv: string[]) => ['chroot', root, 'env', 
 
 /** The mount points at or under dir, in mount order, from this process's mountinfo. */
 export function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((m) => m === dir || m.startsWith(`${dir}/`));
+  return mountPoints(dir);
 }
 
 /** The processes whose root directory is dir or under it, i.e. running in the chroot. */

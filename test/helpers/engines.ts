@@ -7,6 +7,7 @@ import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSy
 import { join } from 'node:path';
 import { PREBAKE, REPO } from './bundle.ts';
 import { noopImage } from './images.ts';
+import { mountPoints } from '../../src/lib/mountinfo.ts';
 
 export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../src/engines/daemons.ts';
 
@@ -26,9 +27,7 @@ export function processesInNetns(ino: number): number[] {
 
 /** Whether `path` is a mount point in this mount namespace. */
 export function isMounted(path: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .some((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === path);
+  return mountPoints().includes(path);
 }
 
 /** Where a running container lives on the host: all of it must be gone once the container is. */
