@@ -11,7 +11,7 @@
 //   npm run bench:engines -- [--runs N] [--engines docker,containerd,containerd-cni,cri,podman] [--functions noop,markdown]
 
 import { parseArgs } from 'node:util';
-import { SPEC_PROBE_IMAGE } from '../src/build/target.ts';
+import { SPEC_PROBE_IMAGE } from '../src/bake/target.ts';
 import { ENGINE_NAMES, type Engine, type EngineName, isEngineName, startEngine, type StartOptions, stopEnginesOnSignal, stoppingOnSignal } from '../src/engines/engine.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, isFunctionName } from '../src/image/functions.ts';
 import { median, quantile } from '../src/study/stats.ts';

@@ -43,5 +43,5 @@ const tool = (entry, outfile) =>
     banner: { js: 'const __import_meta_url = require("url").pathToFileURL(__filename).href;' },
     define: { ...common.define, 'import.meta.url': '__import_meta_url', PREBAKE_CRI_API: JSON.stringify(criApi) },
   });
-await tool('src/build/entry.ts', 'dist/prebake-build.cjs');
+await tool('src/bake/entry.ts', 'dist/prebake-build.cjs');
 await tool('src/install/main.ts', 'dist/prebake-admin.cjs');

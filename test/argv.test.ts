@@ -4,8 +4,7 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CREATE_FLAGS, GLOBAL_FLAGS, flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
-import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../src/checkpoint/locate.ts';
-import { CAPTURE_ENV } from '../src/runtime/create.ts';
+import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../src/checkpoint/locate.ts';
 import { REPO } from './helpers/bundle.ts';
 
 test('parses every spelling Go flag parsing accepts, and stops at the command', (t) => {

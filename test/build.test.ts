@@ -4,21 +4,20 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import type { Spec } from '../oci/runtime-spec.ts';
-import { layerMediaType, sha256 } from '../src/image/blob.ts';
+import { sha256 } from '../src/image/blob.ts';
 import { packLayer } from '../src/image/pack.ts';
 import { readImage } from '../src/image/read.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
-import { parseProbe, probeText } from '../src/build/probe.ts';
+import { parseProbe, probeText } from '../src/bake/probe.ts';
 import { REPO } from './helpers/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
 import { restoreUmociBundle } from './helpers/umoci.ts';
-import { type Member, tarOf } from './helpers/tar.ts';
 import { mountPoints } from '../src/lib/mountinfo.ts';
+import { tarLayer, tempDir } from './helpers/tmp.ts';
 
 const PREBAKE_BUILD = join(REPO, 'bin/prebake-build');
 
@@ -29,11 +28,6 @@ test.before(async () => {
   source = `oci:${image}:latest`;
 });
 
-function tempDir(t: ExecutionContext, name = 'prebake-btest-'): string {
-  const dir = mkdtempSync(join(tmpdir(), name));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /**
  * A TMPDIR of the test's own for prebake-build runs: their temp dirs, mounts and the runtime state
@@ -124,27 +118,19 @@ function assertFailed(t: ExecutionContext, r: BuildRun, o: { code: number; messa
 }
 
 
-/** A gzip'd layer made member by member with tar-stream, hostile ones included. */
-async function tarLayer(dir: string, members: Member[]) {
-  const tarBytes = await tarOf(members);
-  const blob = gzipSync(tarBytes);
-  const path = join(dir, `layer-${sha256(blob).slice(7, 19)}`);
-  writeFileSync(path, blob);
-  return { digest: sha256(blob), diffId: sha256(tarBytes), mediaType: layerMediaType('gzip'), size: blob.length, path };
-}
 
 // Bad input. Serial (ava runs these before the concurrent tests): they are short, and the full
 // bakes below would only compete with them for the CPU.
 
 test.serial('bad input: an unknown transport is a usage error naming the reference', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const r = await prebakeBuild(['--quiet', 'foo:bar', `oci:${dest}:baked`], ownTmp(t, dir));
   assertFailed(t, r, { code: 2, message: /image reference "foo:bar": unknown transport "foo"/, dest, usage: true });
 });
 
 test.serial('bad input: a missing source directory is named', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const missing = join(dir, 'no-such-layout');
   const r = await prebakeBuild(['--quiet', `oci:${missing}:latest`, `oci:${dest}:baked`], ownTmp(t, dir));
@@ -152,7 +138,7 @@ test.serial('bad input: a missing source directory is named', async (t) => {
 });
 
 test.serial('bad input: a probe that never succeeds gives up after --ready-timeout with the container\'s last output', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const t0 = Date.now();
   const r = await prebakeBuild(['--quiet', '--ready', 'tcp:9999', '--ready-timeout', '1500', source, `oci:${dest}:baked`], ownTmp(t, dir));
@@ -162,7 +148,7 @@ test.serial('bad input: a probe that never succeeds gives up after --ready-timeo
 });
 
 test.serial('bad input: an image without Entrypoint or Cmd says there is nothing to run', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const src = await readImage(source);
   t.teardown(() => src.cleanup());
   const { Cmd: _cmd, Entrypoint: _entrypoint, ...config } = src.config.config ?? {};
@@ -178,14 +164,14 @@ test.serial('bad input: an image without Entrypoint or Cmd says there is nothing
 });
 
 test.serial('bad input: --warmup abc is a usage error naming the option', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const r = await prebakeBuild(['--quiet', '--warmup', 'abc', source, `oci:${dest}:baked`], ownTmp(t, dir));
   assertFailed(t, r, { code: 2, message: /--warmup abc: expected an integer >= 0/, dest, usage: true });
 });
 
 test.serial('a hostile source layer stops prebake-build naming the entry; nothing is written outside', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   // prebake-build's temp dir (and the rootfs in it) goes under a TMPDIR of the test's own.
   const env = ownTmp(t, dir);
   const tmp = env.TMPDIR!;
@@ -205,7 +191,7 @@ test.serial('a hostile source layer stops prebake-build naming the entry; nothin
 
 
 test.serial('bad input: the default target, docker, with no dockerd to ask stops before anything is read', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const env = { ...ownTmp(t, dir), DOCKER_HOST: `unix://${join(dir, 'no-docker.sock')}` };
   const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], env, { defaultTarget: true });
@@ -214,7 +200,7 @@ test.serial('bad input: the default target, docker, with no dockerd to ask stops
 });
 
 test.serial('bad input: not root is one line, before anything is read', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   chmodSync(dir, 0o777);
   const dest = join(dir, 'out');
   const r = await prebakeBuild(['--quiet', source, `oci:${dest}:baked`], ownTmp(t, dir), { as: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] });
@@ -222,7 +208,7 @@ test.serial('bad input: not root is one line, before anything is read', async (t
 });
 
 test.serial('bad input: --runtime with a name dockerd could not have, or without --target docker or cri, is a usage error; nothing is read', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   // A name is checked before any engine is asked: no dockerd is reachable here.
   const env = { ...ownTmp(t, dir), DOCKER_HOST: `unix://${join(dir, 'no-docker.sock')}` };
@@ -239,7 +225,7 @@ test.serial('bad input: --runtime with a name dockerd could not have, or without
 });
 
 test.serial('bad input: --pod-config and --container-config without --target cri, unreadable, not a JSON object, with a malformed field, privileged or in the host\'s namespaces, or a command beside --arg, are usage errors; nothing is read', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const dest = join(dir, 'out');
   const file = (name: string, text: string) => {
     writeFileSync(join(dir, name), text);
@@ -275,7 +261,7 @@ function smallTmpfs(t: ExecutionContext, dir: string, size: string): string {
 }
 
 test.serial('no space: a full temp filesystem stops the unpack, naming the file; nothing is left', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const env = ownTmp(t, dir);
   smallTmpfs(t, env.TMPDIR!, '4m');
   const dest = join(dir, 'out');
@@ -286,7 +272,7 @@ test.serial('no space: a full temp filesystem stops the unpack, naming the file;
 });
 
 test.serial('no space: a full destination filesystem fails the write; DEST is not created and nothing is left', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const env = ownTmp(t, dir);
   const full = smallTmpfs(t, join(dir, 'full'), '1m');
   const dest = join(full, 'out');
@@ -314,7 +300,7 @@ test('probes: each kind parses and prints back; a bad one names the option and t
 // Full bakes: each unpacks the image and bakes, checkpoints and verifies it.
 
 test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is restored by prebake, also with runc spec\'s config.json (root.readonly and process.terminal false)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const out = join(dir, 'baked');
   const r = await prebakeBuild([source, `oci:${out}:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);
@@ -336,7 +322,7 @@ test('oci → oci: skopeo inspects it, umoci unpacks it, and the umoci bundle is
 });
 
 test('--env and --arg are written into DEST\'s Env and Cmd: the umoci bundle of DEST runs the baked process and is restored', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const out = join(dir, 'baked');
   const args = ['python3', '-u', '/app/function.py'];
   const r = await prebakeBuild(['--env', 'PBK_TEST_X=1', '--env', 'PBK_TEST_Y=a=b c', ...args.map((a) => `--arg=${a}`), source, `oci:${out}:baked`], ownTmp(t, dir));
@@ -360,7 +346,7 @@ test('--env and --arg are written into DEST\'s Env and Cmd: the umoci bundle of 
 });
 
 test('oci → docker-archive: skopeo inspects the archive; the bake leaves nothing behind', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const file = join(dir, 'noop.tar');
   const r = await prebakeBuild(['--quiet', source, `docker-archive:${file}:prebake-test/noop:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);
@@ -377,7 +363,7 @@ test('oci → docker-archive: skopeo inspects the archive; the bake leaves nothi
 });
 
 test('--json prints one JSON summary on stdout: steps, the checkpoint layer, verified', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const out = join(dir, 'baked');
   const r = await prebakeBuild(['--json', source, `oci:${out}:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);
@@ -423,7 +409,7 @@ runpy.run_path("/app/function.py", run_name="__main__")
 `;
 
 test('files the function wrote or removed while it was baked ship in the checkpoint layer; the restore needs them', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const src = await readImage(source);
   t.teardown(() => src.cleanup());
   const app = await tarLayer(dir, [{ name: 'app/keeper.py', content: KEEPER }]);
@@ -458,7 +444,7 @@ test('files the function wrote or removed while it was baked ship in the checkpo
 });
 
 test('--ready log:REGEX bakes once the container prints the line; no warm-up without a port', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-btest-');
   const out = join(dir, 'baked');
   const r = await prebakeBuild(['--json', '--ready', 'log:noop listening on \\d+', source, `oci:${out}:baked`], ownTmp(t, dir));
   t.is(r.code, 0, r.stderr);

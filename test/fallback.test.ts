@@ -6,8 +6,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
@@ -20,6 +19,7 @@ import { NetnsClient } from '../src/lib/netns.ts';
 import { functionPids, killAndDelete, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 import { readImage, writeImage } from './helpers/criu-image.ts';
+import { served, tempDir } from './helpers/tmp.ts';
 
 /** Store entries the tests' checkpoints were imported as, removed at the end. */
 const imported = new Set<string>();
@@ -34,23 +34,17 @@ test.after.always(() => {
   for (const entry of imported) rmSync(entry, { recursive: true, force: true });
 });
 
-/** A host directory of the test's own, removed when the test ends. */
-function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `prebake-fbtest-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** A copy (cp -a) of the checkpoint layer that the test may change; the layer itself is shared. */
 function copyCheckpointLayer(t: ExecutionContext): string {
-  const layer = join(tempDir(t, 'layer'), 'layer');
+  const layer = join(tempDir(t, 'prebake-fbtest-layer-'), 'layer');
   execFileSync('cp', ['-a', baked.layers[0]!, layer]);
   return layer;
 }
 
 /** A valid-looking checkpoint on the host, outside any rootfs: `<dir>/.prebake`. */
 function hostDecoy(t: ExecutionContext): string {
-  const dir = tempDir(t, 'decoy');
+  const dir = tempDir(t, 'prebake-fbtest-decoy-');
   execFileSync('cp', ['-a', join(baked.layers[0]!, '.prebake'), join(dir, '.prebake')]);
   return dir;
 }
@@ -97,10 +91,6 @@ async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise
   }
 }
 
-async function served(client: NetnsClient): Promise<number> {
-  const r = await client.request({ port: PORT, path: '/', timeoutMs: 10_000 });
-  return (JSON.parse(r.body) as { served: number }).served;
-}
 
 interface Container {
   b: TestBundle;

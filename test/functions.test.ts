@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { functionSpec } from '../src/build/spec.ts';
+import { functionSpec } from '../src/bake/spec.ts';
 import { DIGIT_EIGHT, FUNCTION_CMD, FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage, IMAGES_DIR } from '../src/image/functions.ts';
 import { readImage } from '../src/image/read.ts';
 import { unpackLayers } from '../src/image/unpack.ts';

@@ -6,8 +6,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
@@ -19,6 +18,7 @@ import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
 import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
 import { describeCredentials, readImage, writeImage } from './helpers/criu-image.ts';
+import { tempDir } from './helpers/tmp.ts';
 
 let baked: BakedFunction;
 const imported = new Set<string>();
@@ -30,15 +30,10 @@ test.after.always(() => {
   for (const e of imported) rmSync(e, { recursive: true, force: true });
 });
 
-function tempDir(t: ExecutionContext, prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `prebake-hostile-${prefix}-`));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** A copy of the checkpoint layer to forge. */
 function layerCopy(t: ExecutionContext): string {
-  const layer = join(tempDir(t, 'layer'), 'layer');
+  const layer = join(tempDir(t, 'prebake-hostile-layer-'), 'layer');
   execFileSync('cp', ['-a', baked.layers[0]!, layer]);
   return layer;
 }
@@ -80,7 +75,7 @@ function forgeAllCaps(layer: string): void {
 
 /** A runc that records each call's argv (one line each) before it runs the real one. */
 function recordingRunc(t: ExecutionContext): { env: NodeJS.ProcessEnv; calls: () => string[] } {
-  const dir = tempDir(t, 'runc');
+  const dir = tempDir(t, 'prebake-hostile-runc-');
   const log = join(dir, 'calls');
   writeFileSync(join(dir, 'runc'), `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nexec runc "$@"\n`, { mode: 0o755 });
   return { env: { ...process.env, PREBAKE_RUNC: join(dir, 'runc') }, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []) };
@@ -144,7 +139,7 @@ test('a checkpoint signed by a key the host does not trust: refused before CRIU,
   const layer = layerCopy(t);
   forgeAllCaps(layer);
   fitManifest(layer);
-  const keyFile = join(tempDir(t, 'key'), 'evil.key');
+  const keyFile = join(tempDir(t, 'prebake-hostile-key-'), 'evil.key');
   const { keyId } = generateKey(keyFile);
   signCheckpoint(ckpt(layer), loadSigningKey(keyFile));
   const r = await replica(t, [layer, ...baked.baseLayers], 'untrusted');
@@ -206,8 +201,8 @@ test('a spec with a user namespace: a checkpoint baked without one would run as 
 
 test('a spec carrying org.criu.config (a CRIU config file runc would hand to CRIU) never reaches runc restore', async (t) => {
   baked.importToStore(); // even where the early restore could start
-  const conf = join(tempDir(t, 'conf'), 'evil.conf');
-  writeFileSync(conf, `action-script ${join(tempDir(t, 'ran'), 'x')}\n`);
+  const conf = join(tempDir(t, 'prebake-hostile-conf-'), 'evil.conf');
+  writeFileSync(conf, `action-script ${join(tempDir(t, 'prebake-hostile-ran-'), 'x')}\n`);
   const r = await replica(t, baked.layers, 'criuconf', (s) => (s.annotations = { ...(s.annotations ?? {}), 'org.criu.config': conf }));
   t.is(r.served, 1);
   t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: the spec carries the annotation org\.criu\.config, which runc would hand to CRIU: refused$/);
@@ -284,7 +279,7 @@ test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, 
   const lib = join(layer, 'usr/lib/x86_64-linux-gnu');
   execFileSync('mkdir', ['-p', lib]);
   execFileSync('mkfifo', [join(lib, 'libuuid.so.1.3.0')]);
-  const conf = join(tempDir(t, 'conf'), 'config.json');
+  const conf = join(tempDir(t, 'prebake-hostile-conf-'), 'config.json');
   writeFileSync(conf, JSON.stringify({ restoreTimeout: 3, trust: loadRuntimeConfig().trustDir }));
   const runc = recordingRunc(t);
   const env = { ...runc.env, PREBAKE_CONFIG: conf };

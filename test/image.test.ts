@@ -7,32 +7,19 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
-import { type Compression, layerMediaType, sha256 } from '../src/image/blob.ts';
+import { sha256 } from '../src/image/blob.ts';
 import { packLayer } from '../src/image/pack.ts';
-import { type ImageLayer, readImage } from '../src/image/read.ts';
+import { readImage } from '../src/image/read.ts';
 import { parseImageRef, TRANSPORTS } from '../src/image/ref.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
 import { type Member, tarOf } from './helpers/tar.ts';
+import { tarLayer, tempDir } from './helpers/tmp.ts';
 
-function tempDir(t: ExecutionContext, name = 'prebake-image-test-'): string {
-  const dir = mkdtempSync(join(tmpdir(), name));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 
-let layers = 0;
-async function tarLayer(dir: string, members: Member[], compression: Compression = 'gzip'): Promise<ImageLayer> {
-  const tarBytes = await tarOf(members);
-  const blob = compression === 'gzip' ? gzipSync(tarBytes) : compression === 'zstd' ? execFileSync('zstd', ['-q', '-c'], { input: tarBytes }) : tarBytes;
-  const path = join(dir, `layer-${layers++}`);
-  writeFileSync(path, blob);
-  return { digest: sha256(blob), diffId: sha256(tarBytes), mediaType: layerMediaType(compression), size: blob.length, path };
-}
 
 // A tiny base image, oci:<base>:base — busybox, /bin/sh, /etc/passwd, /data/keep — shared read-only.
 let base: string;
@@ -54,7 +41,7 @@ test.after.always(() => rmSync(base, { recursive: true, force: true }));
 
 /** A checkpoint-like tree packed as the layer prebake-build adds. */
 async function prebakeLayer(t: ExecutionContext) {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   mkdirSync(join(dir, 'checkpoint'));
   writeFileSync(join(dir, 'manifest.json'), '{"format":1}\n');
   writeFileSync(join(dir, 'checkpoint/pages-1.img'), Buffer.alloc(8192, 7));
@@ -89,7 +76,7 @@ test('references: the skopeo/podman transports parse; an unknown or malformed on
 });
 
 test('oci → oci with an added layer: blobs reused, skopeo inspects it, umoci unpacks it with the layer and the env', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const source = await readImage(`oci:${base}/layout:base`);
   t.teardown(() => source.cleanup());
   const layer = await prebakeLayer(t);
@@ -128,7 +115,7 @@ test('oci → oci with an added layer: blobs reused, skopeo inspects it, umoci u
 });
 
 test('a failed write leaves the destination untouched', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const source = await readImage(`oci:${base}/layout:base`);
   t.teardown(() => source.cleanup());
   const missing = { ...(await prebakeLayer(t)), path: join(dir, 'no-such-layer') };
@@ -138,7 +125,7 @@ test('a failed write leaves the destination untouched', async (t) => {
 });
 
 test('oci → docker-archive: skopeo inspects it and copies it back; docker 20.10-style archives with several images read by name', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const source = await readImage(`oci:${base}/layout:base`);
   t.teardown(() => source.cleanup());
   const layer = await prebakeLayer(t);
@@ -196,7 +183,7 @@ test('oci → docker-archive: skopeo inspects it and copies it back; docker 20.1
 });
 
 test('docker-archive in the OCI-in-docker-archive layout of docker 25+ (blobs/sha256/…)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const source = await readImage(`oci:${base}/layout:base`);
   t.teardown(() => source.cleanup());
   const blob = (digest: string) => `blobs/sha256/${digest.slice(7)}`;
@@ -217,7 +204,7 @@ test('docker-archive in the OCI-in-docker-archive layout of docker 25+ (blobs/sh
 });
 
 test('oci-archive round trip', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const source = await readImage(`oci:${base}/layout:base`);
   t.teardown(() => source.cleanup());
   const layer = await prebakeLayer(t);
@@ -242,7 +229,7 @@ test('oci-archive round trip', async (t) => {
 });
 
 test('a flipped byte in a blob or a wrong diff_id is caught, naming the blob', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   cpSync(join(base, 'layout'), join(dir, 'layout'), { recursive: true });
   const good = await readImage(`oci:${dir}/layout:base`);
   const { digest, path } = good.layers[0]!;
@@ -263,7 +250,7 @@ test('a missing tag names the tags present', async (t) => {
 });
 
 test('unpack: whiteouts and opaque dirs; owners, modes, times, devices, fifos, hard and symbolic links kept', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const rootfs = join(dir, 'rootfs');
   const y2k = new Date('2000-01-01T00:00:00Z');
   const lower = await tarLayer(dir, [
@@ -308,14 +295,14 @@ test('unpack: whiteouts and opaque dirs; owners, modes, times, devices, fifos, h
 });
 
 test('unpack: zstd layers', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const layer = await tarLayer(dir, [{ name: 'z/file', content: 'zstd' }], 'zstd');
   await unpackLayers([layer], join(dir, 'rootfs'));
   t.is(readFileSync(join(dir, 'rootfs/z/file'), 'utf8'), 'zstd');
 });
 
 test('unpack refuses ../escape, /abs, a hardlink out of the rootfs and a write through a symlink, writing nothing outside', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'prebake-image-test-');
   const outside = join(dir, 'outside');
   mkdirSync(outside);
   const absolute = join(outside, 'abs');

@@ -7,7 +7,8 @@ import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { killAndDelete, PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+import { bakeNoop, type BakedFunction, WARMUP } from './helpers/baked.ts';
+import { served } from './helpers/tmp.ts';
 
 let baked: BakedFunction;
 test.before(async () => {
@@ -15,10 +16,6 @@ test.before(async () => {
 });
 test.after.always(() => baked?.cleanup());
 
-async function served(client: NetnsClient): Promise<number> {
-  const r = await client.request({ port: PORT, path: '/' });
-  return (JSON.parse(r.body) as { served: number }).served;
-}
 
 test('create restores a baked function: its request count goes on, prebake logs the restore', async (t) => {
   const { b, rt, id } = testReplica(t, baked.layers, 'restore');

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findSecrets } from '../src/build/secrets.ts';
+import { findSecrets } from '../src/bake/secrets.ts';
 import { REPO } from './helpers/bundle.ts';
 import { noopImage } from './helpers/images.ts';
 

@@ -7,6 +7,8 @@ import type { Spec } from '../../oci/runtime-spec.ts';
 
 export const CHECKPOINT_ANNOTATION = 'io.prebake.checkpoint';
 export const CHECKPOINT_ENV = 'PREBAKE_CHECKPOINT';
+/** In a probe container's env: copy its spec for prebake-build (see captureSpec in runtime/create.ts). */
+export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
 
 export type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
 

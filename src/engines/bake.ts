@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Target } from '../build/target.ts';
+import type { Target } from '../bake/target.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../image/functions.ts';
 import { packageRoot } from '../lib/paths.ts';
 

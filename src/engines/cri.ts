@@ -12,7 +12,7 @@ import { packLayer } from '../image/pack.ts';
 import { scratchImage, writeImage } from '../image/write.ts';
 import { CRI_PROTO, type CriClient, criClient } from '../lib/cri.ts';
 import { mountPoints } from '../lib/mountinfo.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
 
 export { type CriCall, type CriClient, criClient, waitForImage } from '../lib/cri.ts';
@@ -160,7 +160,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
   if (existsSync(`/sys/class/net/${CRI_BRIDGE}`)) throw new Error(`the link ${CRI_BRIDGE} exists already: another run of this test, or one that was not cleaned up`);
   if (sh('ip', ['-4', 'route']).includes(`${CRI_NET}.`)) throw new Error(`${CRI_NET}.0/24 is routed on this host already; the test needs it for its own bridge`);
 
-  const runtimePath = options.runtimePath ?? PREBAKE_BIN();
+  const runtimePath = options.runtimePath ?? prebakeBinPath();
   const runc = sh('sh', ['-c', 'command -v runc']).trim();
   const dir = mkdtempSync(join(tmpdir(), 'prebake-cri-'));
   const tag = dir.slice(-6).toLowerCase().replace(/[^a-z0-9]/g, 'x');
@@ -337,7 +337,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 `,
     );
     // The handler exactly as users get it.
-    sh(PREBAKE_BIN(), ['install', 'containerd', '--config', config, '--path', runtimePath], { ...process.env, PREBAKE_INSTALL_STATE: join(dir, 'install') });
+    sh(prebakeBinPath(), ['install', 'containerd', '--config', config, '--path', runtimePath], { ...process.env, PREBAKE_INSTALL_STATE: join(dir, 'install') });
 
     const fd = openSync(log, 'a');
     child = spawn('containerd', ['--config', config], { stdio: ['ignore', fd, fd], detached: true, env: { ...process.env, PREBAKE_RUNC: wrapper } });

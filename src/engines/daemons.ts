@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { mountPoints } from '../lib/mountinfo.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 
 const run = promisify(execFile);
 
@@ -206,7 +206,7 @@ export async function startDockerd(containerd: Pick<Containerd, 'socket'>, optio
     execFileSync('ip', ['link', 'add', bridge, 'type', 'bridge']);
     execFileSync('ip', ['addr', 'add', `${net}.1/24`, 'dev', bridge]);
     execFileSync('ip', ['link', 'set', bridge, 'up']);
-    const daemonJson = { runtimes: { prebake: { path: options.runtimePath ?? PREBAKE_BIN() } }, 'cgroup-parent': `/${cgroupParent}`, 'deprecated-key-path': join(dir, 'key.json') };
+    const daemonJson = { runtimes: { prebake: { path: options.runtimePath ?? prebakeBinPath() } }, 'cgroup-parent': `/${cgroupParent}`, 'deprecated-key-path': join(dir, 'key.json') };
     writeFileSync(config, JSON.stringify(daemonJson));
     // Own bridge, no iptables, NAT or ip_forward changes: published ports go through docker-proxy.
     const flags = [`--containerd=${containerd.socket}`, `--bridge=${bridge}`, '--iptables=false', '--ip-forward=false', '--ip-masq=false'];
@@ -253,7 +253,7 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 runtime = "runc"
 tmp_dir = "${join(dir, 'tmp')}"
 [engine.runtimes]
-prebake = ["${options.runtimePath ?? PREBAKE_BIN()}"]
+prebake = ["${options.runtimePath ?? prebakeBinPath()}"]
 [network]
 network_config_dir = "${join(dir, 'net')}"
 `,

@@ -16,11 +16,11 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Target } from '../build/target.ts';
+import type { Target } from '../bake/target.ts';
 import type { FunctionName } from '../image/functions.ts';
 import { waitForImage } from '../lib/cri.ts';
 import type { HttpResult, Request } from '../lib/netns.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 import { bakeFunction } from './bake.ts';
 import { EngineClient, type Endpoint } from './client.ts';
 import { cniNetwork } from './cni.ts';
@@ -179,14 +179,14 @@ async function containerdDriver(cni = false): Promise<Driver> {
   try {
     const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(await ctd.ctr(['version']))?.[1] ?? '?'}`;
     const ref = (image: string) => `docker.io/${image}`;
-    const runtimeFlags = (runtime: Runtime) => (runtime === 'prebake' ? ['--runc-binary', PREBAKE_BIN()] : []);
+    const runtimeFlags = (runtime: Runtime) => (runtime === 'prebake' ? ['--runc-binary', prebakeBinPath()] : []);
     return {
       version,
       env: { ...process.env, CONTAINERD_ADDRESS: ctd.socket },
       target: cni ? 'containerd-netns' : 'containerd',
       describe: net
-        ? { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} --with-ns network:NETNS IMAGE ID`, runc: 'ctr run -d --with-ns network:NETNS IMAGE ID', off: `--env ${OFF_ENV}`, reached: 'on its CNI address from the host (a bridge network; CNI ADD before the clock starts)', run: 'ctr run -d --with-ns network:NETNS', runRm: 'ctr run --rm' }
-        : { prebake: `ctr run -d --runc-binary ${PREBAKE_BIN()} IMAGE ID`, runc: 'ctr run -d IMAGE ID', off: `--env ${OFF_ENV}`, reached: "inside the task's network namespace (ctr gives it loopback only)", run: 'ctr run -d', runRm: 'ctr run --rm' },
+        ? { prebake: `ctr run -d --runc-binary ${prebakeBinPath()} --with-ns network:NETNS IMAGE ID`, runc: 'ctr run -d --with-ns network:NETNS IMAGE ID', off: `--env ${OFF_ENV}`, reached: 'on its CNI address from the host (a bridge network; CNI ADD before the clock starts)', run: 'ctr run -d --with-ns network:NETNS', runRm: 'ctr run --rm' }
+        : { prebake: `ctr run -d --runc-binary ${prebakeBinPath()} IMAGE ID`, runc: 'ctr run -d IMAGE ID', off: `--env ${OFF_ENV}`, reached: "inside the task's network namespace (ctr gives it loopback only)", run: 'ctr run -d', runRm: 'ctr run --rm' },
       transportRef: (image) => `containerd:${image}`,
       ...(net ? { prepare: async (name: string) => void joined.set(name, net.add(name)) } : {}),
       async runDetached(name, o) {

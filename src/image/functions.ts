@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ImageConfig } from '../../oci/image-spec.ts';
-import type { Probe, WarmupRequest } from '../build/probe.ts';
+import type { Probe, WarmupRequest } from '../bake/probe.ts';
 import { packLayer } from './pack.ts';
 import { readImage } from './read.ts';
 import { CACHE, debianRootfs, withLock } from './rootfs.ts';

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { dropEntries } from '../checkpoint/store.ts';
 import { DEFAULT_KEY, generateKey, loadTrustStore, publicFileOf, shortId, trustAdd, trustRemove } from '../checkpoint/trust.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 import { loadRuntimeConfig } from '../runtime/config.ts';
 import { type Engine, ENGINES, install, type InstallResult, reloadDocker, uninstall } from './engines.ts';
 
@@ -121,7 +121,7 @@ export function main(argv: string[]): number {
     process.stderr.write(`${why ? `prebake ${command}: ${why}\n` : ''}${USAGE}`);
     return parsed.values.help ? 0 : 2;
   }
-  const runtimePath = parsed.values.path ?? realpathSync(PREBAKE_BIN());
+  const runtimePath = parsed.values.path ?? realpathSync(prebakeBinPath());
   if (command === 'install') {
     const unsafe = unsafeRuntime(runtimePath);
     if (unsafe) {

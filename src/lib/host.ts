@@ -6,6 +6,9 @@ import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'no
 import { machine, release } from 'node:os';
 import { join } from 'node:path';
 
+/** The oldest CRIU prebake works with: TCP sockets cannot be dumped on kernels >= 6.16 before it. */
+export const MIN_CRIU = '4.2';
+
 export interface HostFacts {
   kernel: string;
   arch: string;

@@ -16,4 +16,7 @@ export function packageRoot(): string {
   return dir;
 }
 
-export const PREBAKE_BIN = (): string => join(packageRoot(), 'bin/prebake');
+/** bin/prebake of this package. */
+export function prebakeBinPath(): string {
+  return join(packageRoot(), 'bin/prebake');
+}

@@ -7,7 +7,7 @@ import { constants as osConstants } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
-import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
+import { CAPTURE_ENV, checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
 import { criuAnnotations } from '../checkpoint/security.ts';
 import { shortId } from '../checkpoint/trust.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
@@ -151,8 +151,6 @@ function unlockNetwork(netnsPath: string): void {
   ].join(' ');
   spawnSync('nsenter', [`--net=${netnsPath}`, 'sh', '-c', script], { stdio: 'ignore' });
 }
-
-export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
 
 /**
  * prebake-build learns the exact spec an engine generates (mounts, capabilities, seccomp profile)

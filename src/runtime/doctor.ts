@@ -3,10 +3,9 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { compareVersions, criuVersion, runcVersion } from '../lib/host.ts';
+import { compareVersions, criuVersion, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
 
-export const MIN_CRIU = '4.2';
 
 interface Check {
   name: string;

@@ -8,8 +8,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runcDefaultSpec } from '../build/spec.ts';
-import { targetSpec } from '../build/target.ts';
+import { runcDefaultSpec } from '../bake/spec.ts';
+import { targetSpec } from '../bake/target.ts';
 import { MANIFEST_FORMAT } from '../checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
@@ -23,7 +23,7 @@ import { criuVersion, runcVersion } from '../lib/host.ts';
 import { containerStateDir, loadRuntimeConfig } from '../runtime/config.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { mountOverlay } from '../lib/overlay.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 import { spawnPiped } from '../lib/pipe.ts';
 import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
 
@@ -89,7 +89,7 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
     const netns = `pbs-${process.pid}-${n}`;
     const unmount = mountOverlay([lower], join(dir, 'upper'), join(dir, 'work'), join(dir, 'rootfs'));
     const root = join(work, 'runc');
-    const prebake = PREBAKE_BIN();
+    const prebake = prebakeBinPath();
     let client: NetnsClient | undefined;
     let created: ReturnType<typeof spawnPiped> | undefined;
     const remove = async () => {

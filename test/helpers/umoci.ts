@@ -5,7 +5,7 @@ import type { ExecutionContext } from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
-import { runcDefaultSpec } from '../../src/build/spec.ts';
+import { runcDefaultSpec } from '../../src/bake/spec.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
 import { PREBAKE, run, runtimeDirs, uniqueName } from './bundle.ts';
 import { NOOP_PORT } from './images.ts';

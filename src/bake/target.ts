@@ -12,8 +12,8 @@ import { packLayer } from '../image/pack.ts';
 import { scratchImage, writeImage } from '../image/write.ts';
 import { criClient, criEndpoint, waitForImage } from '../lib/cri.ts';
 import { createNetns, deleteNetns } from '../lib/netns.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
-import { CAPTURE_ENV } from '../runtime/create.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
+import { CAPTURE_ENV } from '../checkpoint/locate.ts';
 import { runcDefaultSpec } from './spec.ts';
 
 export const TARGETS = ['runc', 'docker', 'containerd', 'containerd-netns', 'cri', 'podman'] as const;
@@ -111,7 +111,7 @@ export interface EngineSpecOptions {
 /** A CRI message as JSON, field names as in api.proto (snake_case). */
 export type CriConfig = Record<string, unknown>;
 
-const ctrRun = (env: string, flags: string[] = []) => cli('ctr', ['run', '--rm', '--runc-binary', PREBAKE_BIN(), ...flags, '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']);
+const ctrRun = (env: string, flags: string[] = []) => cli('ctr', ['run', '--rm', '--runc-binary', prebakeBinPath(), ...flags, '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']);
 
 /** How each engine target runs a one-off container under the prebake runtime, and its probe image. */
 const ENGINES = {
@@ -160,7 +160,7 @@ const ENGINES = {
     image: `containers-storage:${SPEC_PROBE_IMAGE}`,
     present: () => cli('podman', ['image', 'inspect', `localhost/${SPEC_PROBE_IMAGE}`]),
     check: (_o: EngineSpecOptions) => void cli('podman', ['version']),
-    run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', PREBAKE_BIN(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
+    run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', prebakeBinPath(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
   },
 } as const;
 

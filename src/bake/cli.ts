@@ -16,12 +16,11 @@ import { readImage, type SourceImage } from '../image/read.ts';
 import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
-import { compareVersions, criuVersion } from '../lib/host.ts';
+import { compareVersions, criuVersion, MIN_CRIU } from '../lib/host.ts';
 import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
-import { PREBAKE_BIN } from '../lib/paths.ts';
+import { prebakeBinPath } from '../lib/paths.ts';
 import { mountOverlay } from '../lib/overlay.ts';
 import { spawnPiped } from '../lib/pipe.ts';
-import { MIN_CRIU } from '../runtime/doctor.ts';
 import { bake } from './bake.ts';
 import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
@@ -490,7 +489,7 @@ async function verifyRestore(
   const root = join(tmp, `verify-root-${target}`);
   const log = join(tmp, `verify-${target}.log`);
   const pidFile = join(tmp, `verify-${target}.pid`);
-  const prebake = PREBAKE_BIN();
+  const prebake = prebakeBinPath();
   const g = ['--root', root, '--log', log, '--log-format', 'json'];
   // The verify run keeps its runtime state and its verified copy of the checkpoint in the
   // build's temp dir, gone with it (the host's store gets the checkpoint at its first restore).
