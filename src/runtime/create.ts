@@ -2,17 +2,19 @@
 // ordinary `runc create` with the original arguments. A bad checkpoint costs time, never the start.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_DIR } from '../checkpoint/manifest.ts';
-import { CAPTURE_ENV, checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
+import { checkpointRequest, resolveInRootfs, rootfsOf } from '../checkpoint/locate.ts';
 import { criuAnnotations } from '../checkpoint/security.ts';
 import { shortId } from '../checkpoint/trust.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
+import { childrenOf, killTree, nap, parentOf, procStat } from '../lib/proc.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
+import { captureSpec } from './capture.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
 import { applyOomScoreAdj, type Expectations, expectationsOf, mountInfo, restoredExcess } from './inspect.ts';
 import { captureLines, type Logger, logFileError } from './log.ts';
@@ -150,36 +152,6 @@ function unlockNetwork(netnsPath: string): void {
     'command -v nft >/dev/null && nft list tables | while read -r _ fam name; do case $name in CRIU*) nft delete table $fam $name;; esac; done',
   ].join(' ');
   spawnSync('nsenter', [`--net=${netnsPath}`, 'sh', '-c', script], { stdio: 'ignore' });
-}
-
-/**
- * prebake-build learns the exact spec an engine generates (mounts, capabilities, seccomp profile)
- * by running a probe container whose env holds PREBAKE_CAPTURE_SPEC=<token>: the spec is copied
- * to <state>/captures/<token>.json. The token names the file and nothing else, and counts only
- * while prebake-build's request <state>/captures/<token>.request exists (root's, an image
- * cannot make one): an image's ENV asking for a capture is ignored.
- */
-function captureSpec(spec: Spec, cfg: RuntimeConfig, bundle: string): void {
-  const prefix = `${CAPTURE_ENV}=`;
-  const token = spec.process?.env?.find((e) => e.startsWith(prefix))?.slice(prefix.length);
-  if (!token || !/^[A-Za-z0-9_-]{1,64}$/.test(token)) return;
-  if (!existsSync(join(cfg.stateBase, 'captures', `${token}.request`))) return;
-  // CRIU checks the mode of the root directory too, which the engine sets on its rootfs mount.
-  let rootfsMode: number | undefined;
-  try {
-    rootfsMode = statSync(rootfsOf(spec, bundle)).mode & 0o7777;
-  } catch {
-    /* no rootfs to look at */
-  }
-  // Whole or not at all: a full disk must not leave prebake-build a truncated spec to read.
-  const file = join(cfg.stateBase, 'captures', `${token}.json`);
-  try {
-    writeFileSync(`${file}.${process.pid}`, JSON.stringify({ ...spec, ...(rootfsMode !== undefined ? { 'io.prebake.rootfsMode': rootfsMode } : {}) }), { mode: 0o600 });
-    renameSync(`${file}.${process.pid}`, file);
-  } catch (e) {
-    rmSync(`${file}.${process.pid}`, { force: true });
-    throw e;
-  }
 }
 
 /** The restored init's pid, from the restore's pid file. */
@@ -396,20 +368,6 @@ function sameArgv(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i] || (isAbsolute(x) && isAbsolute(b[i]!) && resolve(x) === resolve(b[i]!)));
 }
 
-let napBuffer: Int32Array | undefined; // made on first use: a V8 startup snapshot cannot hold one
-const nap = (ms: number) => Atomics.wait((napBuffer ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, ms);
-
-/** The children of a process (all its threads'), from /proc. */
-function childrenOf(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((t) =>
-      readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
-    );
-  } catch {
-    return [];
-  }
-}
-
 /** Unmounts (lazily) every mount at or below the given directories, deepest first. */
 function unmountUnder(given: readonly string[]): void {
   // mountinfo names mount points by their real path: docker's --root /var/run/docker/… is
@@ -434,62 +392,11 @@ function unmountUnder(given: readonly string[]): void {
 }
 
 /**
- * A process's state letter, parent and (a zombie's) wait status, from /proc/<pid>/stat (fields 3,
- * 4 and 52); undefined if it is gone.
- */
-function procStat(pid: number): { state: string; ppid: number; exitCode: number } | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: f[0]!, ppid: Number(f[1]), exitCode: Number(f[49] ?? 0) };
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * Whether bin/prebake (`shell`) still runs this program: its parent, or its parent's parent (a
  * subshell of bin/prebake that waits for it).
  */
 const runBy = (shell: number) => process.ppid === shell || parentOf(process.ppid) === shell;
 
-/** The parent of a process (-1: gone). */
-const parentOf = (pid: number) => procStat(pid)?.ppid ?? -1;
-/** Whether a process is gone or a zombie (killed, not yet reaped). */
-const dead = (pid: number) => /^Z?$/.test(procStat(pid)?.state ?? '');
-/** Whether a process is stopped (also by a tracer), a zombie, or gone. */
-const stoppedOrGone = (pid: number) => /^[TtZX]?$/.test(procStat(pid)?.state ?? '');
-
-/**
- * Kills a process and everything under it. Each is stopped as soon as it is found (a stopped
- * process forks no more, and its children stay its children); once all found are stopped, their
- * children are looked for again (a fork under way when the stop came completes first, CRIU's
- * with CLONE_PARENT one level up), until no new one turns up. Then all are killed, and waited
- * for (up to 5 s) until gone or zombies.
- */
-function killTree(root: number): void {
-  const found = new Set<number>();
-  for (let todo = [root], round = 0; todo.length && round < 100; round++) {
-    for (const p of todo) {
-      found.add(p);
-      try {
-        process.kill(p, 'SIGSTOP');
-      } catch {
-        /* already gone */
-      }
-    }
-    for (let i = 0; i < 200 && [...found].some((p) => !stoppedOrGone(p)); i++) nap(1);
-    todo = [...new Set([...found].flatMap(childrenOf))].filter((p) => !found.has(p));
-  }
-  for (const p of found) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  for (let i = 0; i < 5000 && [...found].some((p) => !dead(p)); i++) nap(1);
-}
 
 /** A restore bin/prebake started before this program ran (see its early_restore). */
 export interface EarlyRestore {

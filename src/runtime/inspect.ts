@@ -2,11 +2,12 @@
 // CRIU has left them stopped: capabilities, ids, no_new_privs, seccomp, namespaces and mounts
 // must be within what the new spec grants, whatever the checkpoint's images or manifest claimed.
 
-import { existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
 import { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
+import { tasksUnder } from '../lib/proc.ts';
 
 export { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 
@@ -31,33 +32,6 @@ function capMask(names: readonly string[] | undefined): bigint {
 /** A capability mask as names (CAP_…), by bit. */
 export const capList = (mask: bigint) => CAP_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
 
-/** The process tree under `pid` (itself included), every thread of each. */
-function tasksUnder(pid: number): { pid: number; tid: number }[] {
-  const out: { pid: number; tid: number }[] = [];
-  const seen = new Set<number>();
-  const walk = (p: number) => {
-    if (seen.has(p) || seen.size > 100_000) return;
-    seen.add(p);
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${p}/task`);
-    } catch {
-      return;
-    }
-    for (const t of tids) {
-      out.push({ pid: p, tid: Number(t) });
-      let kids = '';
-      try {
-        kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8');
-      } catch {
-        /* gone */
-      }
-      for (const k of kids.split(' ').filter(Boolean)) walk(Number(k));
-    }
-  };
-  walk(pid);
-  return out;
-}
 
 const NS_FILES: Record<string, string> = { network: 'net', mount: 'mnt', pid: 'pid', ipc: 'ipc', uts: 'uts', user: 'user', cgroup: 'cgroup' };
 
