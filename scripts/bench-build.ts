@@ -12,7 +12,7 @@ import { NetnsClient } from '../src/lib/netns.ts';
 import { spawnPiped } from '../src/lib/pipe.ts';
 import { bakeNoop, PORT } from '../test/helpers/baked.ts';
 import { overlayBundle, REPO, uniqueName } from '../test/helpers/bundle.ts';
-import { median } from '../src/study/stats.ts';
+import { median } from '../lab/study/stats.ts';
 import { noopImage } from '../test/helpers/images.ts';
 
 interface BuildJson {

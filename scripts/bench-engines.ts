@@ -12,9 +12,9 @@
 
 import { parseArgs } from 'node:util';
 import { SPEC_PROBE_IMAGE } from '../src/bake/target.ts';
-import { ENGINE_NAMES, type Engine, type EngineName, isEngineName, startEngine, type StartOptions, stopEnginesOnSignal, stoppingOnSignal } from '../src/engines/engine.ts';
-import { FUNCTION_PORT, FUNCTIONS, type FunctionName, isFunctionName } from '../src/image/functions.ts';
-import { median, quantile } from '../src/study/stats.ts';
+import { ENGINE_NAMES, type Engine, type EngineName, isEngineName, startEngine, type StartOptions, stopEnginesOnSignal, stoppingOnSignal } from '../lab/engines/engine.ts';
+import { FUNCTION_PORT, FUNCTIONS, type FunctionName, isFunctionName } from '../lab/functions.ts';
+import { median, quantile } from '../lab/study/stats.ts';
 
 const VARIANTS = ['prebake, restored', 'prebake, cold', 'runc, cold'] as const;
 type Variant = (typeof VARIANTS)[number];

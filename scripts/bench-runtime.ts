@@ -35,7 +35,7 @@ import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
 import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
-import { median, quantile } from '../src/study/stats.ts';
+import { median, quantile } from '../lab/study/stats.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../test/helpers/baked.ts';
 import { overlayBundle, PREBAKE, REPO, runtimeDirs, type TestBundle, uniqueName } from '../test/helpers/bundle.ts';
 

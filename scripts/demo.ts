@@ -10,10 +10,10 @@
 //   npm run demo -- [--full] [--engine runc|docker|containerd|podman] [--runs N] [--requests M] [--functions noop,markdown,resize,ml] [--out DIR]
 
 import { parseArgs } from 'node:util';
-import { stopEnginesOnSignal, stoppingOnSignal } from '../src/engines/engine.ts';
-import { FUNCTIONS, type FunctionName, isFunctionName } from '../src/image/functions.ts';
-import { consoleTable, writeReport } from '../src/study/report.ts';
-import { runStudy, STUDY_ENGINES, type StudyEngine } from '../src/study/run.ts';
+import { stopEnginesOnSignal, stoppingOnSignal } from '../lab/engines/engine.ts';
+import { FUNCTIONS, type FunctionName, isFunctionName } from '../lab/functions.ts';
+import { consoleTable, writeReport } from '../lab/study/report.ts';
+import { runStudy, STUDY_ENGINES, type StudyEngine } from '../lab/study/run.ts';
 
 /**
  * What one replica of each function typically costs here (docs/study.md, 2026-12-07, 2 cores):

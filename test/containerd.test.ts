@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd } from './helpers/engines.ts';
-import { cniNetwork } from '../src/engines/cni.ts';
+import { cniNetwork } from '../lab/engines/cni.ts';
 import { noopImage } from './helpers/images.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';

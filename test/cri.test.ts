@@ -30,7 +30,7 @@ import {
   waitForImage,
   waitHttp,
   writePauseImage,
-} from '../src/engines/cri.ts';
+} from '../lab/engines/cri.ts';
 import { NOOP_CMD, NOOP_PORT, noopImage } from './helpers/images.ts';
 
 const PLAIN = 'docker.io/prebake/noop:plain';

@@ -1,4 +1,4 @@
-// The sample functions of the cold-start study as images (images/<name>, src/image/functions.ts):
+// The sample functions of the cold-start study as images (images/<name>, lab/functions.ts):
 // each image builds once and then comes from the cache, and, unpacked and started cold under runc,
 // answers as its function should. Logs each function's cold start (spawn of `runc run` → first
 // HTTP 200) and the initialisation time the function reports itself.
@@ -11,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { functionSpec } from '../src/bake/spec.ts';
-import { DIGIT_EIGHT, FUNCTION_CMD, FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage, IMAGES_DIR } from '../src/image/functions.ts';
+import { DIGIT_EIGHT, FUNCTION_CMD, FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage, IMAGES_DIR } from '../lab/functions.ts';
 import { readImage } from '../src/image/read.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';

@@ -5,7 +5,7 @@ import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { consoleTable, evaluateTargets, markdownReport, type StudyResults, writeReport } from '../src/study/report.ts';
+import { consoleTable, evaluateTargets, markdownReport, type StudyResults, writeReport } from '../lab/study/report.ts';
 import {
   bootstrapMedianCI,
   bootstrapMedianRatioCI,
@@ -19,8 +19,8 @@ import {
   quantiles,
   summary,
   wilcoxonRankSum,
-} from '../src/study/stats.ts';
-import { boxplotSvg, boxStats, ecdfSvg, logTicks, niceTicks } from '../src/study/svg.ts';
+} from '../lab/study/stats.ts';
+import { boxplotSvg, boxStats, ecdfSvg, logTicks, niceTicks } from '../lab/study/svg.ts';
 
 const close = (actual: number, expected: number, tolerance: number) => Math.abs(actual - expected) <= tolerance;
 

@@ -6,8 +6,8 @@ import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeReport } from '../src/study/report.ts';
-import { runStudy } from '../src/study/run.ts';
+import { writeReport } from '../lab/study/report.ts';
+import { runStudy } from '../lab/study/run.ts';
 
 test('a tiny study of markdown under docker: every prebaked replica restored, the report written', async (t) => {
   const lines: string[] = [];

@@ -5,8 +5,8 @@ import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeReport } from '../src/study/report.ts';
-import { runStudy } from '../src/study/run.ts';
+import { writeReport } from '../lab/study/report.ts';
+import { runStudy } from '../lab/study/run.ts';
 
 test('a short study of markdown: every prebaked replica restored with its own identity, the report written', async (t) => {
   const lines: string[] = [];

@@ -56,7 +56,7 @@ test.before(async (t) => {
   if (!(capEff & (1n << 24n))) {
     if (confBefore !== null) throw new Error(`root lacks CAP_SYS_RESOURCE here and ${CONF} exists: podman's default ulimits cannot be set, and the test will not edit an existing file`);
     const hard = (name: string) => new RegExp(`^${name}\\s+\\S+\\s+(\\S+)`, 'm').exec(readFileSync('/proc/self/limits', 'utf8'))![1];
-    // (nproc as the private podman of src/engines/daemons.ts has it: the host's hard limit itself is refused.)
+    // (nproc as the private podman of lab/engines/daemons.ts has it: the host's hard limit itself is refused.)
     const [files, procs] = [hard('Max open files'), String(Math.min(32768, Number(hard('Max processes'))))];
     ulimits = `[containers]\ndefault_ulimits = ["nofile=${files}:${files}", "nproc=${procs}:${procs}"]\n`;
     writeFileSync(CONF, ulimits);

@@ -13,7 +13,7 @@ import type { Spec } from '../../oci/runtime-spec.ts';
 import { bake } from '../../src/bake/bake.ts';
 import { functionSpec } from '../../src/bake/spec.ts';
 import type { CheckpointManifest } from '../../src/checkpoint/manifest.ts';
-import { pythonRootfs } from '../../src/image/rootfs.ts';
+import { pythonRootfs } from '../../lab/rootfs.ts';
 import { overlayBundle, REPO, uniqueName } from './bundle.ts';
 import { startConsole } from './console.ts';
 

@@ -1,4 +1,4 @@
-// Real engines for tests: private containerd, dockerd and podman (src/engines/daemons.ts), each
+// Real engines for tests: private containerd, dockerd and podman (lab/engines/daemons.ts), each
 // with state of its own under a temp dir, stopped so that nothing is left.
 
 import { spawnSync } from 'node:child_process';
@@ -9,7 +9,7 @@ import { PREBAKE, REPO } from './bundle.ts';
 import { noopImage } from './images.ts';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 
-export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../src/engines/daemons.ts';
+export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../lab/engines/daemons.ts';
 
 /** Pids of the processes whose network namespace is the one with inode `ino` (stat of a /proc/PID/ns/net). */
 export function processesInNetns(ino: number): number[] {

@@ -1,7 +1,7 @@
 // Function images for prebake-build tests: the noop function as an OCI layout (a Python layer,
-// an app layer with /app/function.py), built once and cached by functionImage (src/image/functions.ts).
+// an app layer with /app/function.py), built once and cached by functionImage (lab/functions.ts).
 
-import { FUNCTION_CMD, FUNCTION_PORT, functionImage } from '../../src/image/functions.ts';
+import { FUNCTION_CMD, FUNCTION_PORT, functionImage } from '../../lab/functions.ts';
 
 export const NOOP_PORT = FUNCTION_PORT;
 export const NOOP_CMD = [...FUNCTION_CMD];

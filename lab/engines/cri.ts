@@ -8,14 +8,14 @@ import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync,
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { packLayer } from '../image/pack.ts';
-import { scratchImage, writeImage } from '../image/write.ts';
-import { CRI_PROTO, type CriClient, criClient } from '../lib/cri.ts';
-import { mountPoints } from '../lib/mountinfo.ts';
-import { prebakeBinPath } from '../lib/paths.ts';
+import { packLayer } from '../../src/image/pack.ts';
+import { scratchImage, writeImage } from '../../src/image/write.ts';
+import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
+import { mountPoints } from '../../src/lib/mountinfo.ts';
+import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
 
-export { type CriCall, type CriClient, criClient, waitForImage } from '../lib/cri.ts';
+export { type CriCall, type CriClient, criClient, waitForImage } from '../../src/lib/cri.ts';
 export { CNI_BIN } from './cni.ts';
 
 /** The test pods' bridge and /24; nothing else here uses them. */

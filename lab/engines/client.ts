@@ -6,8 +6,8 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { LineRpc } from '../lib/line-rpc.ts';
-import type { HttpResult, Request } from '../lib/netns.ts';
+import { LineRpc } from '../../src/lib/line-rpc.ts';
+import type { HttpResult, Request } from '../../src/lib/netns.ts';
 
 // One command per line in, one answer per line out. HTTP/1.0 over a plain socket: the functions
 // answer HTTP/1.0 and close, so the answer is everything up to EOF.

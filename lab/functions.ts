@@ -8,15 +8,15 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameS
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ImageConfig } from '../../oci/image-spec.ts';
-import type { Probe, WarmupRequest } from '../bake/probe.ts';
-import { packLayer } from './pack.ts';
-import { readImage } from './read.ts';
+import type { ImageConfig } from '../oci/image-spec.ts';
+import type { Probe, WarmupRequest } from '../src/bake/probe.ts';
+import { packLayer } from '../src/image/pack.ts';
+import { readImage } from '../src/image/read.ts';
 import { CACHE, debianRootfs, withLock } from './rootfs.ts';
-import { scratchImage, writeImage } from './write.ts';
+import { scratchImage, writeImage } from '../src/image/write.ts';
 
 /** The images/ directory of the repository: the functions' sources. */
-export const IMAGES_DIR = fileURLToPath(new URL('../../images/', import.meta.url));
+export const IMAGES_DIR = fileURLToPath(new URL('../images/', import.meta.url));
 
 export const FUNCTION_PORT = 8080;
 export const FUNCTION_CMD: readonly string[] = ['python3', '/app/function.py'];

@@ -2,29 +2,29 @@
 // restored (interleaved), timing each start to its first HTTP 200 and then M requests of the
 // function's work. Replicas run either under the prebake runtime on plain OCI bundles (engine
 // "runc": each in its own bundle and network namespace, no engine daemon), or under an engine
-// started privately for the study (docker, containerd, podman: src/engines/engine.ts).
+// started privately for the study (docker, containerd, podman: lab/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runcDefaultSpec } from '../bake/spec.ts';
-import { targetSpec } from '../bake/target.ts';
-import { MANIFEST_FORMAT } from '../checkpoint/manifest.ts';
-import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
+import { runcDefaultSpec } from '../../src/bake/spec.ts';
+import { targetSpec } from '../../src/bake/target.ts';
+import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
+import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
 import { type Engine, type EngineName, type Started, startEngine } from '../engines/engine.ts';
-import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../image/functions.ts';
-import { readImage } from '../image/read.ts';
-import { CACHE, withLock } from '../image/rootfs.ts';
-import { unpackLayers } from '../image/unpack.ts';
-import { parseCriuLog, criuPhases } from '../lib/criu-log.ts';
-import { criuVersion, runcVersion } from '../lib/host.ts';
-import { containerStateDir, loadRuntimeConfig } from '../runtime/config.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
-import { mountOverlay } from '../lib/overlay.ts';
-import { prebakeBinPath } from '../lib/paths.ts';
-import { spawnPiped } from '../lib/pipe.ts';
+import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
+import { readImage } from '../../src/image/read.ts';
+import { CACHE, withLock } from '../rootfs.ts';
+import { unpackLayers } from '../../src/image/unpack.ts';
+import { parseCriuLog, criuPhases } from '../../src/lib/criu-log.ts';
+import { criuVersion, runcVersion } from '../../src/lib/host.ts';
+import { containerStateDir, loadRuntimeConfig } from '../../src/runtime/config.ts';
+import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
+import { mountOverlay } from '../../src/lib/overlay.ts';
+import { prebakeBinPath } from '../../src/lib/paths.ts';
+import { spawnPiped } from '../../src/lib/pipe.ts';
 import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
 
 /** With two CPUs or more, the bundle study keeps client and replica on CPUs of their own. */

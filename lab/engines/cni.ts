@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createNetns, deleteNetns, netnsPath } from '../lib/netns.ts';
+import { createNetns, deleteNetns, netnsPath } from '../../src/lib/netns.ts';
 
 /** The CNI plugins of containernetworking-plugins. */
 export const CNI_BIN = '/usr/lib/cni';

@@ -8,8 +8,8 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { mountPoints } from '../lib/mountinfo.ts';
-import { prebakeBinPath } from '../lib/paths.ts';
+import { mountPoints } from '../../src/lib/mountinfo.ts';
+import { prebakeBinPath } from '../../src/lib/paths.ts';
 
 const run = promisify(execFile);
 

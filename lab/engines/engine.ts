@@ -1,4 +1,4 @@
-// One engine, started privately (src/engines/daemons.ts), and the one thing the benchmark and the
+// One engine, started privately (lab/engines/daemons.ts), and the one thing the benchmark and the
 // study do with it: start a container of an image detached, under runc or prebake, and time it from
 // the spawn of `run -d` to the first HTTP 200 — docker and podman on a published port from the
 // host, a ctr task (loopback only) from inside its network namespace — then talk to it and remove it.
@@ -16,11 +16,11 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Target } from '../bake/target.ts';
-import type { FunctionName } from '../image/functions.ts';
-import { waitForImage } from '../lib/cri.ts';
-import type { HttpResult, Request } from '../lib/netns.ts';
-import { prebakeBinPath } from '../lib/paths.ts';
+import type { Target } from '../../src/bake/target.ts';
+import type { FunctionName } from '../functions.ts';
+import { waitForImage } from '../../src/lib/cri.ts';
+import type { HttpResult, Request } from '../../src/lib/netns.ts';
+import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { bakeFunction } from './bake.ts';
 import { EngineClient, type Endpoint } from './client.ts';
 import { cniNetwork } from './cni.ts';
@@ -220,7 +220,7 @@ async function containerdDriver(cni = false): Promise<Driver> {
 }
 
 /**
- * Pods through a private containerd's CRI plugin (src/engines/cri.ts), as kubelet makes them: the
+ * Pods through a private containerd's CRI plugin (lab/engines/cri.ts), as kubelet makes them: the
  * pod sandbox and the container are made before the clock starts, StartContainer is timed to the
  * first answer on the pod IP. The prebake runtime handler, or the default runc one.
  */

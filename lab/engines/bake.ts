@@ -1,4 +1,4 @@
-// Baking a sample function (src/image/functions.ts) with prebake-build: ready when GET / answers,
+// Baking a sample function (lab/functions.ts) with prebake-build: ready when GET / answers,
 // checkpointed after one warm-up request of the function's own work, for a target engine.
 
 import { execFile } from 'node:child_process';
@@ -6,9 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Target } from '../bake/target.ts';
-import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../image/functions.ts';
-import { packageRoot } from '../lib/paths.ts';
+import type { Target } from '../../src/bake/target.ts';
+import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
+import { packageRoot } from '../../src/lib/paths.ts';
 
 const run = promisify(execFile);
 
