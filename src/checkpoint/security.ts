@@ -146,7 +146,7 @@ const ENV_IGNORED = new RegExp(`^(${ENGINE_ENV.join('|')}|PREBAKE_[A-Z_]*)=`);
  * of at most KUBELET_ENV_MAX characters are tested (a service name has at most 63, an address
  * 45): the pattern backtracks on long ones.
  */
-export const KUBELET_ENV_MAX = 200;
+const KUBELET_ENV_MAX = 200;
 export const KUBELET_ENV =
   /^[A-Z_][A-Z0-9_]*_(SERVICE_HOST=[0-9A-Fa-f.:]+|SERVICE_PORT(_[A-Z0-9_]+)?=\d+|PORT=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|PORT_\d+_(TCP|UDP|SCTP)(=(tcp|udp|sctp):\/\/[0-9A-Fa-f.:[\]]+:\d+|_PROTO=(tcp|udp|sctp)|_PORT=\d+|_ADDR=[0-9A-Fa-f.:]+))$/;
 

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 /** Where scripts/setup.sh unpacks the CRI API definition (package runtime.v1). */
 export const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
 /** Where the .proto files api.proto imports are (gogo.proto: bookworm's golang-github-gogo-protobuf-dev). */
-export const CRI_PROTO_INCLUDE = '/usr/share/gocode/src';
+const CRI_PROTO_INCLUDE = '/usr/share/gocode/src';
 
 declare const PREBAKE_CRI_API: string | undefined;
 

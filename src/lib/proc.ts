@@ -23,9 +23,9 @@ export function procStat(pid: number): { state: string; ppid: number; exitCode: 
 /** The parent of a process (-1: gone). */
 export const parentOf = (pid: number) => procStat(pid)?.ppid ?? -1;
 /** Whether a process is gone or a zombie (killed, not yet reaped). */
-export const dead = (pid: number) => /^Z?$/.test(procStat(pid)?.state ?? '');
+const dead = (pid: number) => /^Z?$/.test(procStat(pid)?.state ?? '');
 /** Whether a process is stopped (also by a tracer), a zombie, or gone. */
-export const stoppedOrGone = (pid: number) => /^[TtZX]?$/.test(procStat(pid)?.state ?? '');
+const stoppedOrGone = (pid: number) => /^[TtZX]?$/.test(procStat(pid)?.state ?? '');
 
 /** The threads of a process (empty if it is gone). */
 function threadsOf(pid: number): string[] {
