@@ -124,8 +124,9 @@ if [ ! -x "$cache/docker-registry/usr/bin/docker-registry" ]; then
     || { echo "setup: could not fetch docker-registry" >&2; exit 1; }
 fi
 
-# The CRI API definition (api.proto) that test/helpers/cri.ts loads: not in bookworm. The .deb of
-# trixie's golang-github-kubernetes-cri-api-dev is unpacked into the cache, never installed.
+# The CRI API definition (api.proto) that prebake-build's cri target (built into
+# dist/prebake-build.cjs by scripts/build.mjs) and the CRI tests load: not in bookworm. The .deb
+# of trixie's golang-github-kubernetes-cri-api-dev is unpacked into the cache, never installed.
 CRI_DEB=golang-github-kubernetes-cri-api-dev_0.32.3-1_all.deb
 CRI_SHA256=634610347b36362eb4614eb98c494cb9363d5d873da99806ba2b181460a93b20
 cri_root=$cache/cri-api
