@@ -306,8 +306,8 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
     if (runc.pid === undefined) throw new Error(`cannot run ${cfg.runc}`);
     const status = exitOf(runc.pid, process.pid, cfg.restoreTimeoutMs, undefined, callerGone);
     if (status === 'timeout' || status === 'abandoned') {
-      abort(runc.pid, plan.id, plan.stateDir, call);
-      failure = status === 'timeout' ? { reason: timedOut(cfg) } : { reason: 'abandoned', abandoned: true };
+      clearAway(plan, runc.pid, call, cfg);
+      return status === 'timeout' ? { reason: timedOut(cfg) } : { reason: 'abandoned', abandoned: true };
     } else if (status === 0) {
       const refused = verdictOn(plan, restorePidFile(plan, createArgs));
       if (refused === null) {
@@ -351,16 +351,20 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
 }
 
 /**
- * Stops a restore runc has not finished: runc, CRIU and every task CRIU made are stopped and
- * killed, and what they left mounted (the rootfs runc binds for CRIU, CRIU's cgroup yard) and
- * runc's state for the id go. (Not `runc delete` first: on the state of a restore killed midway
- * it took the container's rootfs mount with it, and the cold create found no python3.)
+ * Clears away a restore that is not finished or not taken: runc (`runcPid`, when it may still be
+ * at work), CRIU and every task CRIU made are stopped and killed; what they left mounted (the
+ * rootfs runc binds for CRIU, CRIU's cgroup yard) is unmounted; then discardAttempt (runc's
+ * delete, which kills tasks a finished restore left stopped, and prebake's state); last runc's
+ * dir for the id, which a runc killed before it wrote its state leaves and its delete does not
+ * know. (Unmounted before runc's delete: on the state of a restore killed midway, the delete took
+ * the container's rootfs mount with it, and the cold create found no python3.)
  */
-function abort(runcPid: number, id: string, stateDir: string, call: RuntimeCall): void {
-  killTree(runcPid);
-  const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
-  unmountUnder(validId(id) ? [runcDir, stateDir] : [stateDir]);
-  if (validId(id)) rmSync(runcDir, { recursive: true, force: true });
+function clearAway(attempt: { id: string; stateDir: string; netnsPath?: string }, runcPid: number | undefined, call: RuntimeCall, cfg: RuntimeConfig): void {
+  if (runcPid !== undefined) killTree(runcPid);
+  const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), attempt.id);
+  unmountUnder(validId(attempt.id) ? [runcDir, attempt.stateDir] : [attempt.stateDir]);
+  discardAttempt(attempt, call, cfg);
+  if (validId(attempt.id)) rmSync(runcDir, { recursive: true, force: true });
 }
 
 /** Paths compare equal after normalising (the shell does not tidy "a/./b" or "a//b"). */
@@ -478,8 +482,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
           return true;
         });
         if (status === 'timeout') {
-          abort(early.runcPid, plan.id, dir, call);
-          discardAttempt(plan, call, cfg);
+          clearAway(plan, early.runcPid, call, cfg);
           return { reason: timedOut(cfg) };
         }
         if (status !== undefined && status !== 0) {
@@ -516,14 +519,8 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   // Refused. runc still at work (still bin/prebake's child) is stopped and killed with CRIU and
   // every task CRIU made; a restore runc finished is a container whose tasks are still stopped,
   // which runc's delete kills.
-  if (early.runcPid !== undefined && isEarlyRunc(early.runcPid, early, dir)) killTree(early.runcPid);
-  const id = createArgs?.rest[0] ?? '';
-  const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), id);
-  // What a killed runc and CRIU left mounted: the rootfs runc binds for CRIU, CRIU's cgroup yard.
-  unmountUnder(validId(id) ? [runcDir, dir] : [dir]);
-  discardAttempt({ id, stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, call, cfg);
-  // runc killed before it wrote its state leaves a container dir that `runc delete` does not know.
-  if (validId(id)) rmSync(runcDir, { recursive: true, force: true });
+  const atWork = early.runcPid !== undefined && isEarlyRunc(early.runcPid, early, dir) ? early.runcPid : undefined;
+  clearAway({ id: createArgs?.rest[0] ?? '', stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, atWork, call, cfg);
   return callerGone() ? { abandoned: true } : {};
 }
 
