@@ -306,7 +306,7 @@ function restore(plan: RestorePlan, call: RuntimeCall, createArgs: ParsedArgs, c
     if (runc.pid === undefined) throw new Error(`cannot run ${cfg.runc}`);
     const status = exitOf(runc.pid, process.pid, cfg.restoreTimeoutMs, undefined, callerGone);
     if (status === 'timeout' || status === 'abandoned') {
-      clearAway(plan, runc.pid, call, cfg);
+      clearAway(plan, runc.pid, call, cfg, restorePidFile(plan, createArgs));
       return status === 'timeout' ? { reason: timedOut(cfg) } : { reason: 'abandoned', abandoned: true };
     } else if (status === 0) {
       const refused = verdictOn(plan, restorePidFile(plan, createArgs));
@@ -357,10 +357,15 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
  * delete, which kills tasks a finished restore left stopped, and prebake's state); last runc's
  * dir for the id, which a runc killed before it wrote its state leaves and its delete does not
  * know. (Unmounted before runc's delete: on the state of a restore killed midway, the delete took
- * the container's rootfs mount with it, and the cold create found no python3.)
+ * the container's rootfs mount with it, and the cold create found no python3.) A runc killed
+ * while it wrote `pidFile` leaves its temporary `.<name>` beside it, which runc creates
+ * exclusively: the cold create's runc would fail on it ("file exists"), so it goes too.
  */
-function clearAway(attempt: { id: string; stateDir: string; netnsPath?: string }, runcPid: number | undefined, call: RuntimeCall, cfg: RuntimeConfig): void {
-  if (runcPid !== undefined) killTree(runcPid);
+function clearAway(attempt: { id: string; stateDir: string; netnsPath?: string }, runcPid: number | undefined, call: RuntimeCall, cfg: RuntimeConfig, pidFile?: string): void {
+  if (runcPid !== undefined) {
+    killTree(runcPid);
+    if (pidFile) rmSync(join(dirname(resolve(pidFile)), `.${basename(pidFile)}`), { force: true });
+  }
   const runcDir = join(resolve(flagValue(call.global, 'root') ?? DEFAULT_RUNC_ROOT), attempt.id);
   unmountUnder(validId(attempt.id) ? [runcDir, attempt.stateDir] : [attempt.stateDir]);
   discardAttempt(attempt, call, cfg);
@@ -482,7 +487,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
           return true;
         });
         if (status === 'timeout') {
-          clearAway(plan, early.runcPid, call, cfg);
+          clearAway(plan, early.runcPid, call, cfg, pidFile);
           return { reason: timedOut(cfg) };
         }
         if (status !== undefined && status !== 0) {
@@ -520,7 +525,7 @@ function settleEarly(early: EarlyRestore, plan: RestorePlan | null, call: Runtim
   // every task CRIU made; a restore runc finished is a container whose tasks are still stopped,
   // which runc's delete kills.
   const atWork = early.runcPid !== undefined && isEarlyRunc(early.runcPid, early, dir) ? early.runcPid : undefined;
-  clearAway({ id: createArgs?.rest[0] ?? '', stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, atWork, call, cfg);
+  clearAway({ id: createArgs?.rest[0] ?? '', stateDir: dir, ...(netnsPath ? { netnsPath } : {}) }, atWork, call, cfg, createArgs ? flagValue(createArgs, 'pid-file') : undefined);
   return callerGone() ? { abandoned: true } : {};
 }
 
