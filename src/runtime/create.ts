@@ -12,7 +12,7 @@ import { criuAnnotations } from '../checkpoint/security.ts';
 import { shortId } from '../checkpoint/trust.ts';
 import { chooseCheckpoint } from '../checkpoint/verify.ts';
 import { hostFacts } from '../lib/host.ts';
-import { childrenOf, killTree, nap, parentOf, procStat } from '../lib/proc.ts';
+import { childrenOf, killTree, nap, parentOf, procStat, tasksUnder } from '../lib/proc.ts';
 import { CREATE_FLAGS, type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { captureSpec } from './capture.ts';
 import { DEFAULT_RUNC_ROOT, type RuntimeConfig, containerStateDir, validId } from './config.ts';
@@ -245,9 +245,11 @@ const CRIU_CONF_TEXT = 'leave-stopped\n';
 function verdictOn(plan: RestorePlan, pidFile: string): Failure | null {
   const pid = restoredPid(pidFile);
   if (pid === undefined) return { reason: 'runc wrote no pid for the restored process' };
-  const excess = restoredExcess(pid, plan.expect);
+  // One walk of the stopped tree: the tasks checked are the ones given the spec's oom_score_adj.
+  const tasks = tasksUnder(pid);
+  const excess = restoredExcess(pid, plan.expect, tasks);
   if (excess !== null) return { reason: excess, excess: true };
-  const oom = applyOomScoreAdj(pid, plan.expect);
+  const oom = applyOomScoreAdj(tasks, plan.expect);
   return oom === null ? null : { reason: oom };
 }
 

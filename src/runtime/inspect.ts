@@ -7,7 +7,6 @@ import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
 import { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
-import { tasksUnder } from '../lib/proc.ts';
 
 export { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 
@@ -113,11 +112,11 @@ function ownOomScoreAdj(): number {
 }
 
 /**
- * Gives every restored process under `initPid` the spec's oom_score_adj (x.oomScoreAdj); the
- * reason it could not, or null.
+ * Gives every restored process (of `tasks`, the tree restoredExcess checked) the spec's
+ * oom_score_adj (x.oomScoreAdj); the reason it could not, or null.
  */
-export function applyOomScoreAdj(initPid: number, x: Pick<Expectations, 'oomScoreAdj'>): string | null {
-  for (const pid of new Set(tasksUnder(initPid).map((t) => t.pid))) {
+export function applyOomScoreAdj(tasks: readonly { pid: number }[], x: Pick<Expectations, 'oomScoreAdj'>): string | null {
+  for (const pid of new Set(tasks.map((t) => t.pid))) {
     try {
       // Written whatever it reads, as runc writes it: the write also sets oom_score_adj_min.
       writeFileSync(`/proc/${pid}/oom_score_adj`, String(x.oomScoreAdj));
@@ -278,13 +277,13 @@ export function mountExcess(table: readonly MountInfo[], exists: (path: string) 
 }
 
 /**
- * Why the restored container under `initPid` holds more than the spec grants (`x`), or null.
+ * Why the restored container under `initPid` (its stopped tree, `tasks`: tasksUnder) holds more
+ * than the spec grants (`x`), or null.
  * Checks every task: capability sets within the spec's, ids as the spec's (unless it grants
  * CAP_SETUID / CAP_SETGID), no_new_privs and a seccomp filter where the spec asks for them, each
  * namespace the one the spec names (joined by path, new, or the host's); and the init's mounts.
  */
-export function restoredExcess(initPid: number, x: Expectations): string | null {
-  const tasks = tasksUnder(initPid);
+export function restoredExcess(initPid: number, x: Expectations, tasks: readonly { pid: number; tid: number }[]): string | null {
   if (tasks.length === 0) return `the restored process ${initPid} is gone`;
   const initNs = new Map<string, string>();
   for (const { pid, tid } of tasks) {
