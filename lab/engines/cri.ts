@@ -8,6 +8,7 @@ import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync,
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { POD_NAMESPACES } from '../../src/bake/target.ts';
 import { packLayer } from '../../src/image/pack.ts';
 import { scratchImage, writeImage } from '../../src/image/write.ts';
 import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
@@ -371,13 +372,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     const logDir = join(dir, 'pods', name);
     mkdirSync(logDir, { recursive: true });
     // What kubelet sends for a pod without host namespaces: a pid namespace per container.
-    const namespaceOptions = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
     const config = {
       metadata: { name, uid: `${name}-${tag}`, namespace: 'prebake-test', attempt: 0 },
       hostname: name,
       log_directory: logDir,
       labels: { app: name },
-      linux: { cgroup_parent: `/${cgroupParent}`, security_context: { namespace_options: namespaceOptions } },
+      linux: { cgroup_parent: `/${cgroupParent}`, security_context: { namespace_options: POD_NAMESPACES } },
     };
     const { pod_sandbox_id: id } = await client.runtime<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: handler }, 120_000);
     ids.push(id);
@@ -393,7 +393,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       metadata: { name, attempt: 0 },
       image: { image },
       log_path: `${name}.log`,
-      linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+      linux: { security_context: { namespace_options: POD_NAMESPACES } },
     };
     const { container_id: id } = await client.runtime<{ container_id: string }>('CreateContainer', { pod_sandbox_id: pod.id, config, sandbox_config: pod.config }, 120_000);
     ids.push(id);

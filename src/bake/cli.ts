@@ -26,7 +26,7 @@ import { hiddenByOpaqueDirs, pruneUpper } from './changes.ts';
 import { parseProbe, parseWarmupRequest, type Probe, probeText } from './probe.ts';
 import { PROGRESS_MODES, type ProgressMode, type Progress, progressFor } from './progress.ts';
 import { findSecrets } from './secrets.ts';
-import { type CriConfig, DEFAULT_RUNTIME_NAME, engineSpec, type JoinedPaths, type JoinedType, joinedTypes, makeNamespaces, type RunOverrides, RUNTIME_NAME, type Target, TARGETS, targetSpec } from './target.ts';
+import { type CriConfig, DEFAULT_RUNTIME_NAME, engineSpec, type JoinedPaths, type JoinedType, joinedTypes, makeNamespaces, type RunOverrides, RUNTIME_NAME, securityContextOf, type Target, TARGETS, targetSpec } from './target.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -255,7 +255,7 @@ function readCriConfig(flag: string, file: string): CriConfig {
     if (o[f] !== undefined && !strings(o[f])) throw new UsageError(`--${flag} ${file}: ${f} must be a list of strings`);
   if (o.envs !== undefined && !(Array.isArray(o.envs) && o.envs.every((e: { key?: unknown; value?: unknown }) => typeof e?.key === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(e.key) && ['string', 'undefined'].includes(typeof e.value))))
     throw new UsageError(`--${flag} ${file}: envs must be a list of {"key": NAME, "value": STRING}`);
-  const sc = ((o.linux as CriConfig | undefined)?.security_context ?? {}) as CriConfig;
+  const sc = securityContextOf(o);
   if (sc.run_as_username) throw new UsageError(`--${flag} ${file}: run_as_username is not supported; give run_as_user (and run_as_group)`);
   // The bake runs the image as root on the host that holds the signing key: not with the host's
   // devices and capabilities, nor in its network, PID or IPC namespace.
@@ -282,7 +282,7 @@ function runOverrides(target: Target, opts: BuildOptions, env: string[]): RunOve
     o.args = args;
   } else if (args.length) o.args = args;
   if (typeof c.working_dir === 'string' && c.working_dir) o.cwd = c.working_dir;
-  if ((((c.linux as CriConfig | undefined)?.security_context ?? {}) as CriConfig).run_as_user) o.engineUser = true;
+  if (securityContextOf(c).run_as_user) o.engineUser = true;
   return o;
 }
 

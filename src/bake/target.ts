@@ -111,6 +111,12 @@ export interface EngineSpecOptions {
 /** A CRI message as JSON, field names as in api.proto (snake_case). */
 export type CriConfig = Record<string, unknown>;
 
+/** The probe image in containerd's default namespace, for both ctr targets. */
+const CTR_PROBE = {
+  image: `containerd:${SPEC_PROBE_IMAGE}`,
+  present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
+  check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+};
 const ctrRun = (env: string, flags: string[] = []) => cli('ctr', ['run', '--rm', '--runc-binary', prebakeBinPath(), ...flags, '--env', env, `docker.io/${SPEC_PROBE_IMAGE}`, `prebake-spec-${process.pid}`, '/bin/true']);
 
 /** How each engine target runs a one-off container under the prebake runtime, and its probe image. */
@@ -127,17 +133,13 @@ const ENGINES = {
     run: (env: string, o: EngineSpecOptions) => cli('docker', ['run', '--rm', `--runtime=${o.runtimeName ?? DEFAULT_RUNTIME_NAME}`, '-e', env, SPEC_PROBE_IMAGE, '/bin/true']),
   },
   containerd: {
-    image: `containerd:${SPEC_PROBE_IMAGE}`,
-    present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
-    check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+    ...CTR_PROBE,
     run: (env: string, _o: EngineSpecOptions) => ctrRun(env),
   },
   // `ctr run --with-ns network:PATH`: a network namespace made beforehand and joined by path, as
   // CNI, faasd and the CRI plugin give one.
   'containerd-netns': {
-    image: `containerd:${SPEC_PROBE_IMAGE}`,
-    present: () => cli('ctr', ['images', 'inspect', `docker.io/${SPEC_PROBE_IMAGE}`]),
-    check: (_o: EngineSpecOptions) => void cli('ctr', ['version']),
+    ...CTR_PROBE,
     run: (env: string, _o: EngineSpecOptions) => {
       const name = `prebake-spec-${process.pid}`;
       try {
@@ -165,12 +167,14 @@ const ENGINES = {
 } as const;
 
 /** What kubelet asks for a pod without host namespaces: the pod's network and IPC, a pid namespace per container. */
-const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
+export const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
+
+/** A CRI config's linux.security_context ({} when it has none). */
+export const securityContextOf = (config: CriConfig): CriConfig => (((config.linux ?? {}) as CriConfig).security_context ?? {}) as CriConfig;
 
 function withNamespaceOptions(config: CriConfig): CriConfig {
-  const linux = (config.linux ?? {}) as CriConfig;
-  const sc = (linux.security_context ?? {}) as CriConfig;
-  return { ...config, linux: { ...linux, security_context: { ...sc, namespace_options: sc.namespace_options ?? POD_NAMESPACES } } };
+  const sc = securityContextOf(config);
+  return { ...config, linux: { ...((config.linux ?? {}) as CriConfig), security_context: { ...sc, namespace_options: sc.namespace_options ?? POD_NAMESPACES } } };
 }
 
 /**
