@@ -16,7 +16,7 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Target } from '../../src/bake/target.ts';
+import { criKeyValue, type Target } from '../../src/bake/target.ts';
 import type { FunctionName } from '../functions.ts';
 import { waitForImage } from '../../src/lib/cri.ts';
 import type { HttpResult, Request } from '../../src/lib/netns.ts';
@@ -228,12 +228,11 @@ async function criDriver(): Promise<Driver> {
   const ctd = await startCriContainerd();
   const made = new Map<string, { pod: Pod; id: string }>();
   const ref = (image: string) => `docker.io/${image}`;
-  const kv = (e: string) => ({ key: e.slice(0, e.indexOf('=')), value: e.slice(e.indexOf('=') + 1) });
   const make = async (name: string, o: Pick<StartOptions, 'image' | 'runtime' | 'env' | 'checkpointOff'>, extra: Record<string, unknown> = {}) => {
     await waitForImage(ctd.cri, ref(o.image));
     const pod = await ctd.runPod(name, o.runtime === 'prebake' ? 'prebake' : '');
     made.set(name, { pod, id: '' });
-    const id = await ctd.createContainer(pod, 'fn', ref(o.image), { ...extra, envs: [...(o.env ?? []), ...(o.checkpointOff ? [OFF_ENV] : [])].map(kv) });
+    const id = await ctd.createContainer(pod, 'fn', ref(o.image), { ...extra, envs: [...(o.env ?? []), ...(o.checkpointOff ? [OFF_ENV] : [])].map(criKeyValue) });
     made.set(name, { pod, id });
     return { pod, id };
   };

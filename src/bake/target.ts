@@ -169,6 +169,9 @@ const ENGINES = {
 /** What kubelet asks for a pod without host namespaces: the pod's network and IPC, a pid namespace per container. */
 export const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
 
+/** NAME=VALUE as a CRI KeyValue (a container config's envs). */
+export const criKeyValue = (e: string) => ({ key: e.slice(0, e.indexOf('=')), value: e.slice(e.indexOf('=') + 1) });
+
 /** A CRI config's linux.security_context ({} when it has none). */
 export const securityContextOf = (config: CriConfig): CriConfig => (((config.linux ?? {}) as CriConfig).security_context ?? {}) as CriConfig;
 
@@ -206,14 +209,13 @@ async function criProbe(env: string, o: EngineSpecOptions): Promise<void> {
       throw new Error(`CRI at ${endpoint}: ${msg}`);
     }
     const c = o.containerConfig ?? {};
-    const [key, value] = [env.slice(0, env.indexOf('=')), env.slice(env.indexOf('=') + 1)];
     const config = withNamespaceOptions({
       ...c,
       metadata: { name: 'spec-probe', attempt: 0 },
       image: { image },
       command: ['/bin/true'],
       args: [],
-      envs: [...((c.envs as unknown[] | undefined) ?? []), { key, value }],
+      envs: [...((c.envs as unknown[] | undefined) ?? []), criKeyValue(env)],
       log_path: 'spec-probe.log',
     });
     ({ container_id: container } = await cri.runtime<{ container_id: string }>('CreateContainer', { pod_sandbox_id: pod, config, sandbox_config: sandbox }, 120_000));
