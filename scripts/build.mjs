@@ -11,6 +11,15 @@ import { createRequire } from 'node:module';
 const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', define: { PREBAKE_VERSION: JSON.stringify(version) }, logLevel: 'warning', legalComments: 'none' };
 
+// bin/prebake's flag loops, from the flag tables of src/contract.ts (scripts/shell.ts).
+const shell = await build({ entryPoints: ['scripts/shell.ts'], bundle: true, platform: 'node', format: 'esm', write: false, logLevel: 'warning' });
+const { generateShell } = await import(`data:text/javascript;base64,${Buffer.from(shell.outputFiles[0].text).toString('base64')}`);
+const dispatcher = readFileSync('bin/prebake', 'utf8');
+if (generateShell(dispatcher) !== dispatcher) {
+  writeFileSync('bin/prebake', generateShell(dispatcher));
+  console.warn('build: bin/prebake made anew from src/contract.ts');
+}
+
 await build({ ...common, entryPoints: ['src/runtime/entry.ts'], outfile: 'dist/prebake.cjs', minify: true });
 // CRIU's config for every restore (CRIU_CONFIG_FILE): the restored tasks stay stopped until the
 // runtime has checked them. A file of the package, so a restore writes no data for it.

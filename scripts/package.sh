@@ -2,6 +2,7 @@
 # Packs the built programs (dist/, made by `npm run -s build`; `npm run package` runs both) and
 # bin/ into prebake_<version>_<arch>.deb, written to OUTDIR (default dist-deb/ in the repo):
 #   /usr/lib/prebake/bin/{prebake,prebake-build}   the repo's bin/ scripts
+#   /usr/lib/prebake/bin/prebake-create.sh         what bin/prebake sources for a prebaked create
 #   /usr/lib/prebake/dist/…                        what they run (bin/prebake finds it as ../dist)
 #   /usr/bin/{prebake,prebake-build}               symlinks to them
 # Every file root's and not writable by group or others (`prebake install` refuses a runtime that
@@ -40,6 +41,7 @@ chmod 0755 "$stage"
 
 install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/prebake/bin" "$stage/usr/lib/prebake/dist"
 install -m 0755 "$here/bin/prebake" "$here/bin/prebake-build" "$stage/usr/lib/prebake/bin/"
+install -m 0644 "$here/bin/prebake-create.sh" "$stage/usr/lib/prebake/bin/"
 for f in $DIST_FILES; do install -m 0644 "$here/dist/$f" "$stage/usr/lib/prebake/dist/"; done
 ln -s ../lib/prebake/bin/prebake "$stage/usr/bin/prebake"
 ln -s ../lib/prebake/bin/prebake-build "$stage/usr/bin/prebake-build"

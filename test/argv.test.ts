@@ -1,10 +1,15 @@
-// runc's argv grammar: the TypeScript table, its parser, and bin/prebake's copy of the global flags.
+// runc's argv grammar: the tables of src/contract.ts, the parser, the shell's flag loops made from
+// the tables, and bin/prebake's create executing the Node program's verdict (with stand-ins).
 
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CREATE_FLAGS, GLOBAL_FLAGS, flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
-import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../src/checkpoint/locate.ts';
+import { generateShell } from '../scripts/shell.ts';
+import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV, CREATE_FLAGS, GLOBAL_FLAGS, HINT_PREFIX, IMAGE_CHECKPOINT_PATH } from '../src/contract.ts';
+import { flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
 import { REPO } from './helpers/bundle.ts';
 
 test('parses every spelling Go flag parsing accepts, and stops at the command', (t) => {
@@ -39,170 +44,174 @@ test('unknown flags and missing values are errors that name the flag', (t) => {
   t.throws(() => parseRuntimeCall(['--root']), { message: /flag needs an argument: -root/ });
 });
 
-test("bin/prebake's sh dispatcher knows exactly the global flags of the table", (t) => {
+test('the committed bin/prebake has the flag loops src/contract.ts makes, and a hand-edited loop is made anew', (t) => {
   const file = readFileSync(join(REPO, 'bin/prebake'), 'utf8');
-  // The global-flag loop: from the first `for a in "$@"` to its `done`.
-  const from = file.indexOf('for a in "$@"; do');
-  const sh = file.slice(from, file.indexOf('\ndone\n', from));
-  t.true(from > 0 && sh.length > 0, 'bin/prebake has a global-flag loop');
-  const casePatterns = [...sh.matchAll(/^\s+((?:-[-\w]+(?:=\*)?\|?)+)\)/gm)].map((m) => m[1]!.split('|'));
-  const valueFlags = new Set<string>();
-  const boolFlags = new Set<string>();
-  for (const alts of casePatterns) {
-    for (const a of alts) {
-      const name = a.replace(/^--?/, '').replace(/=\*$/, '');
-      // A bare pattern that is followed by `want=` in the same arm takes a value.
-      if (a.endsWith('=*')) continue;
-      const arm = sh.slice(sh.indexOf(alts.join('|')));
-      const line = arm.slice(0, arm.indexOf('\n'));
-      (line.includes('want=') ? valueFlags : boolFlags).add(name);
-    }
-  }
-  for (const f of GLOBAL_FLAGS) {
-    if (f.name === 'help') continue; // passed to runc like any unknown argument
-    for (const n of [f.name, ...(f.aliases ?? [])]) {
-      t.true(f.takesValue ? valueFlags.has(n) : boolFlags.has(n), `${n} (${f.takesValue ? 'takes a value' : 'boolean'}) in bin/prebake`);
-      if (f.takesValue) t.regex(sh, new RegExp(`--${n}=\\*\\|-${n}=\\*`), `${n}=value spelling in bin/prebake`);
-    }
-  }
-  const known = new Set(GLOBAL_FLAGS.flatMap((f) => [f.name, ...(f.aliases ?? [])]));
-  for (const n of [...valueFlags, ...boolFlags]) t.true(known.has(n), `bin/prebake flag ${n} is in GLOBAL_FLAGS`);
+  t.is(generateShell(file), file, 'bin/prebake is as scripts/shell.ts makes it from src/contract.ts (npm run build)');
+  const edited = file.replace('--pid-file|-pid-file) want=pidfile ;;', '--pid-file|-pid-file) ;;');
+  t.not(edited, file);
+  t.is(generateShell(edited), file);
+  // Every flag of the tables has its arms, every spelling Go's flag package takes.
+  for (const f of [...GLOBAL_FLAGS.filter((g) => g.name !== 'help'), ...CREATE_FLAGS])
+    for (const n of [f.name, ...(f.aliases ?? [])]) t.true(file.includes(`--${n}|-${n}`), n);
+  t.throws(() => generateShell('# >>> something else (generated\n# <<<\n'), { message: /no generator/ });
 });
 
-test("bin/prebake's create finds the bundle in every spelling and skips the values of create's flags", async (t) => {
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { execFileSync } = await import('node:child_process');
-  const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // A stand-in runc that says it was called; the Node path would say "node".
-  const fake = join(dir, 'runc');
-  writeFileSync(fake, '#!/bin/sh\necho runc\n', { mode: 0o755 });
-  const marked = join(dir, 'marked');
-  const plain = join(dir, 'plain');
-  for (const [d, env] of [[marked, 'PREBAKE_CHECKPOINT=/.prebake'], [plain, 'A=1']] as const) {
-    execFileSync('mkdir', [d]);
-    writeFileSync(join(d, 'config.json'), JSON.stringify({ process: { env: [env] } }));
-  }
-  const env = { ...process.env, PREBAKE_RUNC: fake, PREBAKE_NODE: join(dir, 'node') };
-  writeFileSync(join(dir, 'node'), '#!/bin/sh\necho node\n', { mode: 0o755 });
-  const who = (args: string[]) => execFileSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' }).trim();
-  t.is(who(['--root', '/r', 'create', '--bundle', plain, 'id']), 'runc');
-  t.is(who(['--root', '/r', 'create', '--bundle', marked, 'id']), 'node');
-  t.is(who(['create', `--bundle=${marked}`, 'id']), 'node');
-  t.is(who(['create', '-b', marked, 'id']), 'node');
-  t.is(who(['create', '--pid-file', 'marked', '--bundle', plain, 'id']), 'runc');
-  t.is(who(['create', '--console-socket', plain, 'marked']), 'runc', 'the bundle defaults to the current directory');
-  t.is(who(['--log', 'create', 'create', '-b', marked, 'id']), 'node');
-});
-
-/** bin/prebake with stand-ins for runc and node that record how they were called. */
+/**
+ * bin/prebake with stand-ins for runc and node. runc records each call by subcommand
+ * (<dir>/runc-<command>.args: its argv, after the binary); node records its argv and early env
+ * (<dir>/node-<n>.args: PREBAKE_EARLY, PREBAKE_EARLY_IMAGE, then the argv) and answers with the
+ * verdict lines in <dir>/verdict-<n> (n counts its calls from 1), or `cold`. The restore runc ran
+ * beside node call n is kept as <dir>/restore-<n>.args.
+ */
 async function standIns(t: import('ava').ExecutionContext) {
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { execFileSync } = await import('node:child_process');
   const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // runc's delete is recorded apart; node keeps a copy of the argv an early restore recorded.
-  const record = (name: string) => `#!/bin/sh
-f=${name}; case " $* " in *" delete "*) f=${name}-delete ;; esac
-printf '%s\\n' "$PREBAKE_EARLY" "$@" > "${dir}/$f.args"
-[ -n "$PREBAKE_EARLY" ] && cp "$PREBAKE_EARLY/argv" "${dir}/early-argv"
-echo ${name}
-`;
-  writeFileSync(join(dir, 'runc'), record('runc'), { mode: 0o755 });
-  writeFileSync(join(dir, 'node'), record('node'), { mode: 0o755 });
+  writeFileSync(join(dir, 'runc'), `#!/bin/sh
+for a; do case $a in create|restore|delete|start|state) c=$a; break ;; esac; done
+printf '%s\\n' "$@" > "${dir}/runc-$c.tmp" && mv "${dir}/runc-$c.tmp" "${dir}/runc-$c.args"
+[ $c = create ] && echo runc
+exit 0
+`, { mode: 0o755 });
+  writeFileSync(join(dir, 'node'), `#!/bin/sh
+n=1; while [ -e "${dir}/node-$n.args" ]; do n=$((n + 1)); done
+# Beside a restore, the verdict waits for runc to have recorded its call (the shell kills a
+# restore it clears away).
+i=0; while [ -n "$PREBAKE_EARLY" ] && [ ! -s "${dir}/runc-restore.args" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
+[ -n "$PREBAKE_EARLY" ] && mv "${dir}/runc-restore.args" "${dir}/restore-$n.args"
+printf '%s\\n' "$PREBAKE_EARLY" "$PREBAKE_EARLY_IMAGE" "$@" > "${dir}/node-$n.args"
+if [ -e "${dir}/verdict-$n" ]; then cat "${dir}/verdict-$n"; else printf 'cold\\n\\n'; fi
+`, { mode: 0o755 });
   // A config naming a trust store of the test's own (the early restore checks the store entry's key is in it).
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ trust: join(dir, 'trust') }, null, 2));
   const env = { ...process.env, PREBAKE_RUNC: join(dir, 'runc'), PREBAKE_NODE: join(dir, 'node'), PREBAKE_STATE_DIR: join(dir, 'state'), PREBAKE_STORE_DIR: join(dir, 'store'), PREBAKE_CONFIG: join(dir, 'config.json') };
   const bundle = (name: string, config: string) => {
-    execFileSync('mkdir', ['-p', join(dir, name)]);
+    mkdirSync(join(dir, name), { recursive: true });
     writeFileSync(join(dir, name, 'config.json'), config);
     return join(dir, name);
   };
-  const who = (args: string[]) => execFileSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' }).trim();
-  const args = (name: string) => readFileSync(join(dir, `${name}.args`), 'utf8').split('\n').slice(0, -1);
-  return { dir, bundle, who, args };
+  const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').split('\n').slice(0, -1) : undefined);
+  /** Runs bin/prebake; what runc and node were called with, and what was printed. */
+  const call = (args: string[], verdicts: string[] = []) => {
+    for (const f of readdirSync(dir)) if (/^(runc-|node-|verdict-|restore-)/.test(f)) rmSync(join(dir, f));
+    verdicts.forEach((v, i) => writeFileSync(join(dir, `verdict-${i + 1}`), v));
+    const ran = spawnSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' });
+    const out = ran.stdout.trim();
+    const nodes = readdirSync(dir).filter((f) => /^node-\d+\.args$/.test(f)).length;
+    return { code: ran.status, out, nodes, node: (n = 1) => read(`node-${n}.args`), restore: read(`restore-${nodes}.args`), del: read('runc-delete.args'), create: read('runc-create.args') };
+  };
+  return { dir, bundle, call };
 }
 
-test("bin/prebake's create hands to Node exactly the configs that name a checkpoint or a spec capture", async (t) => {
-  const { bundle, who } = await standIns(t);
+test("bin/prebake's create finds the bundle in every spelling and skips the values of create's flags", async (t) => {
+  const { bundle, call } = await standIns(t);
+  const marked = bundle('marked', JSON.stringify({ process: { env: [`${CHECKPOINT_ENV}=/.prebake`] } }));
+  const plain = bundle('plain', JSON.stringify({ process: { env: ['A=1'] } }));
+  const asked = (args: string[]) => call(args).nodes > 0;
+  t.false(asked(['--root', '/r', 'create', '--bundle', plain, 'id']));
+  t.true(asked(['--root', '/r', 'create', '--bundle', marked, 'id']));
+  t.true(asked(['create', `--bundle=${marked}`, 'id']));
+  t.true(asked(['create', '-b', marked, 'id']));
+  t.false(asked(['create', '--pid-file', 'marked', '--bundle', plain, 'id']));
+  t.false(asked(['create', '--console-socket', plain, 'marked']), 'the bundle defaults to the current directory');
+  t.true(asked(['--log', 'create', 'create', '-b', marked, 'id']));
+  // A cold verdict: runc create, with the caller's argv unchanged.
+  t.deepEqual(call(['--root', '/r', 'create', '-b', marked, 'id']).create, ['--root', '/r', 'create', '-b', marked, 'id']);
+});
+
+test("bin/prebake's create asks Node exactly for the configs that name a checkpoint or a spec capture", async (t) => {
+  const { bundle, call } = await standIns(t);
   const spec = (env: string[], annotations?: Record<string, string>) => ({ root: { path: 'rootfs' }, process: { env }, ...(annotations ? { annotations } : {}) });
-  const cases: [string, object, string][] = [
-    ['env', spec([`${CHECKPOINT_ENV}=/.prebake`]), 'node'],
-    ['annotation', spec(['A=1'], { [CHECKPOINT_ANNOTATION]: '/.prebake' }), 'node'],
-    ['capture', spec([`${CAPTURE_ENV}=tok`]), 'node'],
-    ['off', spec([`${CHECKPOINT_ENV}=off`]), 'node'], // Node logs why it starts cold
-    ['plain', spec(['A=1']), 'runc'],
-    ['lookalike', spec([`${CHECKPOINT_ENV}S=/.prebake`, `X${CAPTURE_ENV}S=1`], { [`${CHECKPOINT_ANNOTATION}s`]: '/x' }), 'runc'],
+  const cases: [string, object, boolean][] = [
+    ['env', spec([`${CHECKPOINT_ENV}=/.prebake`]), true],
+    ['annotation', spec(['A=1'], { [CHECKPOINT_ANNOTATION]: '/.prebake' }), true],
+    ['capture', spec([`${CAPTURE_ENV}=tok`]), true],
+    ['off', spec([`${CHECKPOINT_ENV}=off`]), true], // Node logs why it starts cold
+    ['plain', spec(['A=1']), false],
+    ['lookalike', spec([`${CHECKPOINT_ENV}S=/.prebake`, `X${CAPTURE_ENV}S=1`], { [`${CHECKPOINT_ANNOTATION}s`]: '/x' }), false],
   ];
-  for (const [name, config, expected] of cases) {
-    t.is(who(['create', '--bundle', bundle(`${name}-compact`, JSON.stringify(config)), 'id']), expected, `${name}, compact JSON`);
-    t.is(who(['create', '--bundle', bundle(`${name}-pretty`, JSON.stringify(config, null, 2)), 'id']), expected, `${name}, indented JSON`);
+  for (const [name, config, asked] of cases) {
+    for (const [how, text] of [['compact', JSON.stringify(config)], ['indented', JSON.stringify(config, null, 2)]] as const) {
+      const r = call(['create', '--bundle', bundle(`${name}-${how}`, text), 'id']);
+      t.is(r.nodes > 0, asked, `${name}, ${how} JSON`);
+      t.is(r.out, 'runc', `${name}, ${how} JSON: a cold create`);
+    }
   }
 });
 
-test("bin/prebake's create starts runc restoring beside Node only in the shape it can check, with the argv Node compares", async (t) => {
-  const { dir, bundle, who, args } = await standIns(t);
-  const { mkdirSync, writeFileSync, rmSync } = await import('node:fs');
+test("bin/prebake's create starts runc restoring beside Node only in the shape it can check, and executes Node's verdict", async (t) => {
+  const { dir, bundle, call } = await standIns(t);
   const config = { root: { path: 'rootfs' }, process: { env: [`${CHECKPOINT_ENV}=/.prebake`] } };
   const b = bundle('early', JSON.stringify(config, null, 2));
   mkdirSync(join(b, 'rootfs/.prebake/checkpoint'), { recursive: true });
   writeFileSync(join(b, 'rootfs/.prebake/manifest.json'), '{}');
-  writeFileSync(join(b, 'rootfs/.prebake/checkpoint/pages-1.img'), '');
   // The verified store's entry for that manifest (named by its sha256): the early restore reads
   // it, never the rootfs's images.
-  const { createHash } = await import('node:crypto');
   const digest = createHash('sha256').update('{}').digest('hex');
   const entry = join(dir, 'store', digest);
   // The hint prebake-build leaves beside the manifest: the shell finds the entry by it.
-  writeFileSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`), '');
+  writeFileSync(join(b, `rootfs/${IMAGE_CHECKPOINT_PATH}/${HINT_PREFIX}${digest}`), '');
   mkdirSync(join(entry, 'checkpoint'), { recursive: true });
   const kid = 'ab'.repeat(32);
   writeFileSync(join(entry, 'ok'), `${kid}\n2026-01-01T00:00:00Z\n`);
   mkdirSync(join(dir, 'trust'));
   writeFileSync(join(dir, 'trust', `${kid}.pub`), '');
-  const early = (argv: string[]) => {
-    rmSync(join(dir, 'runc.args'), { force: true });
-    t.true(who(argv).split('\n').includes('node'));
-    const node = args('node');
-    return { earlyDir: node[0], runc: existsSync(join(dir, 'runc.args')) ? args('runc').slice(1) : undefined };
-  };
   const state = join(dir, 'state', '/r', 'ctr');
-  const e = early(['--root', '/r', '--log', '/l.json', '--log-format', 'json', '--systemd-cgroup', 'create', '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
-  t.is(e.earlyDir, state);
-  t.deepEqual(e.runc, ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
-    '--image-path', `${entry}/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', 'p.pid', 'ctr']);
-  t.deepEqual(readFileSync(join(dir, 'early-argv'), 'utf8').split('\0').slice(0, -1), [join(dir, 'runc'), ...e.runc!], 'the argv recorded for Node is the one run');
-  // This node did not settle the restore (it left argv in place): bin/prebake deleted the
-  // container runc restored, with the same global flags, and prebake's state.
-  t.deepEqual(args('runc-delete').slice(1), ['--root', '/r', '--systemd-cgroup', 'delete', '--force', 'ctr']);
+  const restoreArgv = (pid: string, image = `${entry}/checkpoint`) => ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
+    '--image-path', image, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', pid, 'ctr'];
+  const argv = ['--root', '/r', '--log', '/l.json', '--log-format', 'json', '--systemd-cgroup', 'create', '--bundle', b, '--pid-file', 'p.pid', 'ctr'];
+  const e = call(argv);
+  t.deepEqual(e.node()?.slice(0, 2), [state, `${entry}/checkpoint`], 'Node is told the state and the image runc restores');
+  t.deepEqual(e.restore, restoreArgv('p.pid'));
+  // Node said cold: runc's delete of what it restored, with the same global flags, no state left,
+  // then runc create with the caller's argv.
+  t.deepEqual(e.del, ['--root', '/r', '--systemd-cgroup', 'delete', '--force', 'ctr']);
   t.false(existsSync(state));
+  t.deepEqual(e.create, argv);
   // Without a pid file of the caller's, runc writes the restored init's pid in prebake's state.
-  t.deepEqual(early(['--root', '/r', 'create', '--bundle', b, 'ctr']).runc, ['--root', '/r', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
-    '--image-path', `${entry}/checkpoint`, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', `${state}/pid`, 'ctr']);
-  // Shapes left to Node alone: a terminal, descriptors to hand on, an unknown flag, a second
-  // argument, an odd id, a checkpoint not in the store, a config naming the checkpoint twice or
-  // carrying an org.criu.* annotation, a path leaving the rootfs.
-  for (const argv of [
+  t.deepEqual(call(['--root', '/r', '--systemd-cgroup', 'create', '--bundle', b, 'ctr']).restore, restoreArgv(`${state}/pid`));
+  // Node said restore from another image dir: the first restore goes, runc restores from that one
+  // and Node is asked again; accepted, nothing is created cold.
+  const other = join(dir, 'store', 'other', 'checkpoint');
+  const r = call(argv, [`restore\n${other}\n`, `abandon\n\n${join(dir, 'log')}\ngiven up\n`]);
+  t.is(r.nodes, 2);
+  t.is(r.code, 1, 'abandoned: the create fails');
+  t.is(readFileSync(join(dir, 'log'), 'utf8'), 'given up\n', "the verdict's log line, once everything is cleared away");
+  t.deepEqual(r.node(2)?.slice(0, 2), [state, other]);
+  t.deepEqual(r.restore, restoreArgv('p.pid', other));
+  t.is(r.create, undefined, 'abandoned: nothing created');
+  // A second restore verdict for the image just restored is not followed: cold.
+  t.deepEqual(call(argv, [`restore\n${entry}/checkpoint\n`]).create, argv);
+  // Shapes where Node decides first (it says restore, or cold): a terminal, descriptors to hand
+  // on, an unknown flag, a second argument, an odd id, a checkpoint not in the store, a config
+  // naming the checkpoint twice or carrying an org.criu.* annotation, a path leaving the rootfs.
+  const first = (args: string[], what: string) => {
+    const c = call(args);
+    t.is(c.nodes, 1, what);
+    t.deepEqual(c.node()?.slice(0, 2), ['', ''], `${what}: Node first`);
+    t.is(c.restore, undefined, `${what}: no restore`);
+  };
+  for (const args of [
     ['create', '--bundle', b, '--console-socket', '/s.sock', 'ctr'],
     ['create', '--bundle', b, '--preserve-fds', '1', 'ctr'],
     ['create', '--bundle', b, '--new-flag', 'ctr'],
     ['create', '--bundle', b, 'ctr', 'extra'],
     ['create', '--bundle', b, 'a/b'],
   ])
-    t.deepEqual(early(argv), { earlyDir: '', runc: undefined }, argv.join(' '));
-  rmSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`));
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'no hint');
-  writeFileSync(join(b, `rootfs/.prebake/manifest.json.sha256-${digest}`), '');
+    first(args, args.join(' '));
+  // A terminal: Node first, then the restore maps the console socket.
+  const tty = call(['--root', '/r', 'create', '--bundle', b, '--console-socket', '/s.sock', 'ctr'], [`restore\n${entry}/checkpoint\n`]);
+  t.deepEqual(tty.restore?.slice(-3), ['--console-socket', '/s.sock', 'ctr']);
+  rmSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`));
+  first(['create', '--bundle', b, 'ctr'], 'no hint');
+  writeFileSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`), '');
   rmSync(join(entry, 'ok'));
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a checkpoint the host has not verified');
+  first(['create', '--bundle', b, 'ctr'], 'a checkpoint the host has not verified');
   writeFileSync(join(entry, 'ok'), `${kid}\n`);
-  t.not(early(['create', '--bundle', b, 'ctr']).runc, undefined, 'verified again');
+  t.not(call(['create', '--bundle', b, 'ctr']).restore, undefined, 'verified again');
   rmSync(join(dir, 'trust', `${kid}.pub`));
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'verified under a key the host no longer trusts');
+  first(['create', '--bundle', b, 'ctr'], 'verified under a key the host no longer trusts');
   writeFileSync(join(entry, 'ok'), 'none\n');
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'imported unsigned (trustAnyCheckpoint)');
+  first(['create', '--bundle', b, 'ctr'], 'imported unsigned (trustAnyCheckpoint)');
   writeFileSync(join(dir, 'trust', `${kid}.pub`), '');
   writeFileSync(join(entry, 'ok'), `${kid}\n`);
   for (const [what, other] of [
@@ -211,8 +220,8 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
     ['an org.criu.config annotation', { ...config, annotations: { 'org.criu.config': '/tmp/evil.conf' } }],
   ] as const) {
     writeFileSync(join(b, 'config.json'), JSON.stringify(other));
-    t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, what);
+    first(['create', '--bundle', b, 'ctr'], what);
   }
   writeFileSync(join(b, 'config.json'), JSON.stringify({ ...config, process: { env: [`${CHECKPOINT_ENV}=/../rootfs/.prebake`] } }));
-  t.deepEqual(early(['create', '--bundle', b, 'ctr']), { earlyDir: '', runc: undefined }, 'a path with ..');
+  first(['create', '--bundle', b, 'ctr'], 'a path with ..');
 });

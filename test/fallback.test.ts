@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
-import { CHECKPOINT_ANNOTATION } from '../src/checkpoint/locate.ts';
+import { CHECKPOINT_ANNOTATION } from '../src/contract.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { markManifest } from '../src/checkpoint/write.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Spec } from '../../oci/runtime-spec.ts';
-import { CHECKPOINT_ENV } from '../checkpoint/locate.ts';
+import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV, IMAGE_CHECKPOINT_PATH } from '../contract.ts';
 import type { CheckpointManifest } from '../checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
 import type { KeyObject } from 'node:crypto';
@@ -427,7 +427,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
     lap('pack layer');
     const labels: Record<string, string> = {
       'io.prebake.version': VERSION,
-      'io.prebake.checkpoint': '/.prebake',
+      [CHECKPOINT_ANNOTATION]: IMAGE_CHECKPOINT_PATH,
       'io.prebake.targets': opts.targets.join(','),
       'io.prebake.probe': probeText(ready),
       'io.prebake.criu': criu,
@@ -442,7 +442,7 @@ export async function build(opts: BuildOptions, report: Progress): Promise<Build
     const written = await writeImage(opts.dest, {
       source: opts.args ? { ...image, config: { ...image.config, config: { ...image.config.config, Cmd: opts.args } } } : image,
       addLayer: layer,
-      env: { ...bakedEnv, [CHECKPOINT_ENV]: '/.prebake' },
+      env: { ...bakedEnv, [CHECKPOINT_ENV]: IMAGE_CHECKPOINT_PATH },
       // As labels and as annotations (engines show either). No org.criu.* names: podman and umoci
       // copy them into every container's spec, and the runtime refuses any org.criu.* there
       // (runc hands org.criu.config to CRIU).

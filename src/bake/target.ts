@@ -13,7 +13,7 @@ import { scratchImage, writeImage } from '../image/write.ts';
 import { criClient, criEndpoint, waitForImage } from '../lib/cri.ts';
 import { createNetns, deleteNetns } from '../lib/netns.ts';
 import { prebakeBinPath } from '../lib/paths.ts';
-import { CAPTURE_ENV } from '../checkpoint/locate.ts';
+import { CAPTURE_ENV } from '../contract.ts';
 import { runcDefaultSpec } from './spec.ts';
 
 export const TARGETS = ['runc', 'docker', 'containerd', 'containerd-netns', 'cri', 'podman'] as const;

@@ -4,11 +4,8 @@
 import { lstatSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
+import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../contract.ts';
 
-export const CHECKPOINT_ANNOTATION = 'io.prebake.checkpoint';
-export const CHECKPOINT_ENV = 'PREBAKE_CHECKPOINT';
-/** In a probe container's env: copy its spec for prebake-build (see captureSpec in runtime/create.ts). */
-export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
 
 export type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
 

@@ -9,6 +9,7 @@ import type { Spec } from '../../oci/runtime-spec.ts';
 import { cpuFlags, criuVersion, runcVersion } from '../lib/host.ts';
 import { CHECKPOINT_DIR, type CheckpointManifest, type FileDigest, MANIFEST_FILE, MANIFEST_FORMAT } from './manifest.ts';
 import { bakedSpecOf } from './security.ts';
+import { HINT_PREFIX } from '../contract.ts';
 
 export function digestTree(base: string): Record<string, FileDigest> {
   const files: Record<string, FileDigest> = {};
@@ -58,6 +59,6 @@ export function writeManifest(dir: string, input: ManifestInput): CheckpointMani
  * place of any earlier one: the runtime's shell finds the verified copy by it without hashing.
  */
 export function markManifest(dir: string): void {
-  for (const f of readdirSync(dir)) if (f.startsWith(`${MANIFEST_FILE}.sha256-`)) rmSync(join(dir, f));
-  writeFileSync(join(dir, `${MANIFEST_FILE}.sha256-${createHash('sha256').update(readFileSync(join(dir, MANIFEST_FILE))).digest('hex')}`), '');
+  for (const f of readdirSync(dir)) if (f.startsWith(HINT_PREFIX)) rmSync(join(dir, f));
+  writeFileSync(join(dir, `${HINT_PREFIX}${createHash('sha256').update(readFileSync(join(dir, MANIFEST_FILE))).digest('hex')}`), '');
 }

@@ -1,38 +1,7 @@
-// runc's command-line grammar as data (runc 1.1): global flags, the flags of the commands
-// prebake reads, and a parser that keeps every argument's original spelling.
+// runc's command-line grammar: a parser, for the flag tables of src/contract.ts, that keeps every
+// argument's original spelling.
 
-export interface FlagSpec {
-  /** Long name without dashes; Go's flag package also accepts one dash and `=value`. */
-  name: string;
-  takesValue: boolean;
-  aliases?: string[];
-}
-
-export const GLOBAL_FLAGS: readonly FlagSpec[] = [
-  { name: 'debug', takesValue: false },
-  { name: 'log', takesValue: true },
-  { name: 'log-format', takesValue: true },
-  { name: 'root', takesValue: true },
-  { name: 'criu', takesValue: true },
-  { name: 'systemd-cgroup', takesValue: false },
-  { name: 'rootless', takesValue: true },
-  { name: 'help', takesValue: false, aliases: ['h'] },
-  { name: 'version', takesValue: false, aliases: ['v'] },
-];
-
-/** `runc create` flags, and what a restore does with each. */
-export const CREATE_FLAGS: readonly (FlagSpec & { onRestore: 'map' | 'drop' | 'refuse' })[] = [
-  { name: 'bundle', takesValue: true, aliases: ['b'], onRestore: 'map' },
-  { name: 'console-socket', takesValue: true, onRestore: 'map' },
-  { name: 'pid-file', takesValue: true, onRestore: 'map' },
-  { name: 'no-pivot', takesValue: false, onRestore: 'map' },
-  // A restored process already holds its session keyring.
-  { name: 'no-new-keyring', takesValue: false, onRestore: 'drop' },
-  // Descriptors handed to a new process cannot be given to a restored one: cold start.
-  { name: 'preserve-fds', takesValue: true, onRestore: 'refuse' },
-  // runc >= 1.2 sends a pidfd of the new process; restore has no such flag: cold start.
-  { name: 'pidfd-socket', takesValue: true, onRestore: 'refuse' },
-];
+import { type FlagSpec, GLOBAL_FLAGS } from '../contract.ts';
 
 export interface ParsedFlag {
   name: string;

@@ -3,7 +3,8 @@
 import { existsSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
-import { CAPTURE_ENV, rootfsOf } from '../checkpoint/locate.ts';
+import { rootfsOf } from '../checkpoint/locate.ts';
+import { CAPTURE_ENV } from '../contract.ts';
 import type { RuntimeConfig } from './config.ts';
 
 /**

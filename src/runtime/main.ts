@@ -1,10 +1,13 @@
-// The Node side of the `prebake` runtime: bin/prebake hands it `create`, `--version` and
-// prebake's own commands; anything else reaching it is passed to runc unchanged.
+// The Node side of the `prebake` runtime: bin/prebake hands it `create` of a bundle that names a
+// checkpoint (answered with a verdict on stdout), `--version` and `doctor`; anything else reaching
+// it is passed to runc unchanged.
 
 import { spawnSync } from 'node:child_process';
+import { writeSync } from 'node:fs';
+import { EARLY_ENV } from '../contract.ts';
 import { parseRuntimeCall, flagIsSet, flagValue } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
-import { restoreOrCreate } from './create.ts';
+import { decideCreate, verdictText } from './create.ts';
 import { createLogger } from './log.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
@@ -40,18 +43,19 @@ export async function main(argv: readonly string[]): Promise<number> {
         format: flagValue(call.global, 'log-format'),
         debug: flagIsSet(call.global, 'debug'),
       });
-      // Set by bin/prebake when it started the restore itself (see its early_restore).
+      // Set by bin/prebake-create.sh (src/contract.ts, EARLY_ENV), which reads the verdict on stdout.
       const env = process.env;
       const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : undefined);
-      const runcPid = num(env.PREBAKE_EARLY_RUNC);
-      const shellPid = num(env.PREBAKE_EARLY_SHELL);
-      const status = num(env.PREBAKE_EARLY_STATUS);
-      const caller = num(env.PREBAKE_SHELL);
-      const early = env.PREBAKE_EARLY
-        ? { dir: env.PREBAKE_EARLY, ...(runcPid ? { runcPid } : {}), ...(shellPid ? { shellPid } : {}), ...(status !== undefined ? { status } : {}) }
-        : undefined;
-      for (const k of ['PREBAKE_EARLY', 'PREBAKE_EARLY_RUNC', 'PREBAKE_EARLY_SHELL', 'PREBAKE_EARLY_STATUS', 'PREBAKE_SHELL']) delete env[k];
-      return restoreOrCreate(argv, call, cfg, log, early, caller);
+      const runcPid = num(env[EARLY_ENV.runc]);
+      const t0 = env[EARLY_ENV.t0];
+      const early =
+        env[EARLY_ENV.state] && env[EARLY_ENV.image] && runcPid
+          ? { dir: env[EARLY_ENV.state]!, image: env[EARLY_ENV.image]!, runcPid, ...(t0 && /^\d+$/.test(t0) ? { t0: BigInt(t0) } : {}) }
+          : undefined;
+      const caller = num(env[EARLY_ENV.caller]);
+      for (const k of Object.values(EARLY_ENV)) delete env[k];
+      writeSync(1, verdictText(decideCreate(call, cfg, log, early, caller)));
+      return 0;
     }
     case 'doctor': {
       const { doctor } = await import('./doctor.ts');

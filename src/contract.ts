@@ -1,0 +1,115 @@
+// What the parts of prebake agree on, in one place: the names an image and an engine's spec use,
+// the files of a container's state, the verdict the Node program hands bin/prebake, and runc's
+// flags with what a restore does with each. bin/prebake's flag loops are generated from these
+// tables (scripts/shell.ts, run by the build; a test checks the committed scripts match).
+
+/** The annotation that names a container's checkpoint (a path inside its rootfs). */
+export const CHECKPOINT_ANNOTATION = 'io.prebake.checkpoint';
+/** The env variable that names it, or turns it off (`off`). */
+export const CHECKPOINT_ENV = 'PREBAKE_CHECKPOINT';
+/** Where prebake-build puts the checkpoint in an image, and what images name by default. */
+export const IMAGE_CHECKPOINT_PATH = '/.prebake';
+/** In a probe container's env: copy its spec for prebake-build (runtime/capture.ts). */
+export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
+/** The signal sent to a restored process so it renews what must differ per replica. */
+export const RESTORE_SIGNAL_ANNOTATION = 'io.prebake.restore-signal';
+export const RESTORE_SIGNAL_ENV = 'PREBAKE_RESTORE_SIGNAL';
+/**
+ * Beside a checkpoint's manifest.json, an empty file named this plus the manifest's sha256: the
+ * shell finds the verified store's entry by it without reading the manifest.
+ */
+export const HINT_PREFIX = 'manifest.json.sha256-';
+
+/**
+ * A container's state, <state base><runc root>/<id> (runtime/config.ts): what bin/prebake makes
+ * before runc restores, and the files in it.
+ */
+export const STATE_FILES = {
+  /** Empty; its presence makes the engine's `start` a no-op (the container runs already). */
+  restored: 'restored',
+  /** CRIU's work dir (runc restore --work-path), with CRIU's restore.log. */
+  criuWork: 'criu',
+  criuLog: 'criu/restore.log',
+  /** runc's JSON log of the restore. */
+  runcLog: 'runc-restore.log',
+  /** The restored init's pid, when the create names no pid file. */
+  pid: 'pid',
+  /** The FIFO the verdict comes on. */
+  verdict: 'verdict',
+  /** CRIU's config (`leave-stopped`: nothing restored runs before the verdict), when
+   *  dist/criu.conf does not say so. */
+  criuConf: 'criu.conf',
+} as const;
+
+/**
+ * The environment bin/prebake gives the Node program for a restore it started: the state dir,
+ * the image dir runc restores from, runc's pid, CLOCK_MONOTONIC (ns) when runc started, and the
+ * pid of bin/prebake as the engine started it (the create's caller waits for that process).
+ */
+export const EARLY_ENV = {
+  state: 'PREBAKE_EARLY',
+  image: 'PREBAKE_EARLY_IMAGE',
+  runc: 'PREBAKE_EARLY_RUNC',
+  t0: 'PREBAKE_EARLY_T0',
+  caller: 'PREBAKE_CALLER',
+} as const;
+
+/**
+ * The Node program's verdict, on its stdout: a word, then a fixed number of lines (read, never
+ * evaluated), then it exits. bin/prebake executes it.
+ * - accept: resume what runc restored. Lines: the restore signal (e.g. USR2, or empty), "1" if
+ *   the loopback must be brought up, the hostname to set (or empty), where log lines go (the
+ *   --log file, or empty for stderr), the line saying it was restored, the line saying it starts
+ *   cold because the restored process could not be resumed (either may be empty).
+ * - restore: clear away any restore under way, then restore from the image dir on the next line
+ *   (in the verified store) and ask again.
+ * - cold: clear away any restore under way (unlocking CRIU's network lock in the netns path on
+ *   the next line, if any), then exec `runc create` with the caller's argv and descriptors.
+ * - abandon: the engine has given up on the create (killed bin/prebake): clear away, create
+ *   nothing. Lines: as cold's, then where log lines go and the line saying so (written once
+ *   everything is cleared away).
+ */
+export const VERDICT_LINES = { accept: 6, restore: 1, cold: 1, abandon: 3 } as const;
+export type VerdictWord = keyof typeof VERDICT_LINES;
+
+export interface FlagSpec {
+  /** Long name without dashes; Go's flag package also accepts one dash and `=value`. */
+  name: string;
+  takesValue: boolean;
+  aliases?: string[];
+  /** The shell variable bin/prebake keeps the value in (or sets to 1, for a boolean). */
+  shell?: string;
+}
+
+/** runc's global flags (runc 1.1). `help` and `version` are commands to bin/prebake. */
+export const GLOBAL_FLAGS: readonly FlagSpec[] = [
+  { name: 'debug', takesValue: false },
+  { name: 'log', takesValue: true, shell: 'log' },
+  { name: 'log-format', takesValue: true, shell: 'logfmt' },
+  { name: 'root', takesValue: true, shell: 'root' },
+  { name: 'criu', takesValue: true },
+  { name: 'systemd-cgroup', takesValue: false },
+  { name: 'rootless', takesValue: true },
+  { name: 'help', takesValue: false, aliases: ['h'] },
+  { name: 'version', takesValue: false, aliases: ['v'] },
+];
+
+/**
+ * `runc create` flags and what a restore does with each: `map` (runc restore takes it), `drop`
+ * (nothing to do: a restored process has it already), `refuse` (a restore cannot honour it,
+ * unless its value is 0: cold start). `early: false`: bin/prebake starts no restore before the
+ * Node program has checked the checkpoint (a console socket takes one connection, which a
+ * refused restore would use up).
+ */
+export const CREATE_FLAGS: readonly (FlagSpec & { onRestore: 'map' | 'drop' | 'refuse'; early?: false })[] = [
+  { name: 'bundle', takesValue: true, aliases: ['b'], onRestore: 'map', shell: 'bundle' },
+  { name: 'console-socket', takesValue: true, onRestore: 'map', shell: 'console', early: false },
+  { name: 'pid-file', takesValue: true, onRestore: 'map', shell: 'pidfile' },
+  { name: 'no-pivot', takesValue: false, onRestore: 'map', shell: 'nopivot' },
+  // A restored process already holds its session keyring.
+  { name: 'no-new-keyring', takesValue: false, onRestore: 'drop' },
+  // Descriptors handed to a new process cannot be given to a restored one: cold start.
+  { name: 'preserve-fds', takesValue: true, onRestore: 'refuse' },
+  // runc >= 1.2 sends a pidfd of the new process; restore has no such flag: cold start.
+  { name: 'pidfd-socket', takesValue: true, onRestore: 'refuse' },
+];
