@@ -260,7 +260,7 @@ test.serial('ContainerStatus, ExecSync, StopContainer, RemoveContainer, StopPodS
   const g = `--root ${CRI_RUNC_ROOT} --log <bundle $CTR>/log.json --log-format json`;
   for (const call of [`exec --process <tmp> --detach --pid-file <bundle $CTR>/<exec-id>.pid $CTR`, `kill $CTR 15`])
     t.true(shapes.includes(`containerd-shim ${g} ${call}`), `the shim's ${call.split(' ')[0]} reaches runc unchanged`);
-  t.true(shapes.includes(`node ${g} create --bundle <bundle $CTR> --pid-file <bundle $CTR>/init.pid $CTR`), "the cold start hands runc the shim's create unchanged");
+  t.true(shapes.includes(`containerd-shim ${g} create --bundle <bundle $CTR> --pid-file <bundle $CTR>/init.pid $CTR`), "the cold start: prebake execs runc with the shim's create unchanged");
   t.true(shapes.includes(`containerd-shim ${g} start $CTR`), "a cold-started container's start goes to runc");
 
   await ctd.cri.runtime('RemoveContainer', { container_id: id });
