@@ -25,16 +25,11 @@ clock() {
 # A line in runc's log format, to --log (or stderr, as text): $1 level, $2 message. For what the
 # shell alone knows; the Node program writes its own lines.
 log_line() {
-  s=$2 m=
-  while :; do
-    case $s in
-      *[\"\\]*) pre=${s%%[\"\\]*}; c=${s#"$pre"}; c=${c%"${c#?}"}; m=$m$pre\\$c; s=${s#"$pre"?} ;;
-      *) m=$m$s; break ;;
-    esac
-  done
+  json_escape "$id"; i=$m
+  json_escape "$2"
   t=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)
   if [ -n "${log:-}" ] && [ "${logfmt:-text}" = json ]; then
-    line=$(printf '{"level":"%s","time":"%s","id":"%s","msg":"%s"}' "$1" "$t" "$id" "$m")
+    line=$(printf '{"level":"%s","time":"%s","id":"%s","msg":"%s"}' "$1" "$t" "$i" "$m")
   else
     line=$(printf 'time="%s" level=%s msg="%s"' "$t" "$1" "$m")
   fi
@@ -42,13 +37,24 @@ log_line() {
   say "$line"
 }
 
+# $1 with `"` and `\` escaped, in $m (for a JSON string or a logrus quoted value).
+json_escape() {
+  s=$1 m=
+  while :; do
+    case $s in
+      *[\"\\]*) pre=${s%%[\"\\]*}; c=${s#"$pre"}; c=${c%"${c#?}"}; m=$m$pre\\$c; s=${s#"$pre"?} ;;
+      *) m=$m$s; break ;;
+    esac
+  done
+}
+
 # The verified store's checkpoint for this create, in $img, found without the Node program: the
 # hint prebake-build leaves beside the manifest (an empty file named for the manifest's sha256, a
-# glob, no program to run) names a store entry, taken if the host imported it under a key it
-# still trusts (the entry's `ok` names the key; the trust store holds <key id>.pub). The hint is
-# the image's word: it only picks which verified entry runc restores; the Node program refuses
-# one that is not this image's manifest before anything restored runs. The path inside the
-# rootfs is walked without "..", and no symlink on the way is followed.
+# glob) names a store entry, taken if the host imported it under a key it still trusts (the
+# entry's `ok` names the key; the trust store holds <key id>.pub) and if it holds the same
+# manifest.json, byte for byte (one `cmp`). The Node program then checks the signature and the
+# spec before anything restored runs. The path inside the rootfs is walked without "..", and no
+# symlink on the way is followed.
 store_checkpoint() {
   img=
   [ -n "$ckpt" ] && [ -n "$rootfs" ] || return 0
@@ -80,6 +86,9 @@ store_checkpoint() {
   { read -r kid < "$store/$digest/ok"; } 2>/dev/null
   case $kid in ''|*[!0-9a-f]*) return 0 ;; esac
   [ -f "$trust/$kid.pub" ] || return 0
+  # The hint is the image's word: the entry must hold this very manifest, or an image could have
+  # another image's checkpoint restored against its own rootfs and spec.
+  cmp -s -- "$dir/manifest.json" "$store/$digest/manifest.json" || return 0
   img=$store/$digest/checkpoint
 }
 
@@ -107,7 +116,7 @@ runc_for() {
   [ -n "$nopivot" ] && set -- "$@" --no-pivot
   # runc takes the caller's stdin (fd 5: a background job's is /dev/null); the restored process
   # takes runc's stdio.
-  CRIU_CONFIG_FILE=$criu_conf "$@" "$id" <&5 5<&- &
+  CRIU_CONFIG_FILE=$criu_conf "$@" "$id" <&5 5<&- 6<&- &
   runc_pid=$!
 }
 
@@ -137,6 +146,9 @@ start_restore() {
     why="cannot write prebake's state in $st: ${why:-failed}"
     return 1
   fi
+  # Held open: clear_away touches the state, runc's dir and the container only while the state
+  # is still this one (an engine that gave up may have deleted it and created the id anew).
+  exec 6<"$st"
   clock; t0=$now
   runc_for restore "$@"
   tried=$img
@@ -207,20 +219,26 @@ unlock_network() {
 # exclusively: the cold create's runc would fail on it), what is mounted under runc's dir and
 # the state (unmounted before runc's delete: on the state of a restore killed midway, the delete
 # took the container's rootfs mount with it), runc's delete (which kills the tasks a finished
-# restore left stopped), CRIU's network lock in the netns joined ($1), prebake's state (the
+# restore left stopped), CRIU's network lock in the netns joined ($netns), prebake's state (the
 # marker first: a cold container must not find it), and runc's dir, which a runc killed before it
-# wrote its state leaves and its delete does not know.
+# wrote its state leaves and its delete does not know. All of it by name only while the state dir
+# is still the one this create made (fd 6), or gone (the engine's delete took it): a state dir
+# made anew means another create of the id, whose container is not this one's to touch; then
+# only this create's runc and what is under it go.
 clear_away() {
-  [ -n "$runc_pid" ] || return 0
-  kill_tree "$runc_pid"
-  wait "$runc_pid" 2>/dev/null
+  [ -n "$st" ] || return 0
+  [ -n "$runc_pid" ] && { kill_tree "$runc_pid"; wait "$runc_pid" 2>/dev/null; }
   runc_pid=
-  case $pid_file in */*) rm -f -- "${pid_file%/*}/.${pid_file##*/}" ;; *) rm -f -- ".$pid_file" ;; esac
-  unmount_under "$root/$id" "$st"
-  runc_for delete "$@" >/dev/null 2>&1
-  [ -n "$netns" ] && unlock_network "$netns"
-  rm -f "$st/restored"
-  rm -rf "$st" "$root/$id"
+  if [ "$st" -ef /proc/self/fd/6 ] || [ ! -e "$st" ]; then
+    case $pid_file in */*) rm -f -- "${pid_file%/*}/.${pid_file##*/}" ;; *) rm -f -- ".$pid_file" ;; esac
+    unmount_under "$root/$id" "$st"
+    runc_for delete "$@" >/dev/null 2>&1
+    [ -n "$netns" ] && unlock_network "$netns"
+    rm -f "$st/restored"
+    rm -rf --one-file-system "$st" "$root/$id"
+  fi
+  exec 6<&-
+  st=
 }
 
 # Resumes a restored process CRIU left stopped, and everything under it (stopped, none forks).
@@ -235,17 +253,31 @@ resume() {
 }
 
 # Finishes an accepted restore once runc has exited 0: the loopback, the hostname, the restore
-# signal, the tasks resumed (the fields of the accept verdict: $sig $lo $host). Fails if the
-# restored process is gone.
+# signal, the tasks resumed (the fields of the accept verdict: $sig, a signal number or empty;
+# $lo; $host; $start, the restored init's start time, which the pid must still have). Fails if
+# the restored process is gone.
 finish() {
-  case $sig in *[!A-Z0-9]*) return 1 ;; esac
+  case $sig in *[!0-9]*) return 1 ;; esac
   pid=
   read -r pid < "$pid_file" 2>/dev/null
   case $pid in ''|*[!0-9]*) return 1 ;; esac
+  s=
+  { read -r s < "/proc/$pid/stat"; } 2>/dev/null
+  set -- ${s##*) }
+  [ $# -ge 20 ] && shift 19 && [ "$1" = "$start" ] || return 1
   [ "$lo" = 1 ] && nsenter --net="/proc/$pid/ns/net" ip link set lo up >/dev/null 2>&1
   case $host in ''|-*) ;; *) nsenter --uts="/proc/$pid/ns/uts" hostname "$host" >/dev/null 2>&1 ;; esac
-  if [ -n "$sig" ]; then kill -s "$sig" "$pid" 2>/dev/null || return 1; fi
+  if [ -n "$sig" ]; then kill -"$sig" "$pid" 2>/dev/null || return 1; fi
   resume "$pid"
+}
+
+# Whether the engine still waits for this create: this subshell's parent is still bin/prebake
+# ($$). (From /proc/self/stat without a fork; the command name may hold spaces.)
+caller_waits() {
+  s=
+  { read -r s < /proc/self/stat; } 2>/dev/null
+  set -- ${s##*) }
+  [ "$2" = "$$" ]
 }
 
 # A line the Node program wrote for the log (the verdict's), to its file or stderr.
@@ -258,7 +290,7 @@ say() {
   fi
 }
 
-# Asks the Node program for its verdict on this create: $word and its lines in $f1..$f6, and the
+# Asks the Node program for its verdict on this create: $word and its lines in $f1..$f7, and the
 # Node program's status in $rc. With a restore under way, the Node program starts beside runc
 # and checks it; the verdict comes on a FIFO, so that an accepted restore is finished while the
 # Node program exits (~3 ms of the kernel tearing it down), not after. Otherwise on a pipe.
@@ -270,7 +302,7 @@ ask_node() {
     unset PREBAKE_EARLY PREBAKE_EARLY_IMAGE PREBAKE_EARLY_RUNC PREBAKE_EARLY_T0
   fi
   if [ -n "$runc_pid" ] && { mkfifo -m 600 "$st/verdict"; } 2>/dev/null; then
-    node_program "$@" > "$st/verdict" 5<&- &
+    node_program "$@" > "$st/verdict" 5<&- 6<&- &
     node_pid=$!
     # (The state dir gone under it, say: no verdict can come. The restore goes, a cold create.)
     if ! { command exec 8<"$st/verdict"; } 2>/dev/null; then
@@ -281,15 +313,15 @@ ask_node() {
     lines=1 k=0
     while [ $k -lt $lines ] && IFS= read -r l <&8; do
       verdict=$verdict$l$nl k=$((k + 1))
-      [ $k = 1 ] && case $l in accept) lines=7 ;; restore|cold) lines=2 ;; abandon) lines=4 ;; *) break ;; esac
+      [ $k = 1 ] && case $l in accept) lines=8 ;; restore|cold) lines=2 ;; abandon) lines=4 ;; *) break ;; esac
     done
     exec 8<&-
     [ $k = $lines ] && [ $k -gt 1 ] || { verdict=; wait "$node_pid"; rc=$?; }
   else
-    verdict=$(node_program "$@" 5<&-)
+    verdict=$(node_program "$@" 5<&- 6<&-)
     rc=$?
   fi
-  { IFS= read -r word; IFS= read -r f1; IFS= read -r f2; IFS= read -r f3; IFS= read -r f4; IFS= read -r f5; IFS= read -r f6; } <<EOF
+  { IFS= read -r word; IFS= read -r f1; IFS= read -r f2; IFS= read -r f3; IFS= read -r f4; IFS= read -r f5; IFS= read -r f6; IFS= read -r f7; } <<EOF
 $verdict
 EOF
 }
@@ -324,19 +356,27 @@ create_prebaked() {
   # A container id runc would refuse, or one in use: the Node program says why; no restore starts.
   case $id in ''|.|..|*[!A-Za-z0-9_.+-]*) refuse=1 ;; esac
   [ -e "$root/$id" ] && refuse=1
+  case $state in /nonexistent/*) refuse=1 ;; esac
   [ -z "$refuse$late$capture$multi" ] && store_checkpoint
   [ -n "$img" ] && { start_restore "$@" || img=; }
   while :; do
     ask_node "$@"
     case $word in
       accept)
-        sig=$f1 lo=$f2 host=$f3 log_file=$f4
+        sig=$f1 lo=$f2 host=$f3 start=$f4 log_file=$f5
         wait "$runc_pid"; status=$?
+        # (Reaped: its pid is no longer runc's.)
+        runc_pid=
+        if ! caller_waits; then
+          clear_away "$@"
+          log_line warning "create abandoned: bin/prebake, which ran it, is gone; the restore it started was cleared away"
+          exit 1
+        fi
         if [ $status = 0 ] && finish; then
-          say "$f5"
+          say "$f6"
           exit 0
         fi
-        say "$f6"
+        say "$f7"
         netns=
         clear_away "$@"
         return 75 ;;
@@ -345,9 +385,7 @@ create_prebaked() {
         clear_away "$@"
         img=$f1
         # Once for a path, and only while the engine still waits for this create.
-        ppid=
-        read -r _ _ _ ppid _ < /proc/self/stat
-        if [ "$ppid" != "$$" ]; then
+        if ! caller_waits; then
           log_line warning "create abandoned: bin/prebake, which ran it, is gone; nothing was restored"
           exit 1
         fi

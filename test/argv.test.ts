@@ -61,7 +61,7 @@ test('the committed bin/prebake has the flag loops src/contract.ts makes, and a 
  * (<dir>/runc-<command>.args: its argv, after the binary); node records its argv and early env
  * (<dir>/node-<n>.args: PREBAKE_EARLY, PREBAKE_EARLY_IMAGE, then the argv) and answers with the
  * verdict lines in <dir>/verdict-<n> (n counts its calls from 1), or `cold`. The restore runc ran
- * beside node call n is kept as <dir>/restore-<n>.args.
+ * beside node call n is kept as <dir>/restore-<n>.args; <dir>/hook-<n>, if there, is sourced first.
  */
 async function standIns(t: import('ava').ExecutionContext) {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
@@ -78,6 +78,7 @@ n=1; while [ -e "${dir}/node-$n.args" ]; do n=$((n + 1)); done
 # restore it clears away).
 i=0; while [ -n "$PREBAKE_EARLY" ] && [ ! -s "${dir}/runc-restore.args" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
 [ -n "$PREBAKE_EARLY" ] && mv "${dir}/runc-restore.args" "${dir}/restore-$n.args"
+[ -e "${dir}/hook-$n" ] && . "${dir}/hook-$n"
 printf '%s\\n' "$PREBAKE_EARLY" "$PREBAKE_EARLY_IMAGE" "$@" > "${dir}/node-$n.args"
 if [ -e "${dir}/verdict-$n" ]; then cat "${dir}/verdict-$n"; else printf 'cold\\n\\n'; fi
 `, { mode: 0o755 });
@@ -91,9 +92,10 @@ if [ -e "${dir}/verdict-$n" ]; then cat "${dir}/verdict-$n"; else printf 'cold\\
   };
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').split('\n').slice(0, -1) : undefined);
   /** Runs bin/prebake; what runc and node were called with, and what was printed. */
-  const call = (args: string[], verdicts: string[] = []) => {
-    for (const f of readdirSync(dir)) if (/^(runc-|node-|verdict-|restore-)/.test(f)) rmSync(join(dir, f));
+  const call = (args: string[], verdicts: string[] = [], hooks: string[] = []) => {
+    for (const f of readdirSync(dir)) if (/^(runc-|node-|verdict-|restore-|hook-)/.test(f)) rmSync(join(dir, f));
     verdicts.forEach((v, i) => writeFileSync(join(dir, `verdict-${i + 1}`), v));
+    hooks.forEach((h, i) => h && writeFileSync(join(dir, `hook-${i + 1}`), h));
     const ran = spawnSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' });
     const out = ran.stdout.trim();
     const nodes = readdirSync(dir).filter((f) => /^node-\d+\.args$/.test(f)).length;
@@ -151,6 +153,7 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   // The hint prebake-build leaves beside the manifest: the shell finds the entry by it.
   writeFileSync(join(b, `rootfs/${IMAGE_CHECKPOINT_PATH}/${HINT_PREFIX}${digest}`), '');
   mkdirSync(join(entry, 'checkpoint'), { recursive: true });
+  writeFileSync(join(entry, 'manifest.json'), '{}');
   const kid = 'ab'.repeat(32);
   writeFileSync(join(entry, 'ok'), `${kid}\n2026-01-01T00:00:00Z\n`);
   mkdirSync(join(dir, 'trust'));
@@ -181,6 +184,23 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   t.is(r.create, undefined, 'abandoned: nothing created');
   // A second restore verdict for the image just restored is not followed: cold.
   t.deepEqual(call(argv, [`restore\n${entry}/checkpoint\n`]).create, argv);
+  // Abandoned after the engine deleted the container and created the id anew (its own state dir
+  // and runc dir): nothing of that container is touched, no runc delete runs.
+  const anew = `rm -rf '${state}'; mkdir -p '${state}' '${dir}/r/ctr'; echo new > '${state}/mine'\n`;
+  const rootArgv = ['--root', join(dir, 'r'), ...argv.slice(2)];
+  const stateR = join(dir, 'state', dir, 'r', 'ctr');
+  const g = call(rootArgv, [`abandon\n\n\n\n`], [anew.replaceAll(state, stateR)]);
+  t.is(g.code, 1);
+  t.not(g.restore, undefined, 'a restore ran');
+  t.is(g.del, undefined, 'no runc delete of the id');
+  t.is(readFileSync(join(stateR, 'mine'), 'utf8'), 'new\n', "the new container's state is left");
+  t.true(existsSync(join(dir, 'r', 'ctr')), "the new container's runc dir is left");
+  rmSync(join(dir, 'r'), { recursive: true });
+  rmSync(join(dir, 'state', dir), { recursive: true });
+  // The same verdict with the state as this create made it: all of it goes.
+  const h = call(rootArgv, [`abandon\n\n\n\n`]);
+  t.deepEqual(h.del?.slice(-3), ['delete', '--force', 'ctr']);
+  t.false(existsSync(stateR));
   // Shapes where Node decides first (it says restore, or cold): a terminal, descriptors to hand
   // on, an unknown flag, a second argument, an odd id, a checkpoint not in the store, a config
   // naming the checkpoint twice or carrying an org.criu.* annotation, a path leaving the rootfs.
@@ -204,6 +224,10 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   rmSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`));
   first(['create', '--bundle', b, 'ctr'], 'no hint');
   writeFileSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`), '');
+  // A hint naming an entry that holds another manifest (another image's checkpoint).
+  writeFileSync(join(entry, 'manifest.json'), '{"other":1}');
+  first(['create', '--bundle', b, 'ctr'], "a store entry whose manifest is not the image's");
+  writeFileSync(join(entry, 'manifest.json'), '{}');
   rmSync(join(entry, 'ok'));
   first(['create', '--bundle', b, 'ctr'], 'a checkpoint the host has not verified');
   writeFileSync(join(entry, 'ok'), `${kid}\n`);

@@ -7,14 +7,15 @@ let napBuffer: Int32Array | undefined; // made on first use: a V8 startup snapsh
 export const nap = (ms: number) => Atomics.wait((napBuffer ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, ms);
 
 /**
- * A process's state letter, parent and (a zombie's) wait status, from /proc/<pid>/stat (fields 3,
- * 4 and 52); undefined if it is gone.
+ * A process's state letter, parent, start time (clock ticks after boot: with the pid, it names
+ * one process) and (a zombie's) wait status, from /proc/<pid>/stat (fields 3, 4, 22 and 52);
+ * undefined if it is gone.
  */
-export function procStat(pid: number): { state: string; ppid: number; exitCode: number } | undefined {
+export function procStat(pid: number): { state: string; ppid: number; startTime: string; exitCode: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: f[0]!, ppid: Number(f[1]), exitCode: Number(f[49] ?? 0) };
+    return { state: f[0]!, ppid: Number(f[1]), startTime: f[19]!, exitCode: Number(f[49] ?? 0) };
   } catch {
     return undefined;
   }

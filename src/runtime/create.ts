@@ -5,6 +5,7 @@
 // never runs runc: a bad checkpoint costs time, never the start.
 
 import { readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { shortId } from '../checkpoint/trust.ts';
@@ -169,12 +170,24 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
   if (status !== 0) return cold({ reason: failureReason(join(early.dir, STATE_FILES.runcLog), join(early.dir, STATE_FILES.criuLog)) });
   refused ??= verdictOn(plan);
   if (refused !== null) return cold(refused);
+  // The restored init, named by its pid and start time (the shell acts on it only if both hold).
+  const init = restoredPid(plan.pidFile);
+  const start = init === undefined ? undefined : procStat(init)?.startTime;
+  if (start === undefined) return cold({ reason: 'the restored process is gone' });
   const ms = early.t0 !== undefined ? Math.round(Number(end - early.t0) / 1e6) : null;
   const restored = captureLines(log, () => log.info({ id: plan.id, ms }, `restored ${plan.id} from ${plan.source}`));
   const failed = captureLines(log, () => log.warn({ id: plan.id }, `cold start: restore of ${plan.id} from ${plan.imagePath} failed: the restored process could not be resumed`));
   return {
     word: 'accept',
-    lines: [plan.restoreSignal?.replace(/^SIG/, '') ?? '', plan.netnsPath ? '' : '1', plan.hostname ?? '', restored.file.includes('\n') ? '' : restored.file, oneLine(restored), oneLine(failed)],
+    lines: [
+      plan.restoreSignal ? String(osConstants.signals[plan.restoreSignal]) : '',
+      plan.netnsPath ? '' : '1',
+      plan.hostname ?? '',
+      start,
+      restored.file.includes('\n') ? '' : restored.file,
+      oneLine(restored),
+      oneLine(failed),
+    ],
   };
 }
 
