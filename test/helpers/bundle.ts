@@ -62,7 +62,6 @@ export interface RunResult {
   close(): void;
 }
 
-/** How long a pipe still held open must stay silent after the exit before its output counts as read. */
 /** Ends the output of a command run(): the shell's line with its exit status. */
 const EXIT_MARK = '\u001eprebake-test-exit ';
 
