@@ -16,8 +16,8 @@ import { prebakeBinPath } from '../lib/paths.ts';
 import { CAPTURE_ENV } from '../checkpoint/locate.ts';
 import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc', 'docker', 'containerd', 'containerd-netns', 'cri', 'podman'] as const;
-export type Target = (typeof TARGETS)[number];
+/** What an image is baked for: runc (a bundle of its own) or an engine of ENGINES below. */
+export type Target = 'runc' | EngineTarget;
 
 export interface ImageRunConfig {
   Entrypoint?: string[] | null;
@@ -165,6 +165,8 @@ const ENGINES = {
     run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', prebakeBinPath(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
   },
 } as const;
+type EngineTarget = keyof typeof ENGINES;
+export const TARGETS: readonly Target[] = ['runc', ...(Object.keys(ENGINES) as EngineTarget[])];
 
 /** What kubelet asks for a pod without host namespaces: the pod's network and IPC, a pid namespace per container. */
 export const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
@@ -234,7 +236,7 @@ async function criProbe(env: string, o: EngineSpecOptions): Promise<void> {
 }
 
 /** A one-file image (busybox) to run the probe container from; written to the engine once. */
-async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void> {
+async function ensureSpecProbeImage(target: EngineTarget): Promise<void> {
   const engine = ENGINES[target];
   try {
     engine.present();
@@ -262,7 +264,7 @@ async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void>
  * The spec an engine generates for a plain run of an image: a probe container runs once under the
  * prebake runtime, which copies its config.json (see CAPTURE_ENV).
  */
-export async function captureEngineSpec(target: keyof typeof ENGINES, o: EngineSpecOptions = {}, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
+export async function captureEngineSpec(target: EngineTarget, o: EngineSpecOptions = {}, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
   const engine = ENGINES[target];
   const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
   const file = join(stateBase, 'captures', `${token}.json`);
