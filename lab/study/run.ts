@@ -10,10 +10,11 @@ import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
 import { targetSpec } from '../../src/bake/target.ts';
+import { type Engine as InstallEngine, ENGINES } from '../../src/install/engines.ts';
 import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
-import { type Engine, type EngineName, type Started, startEngine } from '../engines/engine.ts';
+import { type Engine, type Started, startEngine } from '../engines/engine.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
 import { readImage } from '../../src/image/read.ts';
 import { CACHE, withLock } from '../rootfs.ts';
@@ -30,9 +31,9 @@ import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from 
 /** With two CPUs or more, the bundle study keeps client and replica on CPUs of their own. */
 const PIN = cpus().length >= 2;
 
-/** Where replicas run: the prebake runtime on OCI bundles, or an engine. */
-export type StudyEngine = 'runc' | EngineName;
-export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', 'docker', 'containerd', 'podman'];
+/** Where replicas run: the prebake runtime on OCI bundles, or an engine prebake registers with. */
+export type StudyEngine = 'runc' | InstallEngine;
+export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', ...ENGINES];
 
 export interface StudyOptions {
   functions: FunctionName[];

@@ -13,7 +13,7 @@ import { loadRuntimeConfig } from '../runtime/config.ts';
 import { type Engine, ENGINES, install, type InstallResult, reloadDocker, uninstall } from './engines.ts';
 
 const USAGE = `usage: prebake install|uninstall ENGINE... [--config FILE] [--path BIN]
-  ENGINE   docker, containerd or podman
+  ENGINE   ${ENGINES.slice(0, -1).join(', ')} or ${ENGINES.at(-1)}
   --config the engine's config file (default /etc/docker/daemon.json,
            /etc/containerd/config.toml, /etc/containers/containers.conf); one engine only
   --path   the runtime path the engine is given (default: this prebake)
