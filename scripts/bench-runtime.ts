@@ -36,8 +36,8 @@ import { NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
 import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
 import { median, quantile } from '../lab/study/stats.ts';
-import { bakeNoop, type BakedFunction, PORT } from '../test/helpers/baked.ts';
-import { overlayBundle, PREBAKE, REPO, runtimeDirs, type TestBundle, uniqueName } from '../test/helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { overlayBundle, PREBAKE, REPO, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
 
 const PASS_TARGET_MS = 3;
 const START_TARGET_MS = 10;
@@ -422,7 +422,7 @@ function prebakeLog(logFile: string, id: string): { ms?: number; msg?: string; l
 async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType<typeof runtimeDirs>, cacheEntry: string, measureCpu = false): Promise<Replica> {
   // Untimed: a fresh overlay bundle, netns and spec, and a client already running in the netns.
   // The cold variant gets the image as it was before baking, without PREBAKE_CHECKPOINT.
-  const b: TestBundle = overlayBundle(variant === 'cold' ? baked.baseLayers : baked.layers);
+  const b: OverlayBundle = overlayBundle(variant === 'cold' ? baked.baseLayers : baked.layers);
   const id = uniqueName(`bench-${variant}`);
   const pipes: (() => void)[] = [];
   let client: NetnsClient | undefined;
@@ -804,7 +804,7 @@ async function benchBurst(baked: BakedFunction, n: number): Promise<BurstResult>
   const rt = runtimeDirs();
   onCleanup(() => rt.cleanup());
   // Untimed: every replica's bundle, netns, spec and client, ready before the first create.
-  const replicas: { b: TestBundle; id: string; client: NetnsClient; pipes: (() => void)[] }[] = [];
+  const replicas: { b: OverlayBundle; id: string; client: NetnsClient; pipes: (() => void)[] }[] = [];
   const teardown = onCleanup(() => {
     for (const r of replicas) {
       r.client.close();

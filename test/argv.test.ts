@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CREATE_FLAGS, GLOBAL_FLAGS, flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
 import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../src/checkpoint/locate.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 
 test('parses every spelling Go flag parsing accepts, and stops at the command', (t) => {
   const call = parseRuntimeCall(['-root', '/a', '--log=/l', '--log-format', 'json', '-debug', '--systemd-cgroup=false', 'create', '--bundle', 'b', 'id']);

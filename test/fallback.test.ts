@@ -16,8 +16,9 @@ import { storeEntry } from '../src/checkpoint/store.ts';
 import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { functionPids, killAndDelete, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+import { PREBAKE, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
+import { functionPids, killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
 import { readImage, writeImage } from './helpers/criu-image.ts';
 import { served, tempDir } from './helpers/tmp.ts';
 
@@ -93,7 +94,7 @@ async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise
 
 
 interface Container {
-  b: TestBundle;
+  b: OverlayBundle;
   rt: ReturnType<typeof runtimeDirs>;
   id: string;
   client: NetnsClient;
@@ -104,7 +105,7 @@ interface Container {
 async function prebakeCreate(
   t: ExecutionContext,
   layers: string[],
-  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void; env?: NodeJS.ProcessEnv },
+  opts: { prefix: string; spec?: (s: Spec, b: OverlayBundle) => void; rootfs?: (rootfs: string, b: OverlayBundle) => void; env?: NodeJS.ProcessEnv },
 ): Promise<Container> {
   const { b, rt, id } = testReplica(t, layers, opts.prefix);
   opts.rootfs?.(b.rootfs, b);

@@ -10,8 +10,9 @@ import type { Spec } from '../oci/runtime-spec.ts';
 import { hostFacts } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { containerStateDir } from '../src/runtime/config.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { functionPids, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { PREBAKE, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
+import { functionPids, run, testReplica } from './helpers/bundle.ts';
 
 let baked: BakedFunction;
 test.before(async () => {
@@ -153,7 +154,7 @@ function filledStateDisk(t: ExecutionContext, fill: (dir: string) => void, inode
 }
 
 interface FullDiskReplica {
-  b: TestBundle;
+  b: OverlayBundle;
   rt: ReturnType<typeof runtimeDirs>;
   id: string;
   env: NodeJS.ProcessEnv;

@@ -16,8 +16,9 @@ import { DEFAULT_KEY, generateKey, loadSigningKey, loadTrustStore, signCheckpoin
 import { readSigned } from '../src/checkpoint/verify.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { PREBAKE } from '../lab/bundle.ts';
+import { run, testReplica } from './helpers/bundle.ts';
 import { describeCredentials, readImage, writeImage } from './helpers/criu-image.ts';
 import { tempDir } from './helpers/tmp.ts';
 

@@ -7,7 +7,7 @@ import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 
 function setup(t: import('ava').ExecutionContext, name: string, content: string | null) {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-install-'));

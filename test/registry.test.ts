@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatImageRef, parseImageRef } from '../src/image/ref.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 import { httpGet, startContainerd, startDockerd } from './helpers/engines.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
 import { restoreUmociBundle } from './helpers/umoci.ts';

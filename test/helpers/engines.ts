@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PREBAKE, REPO } from './bundle.ts';
+import { PREBAKE, REPO } from '../../lab/bundle.ts';
 import { noopImage } from './images.ts';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 

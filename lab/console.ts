@@ -1,4 +1,4 @@
-// A console-socket receiver (test/helpers/console.py) that holds a container's pty master and
+// A console-socket receiver (lab/console.py) that holds a container's pty master and
 // relays what the container writes to its terminal.
 
 import { spawn } from 'node:child_process';
@@ -14,7 +14,7 @@ export interface ConsoleReceiver {
 }
 
 export async function startConsole(socket: string): Promise<ConsoleReceiver> {
-  const child = spawn('python3', [join(REPO, 'test/helpers/console.py'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('python3', [join(REPO, 'lab/console.py'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
   let text = '';
   const listeners: (() => void)[] = [];
   child.stdout!.on('data', (d: Buffer) => {
