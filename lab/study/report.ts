@@ -463,13 +463,20 @@ export function consoleTable(results: StudyResults, options: ReportOptions = {})
       targets,
     ];
   });
-  const all = [header, ...rows];
-  const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) =>
+  const footer = 'medians unless said otherwise; ratio = prebaked/cold; p = two-sided Wilcoxon rank-sum, prebaked vs cold';
+  return `${textTable(header, rows, [0, header.length - 1])}\n${footer}\n`;
+}
+
+/**
+ * A plain-text table: the head, a rule of dashes, the rows; columns two spaces apart, the ones in
+ * `left` aligned left, the others right; no line ends in spaces.
+ */
+export function textTable(head: string[], rows: string[][], left: readonly number[] = [0]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) =>
     r
-      .map((c, i) => (i === 0 || i === r.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .map((c, i) => (left.includes(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
       .join('  ')
       .trimEnd();
-  const footer = 'medians unless said otherwise; ratio = prebaked/cold; p = two-sided Wilcoxon rank-sum, prebaked vs cold';
-  return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt), footer].join('\n') + '\n';
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
