@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO } from './bundle.ts';
 
-export interface ConsoleReceiver {
+interface ConsoleReceiver {
   socket: string;
   output(): string;
   /** Resolves once the output matches. */

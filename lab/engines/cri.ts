@@ -16,12 +16,11 @@ import { mountPoints } from '../../src/lib/mountinfo.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
 
-export { type CriCall, type CriClient, criClient, waitForImage } from '../../src/lib/cri.ts';
-export { CNI_BIN } from './cni.ts';
+export { waitForImage } from '../../src/lib/cri.ts';
 
 /** The test pods' bridge and /24; nothing else here uses them. */
 export const CRI_BRIDGE = 'prebake-cri0';
-export const CRI_NET = '10.250.77';
+const CRI_NET = '10.250.77';
 /** containerd's namespace for CRI pods, and the runc root the runc shim gives the runtime for it. */
 export const CRI_NAMESPACE = 'k8s.io';
 export const CRI_RUNC_ROOT = `/run/containerd/runc/${CRI_NAMESPACE}`;
@@ -30,7 +29,7 @@ export const PAUSE_IMAGE = 'docker.io/prebake/pause:1';
 
 // The parts of the CRI messages the tests read (field names as in api.proto).
 
-export interface ContainerStatus {
+interface ContainerStatus {
   id: string;
   state: 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN';
   exit_code: number;
@@ -46,7 +45,7 @@ export interface ContainerStatusResponse {
   info: Record<string, string>;
 }
 
-export interface PodSandboxStatusResponse {
+interface PodSandboxStatusResponse {
   status: { id: string; state: 'SANDBOX_READY' | 'SANDBOX_NOTREADY'; network: { ip: string }; runtime_handler: string };
   info: Record<string, string>;
 }
@@ -138,7 +137,7 @@ function rmdirIfEmpty(dirs: string[]): void {
  */
 const SHARED_RUN = ['/run/containerd/s', '/run/containerd/fifo', CRI_RUNC_ROOT, '/run/containerd/runc/default', '/run/containerd/runc', '/run/containerd'];
 
-export interface CriContainerdOptions {
+interface CriContainerdOptions {
   /** The prebake handler's BinaryName; default bin/prebake of this repository. */
   runtimePath?: string;
 }

@@ -162,7 +162,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
   return { socket, root, state, log, ctr, stop };
 }
 
-export interface DockerdOptions {
+interface DockerdOptions {
   /** The "prebake" runtime's path; default bin/prebake of this package. */
   runtimePath?: string;
 }
@@ -229,7 +229,7 @@ export interface Podman {
   stop(): Promise<void>;
 }
 
-export interface PodmanOptions {
+interface PodmanOptions {
   /** The path of the runtime named "prebake" in [engine.runtimes]; default bin/prebake of this package. */
   runtimePath?: string;
 }

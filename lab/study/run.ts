@@ -35,7 +35,7 @@ const PIN = cpus().length >= 2;
 export type StudyEngine = 'runc' | InstallEngine;
 export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', ...ENGINES];
 
-export interface StudyOptions {
+interface StudyOptions {
   functions: FunctionName[];
   runs: number;
   /** Requests per replica after its startup, for the latency ECDF. */

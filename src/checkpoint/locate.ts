@@ -10,7 +10,7 @@ export const CHECKPOINT_ENV = 'PREBAKE_CHECKPOINT';
 /** In a probe container's env: copy its spec for prebake-build (see captureSpec in runtime/create.ts). */
 export const CAPTURE_ENV = 'PREBAKE_CAPTURE_SPEC';
 
-export type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
+type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
 
 /**
  * Where the container's checkpoint is: the annotation wins over the environment for the path, but

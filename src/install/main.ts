@@ -27,7 +27,7 @@ usage: prebake trust add PUBFILE | list | remove KEYID
 `;
 
 /** The host's bake key, made and trusted on first use: local bakes then restore on this host. */
-export function ensureHostKey(): { keyId: string; created: boolean } {
+function ensureHostKey(): { keyId: string; created: boolean } {
   const cfg = loadRuntimeConfig();
   let created = false;
   let pub = publicFileOf(DEFAULT_KEY);
@@ -104,7 +104,7 @@ function unsafeRuntime(path: string): string | null {
   return null;
 }
 
-export function main(argv: string[]): number {
+function main(argv: string[]): number {
   const [command, ...rest] = argv;
   if (command === 'key' || command === 'trust') return keyOrTrust(command, rest);
   let parsed;

@@ -35,7 +35,7 @@ type Callback = (err: grpc.ServiceError | null, res: unknown) => void;
 type Method = (req: object, options: grpc.CallOptions, cb: Callback) => grpc.ClientUnaryCall;
 
 /** One unary CRI call; rejects with the method and the server's message. */
-export type CriCall = <R = Record<string, unknown>>(method: string, req?: object, timeoutMs?: number) => Promise<R>;
+type CriCall = <R = Record<string, unknown>>(method: string, req?: object, timeoutMs?: number) => Promise<R>;
 
 export interface CriClient {
   runtime: CriCall;
