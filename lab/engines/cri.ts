@@ -15,6 +15,7 @@ import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
+import { unmountUnder } from './daemons.ts';
 
 export { waitForImage } from '../../src/lib/cri.ts';
 
@@ -213,7 +214,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
     const left: string[] = [];
     if (alive()) left.push(`containerd (pid ${child!.pid})`);
     for (const pid of processesMentioning(dir).filter((p) => p !== child?.pid)) left.push(`process ${pid}: ${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim()}`);
-    for (const m of mountPoints()) if (m === dir || m.startsWith(`${dir}/`)) left.push(`mount ${m}`);
+    for (const m of mountPoints(dir)) left.push(`mount ${m}`);
     // CRI names pods' network namespaces cni-<uuid>; ours are kept under its state dir.
     for (const n of existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : []) if (n.startsWith('cni-') && !netnsBefore.includes(n)) left.push(`netns /var/run/netns/${n}`);
     const netnsDir = join(state, 'io.containerd.grpc.v1.cri', 'netns');
@@ -257,14 +258,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
       } catch {
         /* gone */
       }
-    for (const p of mountPoints()
-      .filter((m) => m === dir || m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length))
-      try {
-        execFileSync('umount', ['-l', p], { stdio: 'ignore' });
-      } catch {
-        /* gone with its parent */
-      }
+    unmountUnder(dir);
     for (const id of ids) {
       rmSync(join(stateBase, CRI_RUNC_ROOT, id), { recursive: true, force: true });
       rmSync(`/var/lib/cni/results/prebake-cri-${id}-eth0`, { force: true });

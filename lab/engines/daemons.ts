@@ -85,8 +85,8 @@ async function terminate(d: { child: ChildProcess; exited: Promise<void> }, grac
   clearTimeout(timer);
 }
 
-/** Unmounts every mount point under `dir`, deepest first. */
-function unmountUnder(dir: string): void {
+/** Unmounts every mount point at or under `dir`, deepest first (lazily where one is busy). */
+export function unmountUnder(dir: string): void {
   const points = mountPoints(dir).sort((a, b) => b.length - a.length);
   for (const p of points) {
     try {
