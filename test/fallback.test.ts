@@ -53,13 +53,9 @@ function setCheckpointEnv(s: Spec, value: string): void {
   s.process!.env = [...s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT=')), `PREBAKE_CHECKPOINT=${value}`];
 }
 
-/** The network namespace's iptables rules ('' when iptables-save is not there). */
+/** The network namespace's iptables rules (iptables-save: scripts/setup.sh installs iptables). */
 function firewall(netns: string): string {
-  try {
-    return execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  } catch {
-    return '';
-  }
+  return execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 
@@ -291,6 +287,14 @@ test("fallback: a failed restore of a checkpoint taken with CRIU's iptables netw
   setNetworkLockMethod(layer, 0);
   t.is(readImage(join(layer, '.prebake/checkpoint/inventory.img')).entries[0]!.network_lock_method, 0);
   dropCheckpointFiles(layer, 'pages-1.img');
+  // What the test stands on: runc restore of this checkpoint on its own leaves CRIU's lock in the namespace.
+  const raw = testReplica(t, [layer, ...noop.baked.baseLayers], 'iptlock-raw');
+  raw.b.writeSpec(noop.baked.spec(raw.b.netnsPath));
+  mkdirSync(join(raw.b.dir, 'criu-work'));
+  const restore = await run('runc', ['--root', raw.rt.root, 'restore', '--detach', '--image-path', join(raw.b.rootfs, '.prebake/checkpoint'), '--work-path', join(raw.b.dir, 'criu-work'), '--bundle', raw.b.dir, raw.id]);
+  t.teardown(() => restore.close());
+  t.not(restore.code, 0, restore.output);
+  t.regex(firewall(raw.b.netns), /CRIU/, 'a failed raw restore leaves no lock: the test below would prove nothing');
   await failedRestore(t, layer, 'iptlock');
 });
 
