@@ -51,6 +51,34 @@ export function overlayBundle(lowers: string[]): OverlayBundle {
   };
 }
 
+/** A line of prebake's `--log-format json` log. */
+interface LogLine {
+  level: string;
+  msg: string;
+  time: string;
+  /** The container's id, on the lines about one. */
+  id?: string;
+  /** How long the step took (e.g. the runc restore on its `restored` line). */
+  ms?: number;
+}
+
+/** The lines of prebake's JSON log `file` ([] when there is none; a line that is not JSON is passed over). */
+export function prebakeLogLines(file: string): LogLine[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  return text.split('\n').flatMap((l) => {
+    try {
+      return l ? [JSON.parse(l) as LogLine] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
 /** A runc --root and log file of the caller's own, so that state left behind can be checked. */
 export function runtimeDirs() {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-root-'));
@@ -58,16 +86,7 @@ export function runtimeDirs() {
     root: join(dir, 'runc'),
     log: join(dir, 'log.json'),
     state: join('/run/prebake', dir, 'runc'),
-    logLines: (): { level: string; msg: string; time: string }[] => {
-      try {
-        return readFileSync(join(dir, 'log.json'), 'utf8')
-          .split('\n')
-          .filter(Boolean)
-          .map((l) => JSON.parse(l));
-      } catch {
-        return [];
-      }
-    },
+    logLines: () => prebakeLogLines(join(dir, 'log.json')),
     cleanup: () => {
       rmSync(dir, { recursive: true, force: true });
       rmSync(join('/run/prebake', dir), { recursive: true, force: true });

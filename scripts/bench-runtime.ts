@@ -39,7 +39,7 @@ import { cleanupAll, cleanupOnSignal, onCleanup } from '../lab/cleanup.ts';
 import { textTable } from '../lab/study/report.ts';
 import { median, quantile, summary, type Summary as StudySummary } from '../lab/study/stats.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
-import { overlayBundle, PREBAKE, REPO, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
+import { overlayBundle, PREBAKE, prebakeLogLines, REPO, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
 
 const PASS_TARGET_MS = 3;
 const START_TARGET_MS = 10;
@@ -354,17 +354,7 @@ function coldSpec(baked: BakedFunction, netnsPath: string): Spec {
   });
 }
 
-function prebakeLog(logFile: string, id: string): { ms?: number; msg?: string; level?: string }[] {
-  try {
-    return readFileSync(logFile, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { id?: string; ms?: number; msg?: string; level?: string })
-      .filter((o) => o.id === id);
-  } catch {
-    return [];
-  }
-}
+const prebakeLog = (logFile: string, id: string) => prebakeLogLines(logFile).filter((o) => o.id === id);
 
 interface PreparedReplica {
   b: OverlayBundle;

@@ -5,7 +5,7 @@
 // started privately for the study (docker, containerd, podman: lab/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
@@ -15,6 +15,7 @@ import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
 import { type Engine, type Started, startEngine } from '../engines/engine.ts';
+import { prebakeLogLines } from '../bundle.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
 import { readImage } from '../../src/image/read.ts';
 import { CACHE, withLock } from '../rootfs.ts';
@@ -144,21 +145,9 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
 /** Untimed, after the first 200: the runc restore prebake logged and CRIU's restore.log, if it restored. */
 function startupParts(log: string, state: string, timed: StartupParts): StartupParts {
   const parts: StartupParts = { ...timed };
-  try {
-    const restored = readFileSync(log, 'utf8')
-      .split('\n')
-      .flatMap((l) => {
-        try {
-          return [JSON.parse(l) as { msg?: string; ms?: number }];
-        } catch {
-          return [];
-        }
-      })
-      .find((o) => /^restored /.test(o.msg ?? '') && typeof o.ms === 'number');
-    if (restored) parts.runcRestore = restored.ms;
-  } catch {
-    /* no log: a cold start that logged nothing */
-  }
+  // (No log: a cold start that logged nothing.)
+  const restored = prebakeLogLines(log).find((o) => /^restored /.test(o.msg ?? '') && typeof o.ms === 'number');
+  if (restored) parts.runcRestore = restored.ms;
   const criu = parseCriuLog(join(state, 'criu', 'restore.log'));
   const phases = criu && criuPhases(criu);
   if (criu) parts.criu = criu.totalMs;
