@@ -10,7 +10,7 @@ import { loadRuntimeConfig } from '../../src/runtime/config.ts';
 import { bakeNoop, type BakedFunction } from '../../lab/baked.ts';
 import { tempDir } from './tmp.ts';
 
-export interface SharedBake {
+interface SharedBake {
   /** The bake (made in test.before). */
   readonly baked: BakedFunction;
   /** A copy (cp -a) of the checkpoint layer that the test may change; the layer itself is shared. */
