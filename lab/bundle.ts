@@ -79,6 +79,11 @@ export function prebakeLogLines(file: string): LogLine[] {
   });
 }
 
+/** The ms of the runc restore prebake logged (its `restored …` line), for container `id` if given; undefined if it did not restore. */
+export function restoreMs(file: string, id?: string): number | undefined {
+  return prebakeLogLines(file).find((o) => (id === undefined || o.id === id) && typeof o.ms === 'number' && /^restored /.test(o.msg ?? ''))?.ms;
+}
+
 /** A runc --root and log file of the caller's own, so that state left behind can be checked. */
 export function runtimeDirs() {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-root-'));

@@ -39,7 +39,7 @@ import { cleanupAll, cleanupOnSignal, onCleanup } from '../lab/cleanup.ts';
 import { textTable } from '../lab/study/report.ts';
 import { median, quantile, summary, type Summary as StudySummary } from '../lab/study/stats.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
-import { overlayBundle, PREBAKE, prebakeLogLines, REPO, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
+import { overlayBundle, PREBAKE, prebakeLogLines, REPO, restoreMs, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
 
 const PASS_TARGET_MS = 3;
 const START_TARGET_MS = 10;
@@ -487,7 +487,7 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
         r.phases = criuPhases(log) ?? undefined;
         r.criuLog = log;
       }
-      if (variant !== 'raw-restore') r.logMs = prebakeLog(rt.log, id).find((o) => typeof o.ms === 'number' && /^restored /.test(o.msg ?? ''))?.ms;
+      if (variant !== 'raw-restore') r.logMs = restoreMs(rt.log, id);
     }
     return r;
   } finally {

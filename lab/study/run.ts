@@ -15,7 +15,7 @@ import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
 import { type Engine, type Started, startEngine } from '../engines/engine.ts';
-import { prebakeLogLines } from '../bundle.ts';
+import { restoreMs } from '../bundle.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
 import { readImage } from '../../src/image/read.ts';
 import { CACHE, withLock } from '../rootfs.ts';
@@ -145,9 +145,8 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
 /** Untimed, after the first 200: the runc restore prebake logged and CRIU's restore.log, if it restored. */
 function startupParts(log: string, state: string, timed: StartupParts): StartupParts {
   const parts: StartupParts = { ...timed };
-  // (No log: a cold start that logged nothing.)
-  const restored = prebakeLogLines(log).find((o) => /^restored /.test(o.msg ?? '') && typeof o.ms === 'number');
-  if (restored) parts.runcRestore = restored.ms;
+  const runcRestore = restoreMs(log);
+  if (runcRestore !== undefined) parts.runcRestore = runcRestore;
   const criu = parseCriuLog(join(state, 'criu', 'restore.log'));
   const phases = criu && criuPhases(criu);
   if (criu) parts.criu = criu.totalMs;
