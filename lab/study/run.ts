@@ -5,7 +5,7 @@
 // started privately for the study (docker, containerd, podman: lab/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
@@ -15,7 +15,7 @@ import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
 import { type Engine, type Started, startEngine } from '../engines/engine.ts';
-import { restoreMs } from '../bundle.ts';
+import { overlayBundle, restoreMs } from '../bundle.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
 import { readImage } from '../../src/image/read.ts';
 import { CACHE, withLock } from '../rootfs.ts';
@@ -23,8 +23,7 @@ import { unpackLayers } from '../../src/image/unpack.ts';
 import { parseCriuLog, criuPhases } from '../../src/lib/criu-log.ts';
 import { criuVersion, runcVersion } from '../../src/lib/host.ts';
 import { containerStateDir, loadRuntimeConfig } from '../../src/runtime/config.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
-import { mountOverlay } from '../../src/lib/overlay.ts';
+import { NetnsClient } from '../../src/lib/netns.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { spawnPiped } from '../../src/lib/pipe.ts';
 import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
@@ -85,11 +84,8 @@ async function bakedImage(name: FunctionName, progress: (l: string) => void): Pr
 function bundleReplicas(lower: string, config: object, work: string): StartReplica {
   let seq = 0;
   return async (mode) => {
-    const n = seq++;
-    const id = `study-${process.pid}-${n}`;
-    const dir = join(work, id);
-    const netns = `pbs-${process.pid}-${n}`;
-    const unmount = mountOverlay([lower], join(dir, 'upper'), join(dir, 'work'), join(dir, 'rootfs'));
+    const id = `study-${process.pid}-${seq++}`;
+    const b = overlayBundle([lower]);
     const root = join(work, 'runc');
     const prebake = prebakeBinPath();
     let client: NetnsClient | undefined;
@@ -98,26 +94,23 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       client?.close();
       spawnSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
       created?.close();
-      unmount();
-      deleteNetns(netns);
-      rmSync(dir, { recursive: true, force: true });
+      b.cleanup();
     };
     try {
-      const netnsPath = createNetns(netns);
-      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: netnsPath }, scratch: join(dir, 'files') });
+      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: b.netnsPath }, scratch: join(b.dir, 'files') });
       // A cold replica is the conventional start of the same image: its config without the
       // checkpoint marker, which prebake hands to runc untouched (runc + ~2 ms). Turning the
       // checkpoint off instead would add prebake's own Node start, which no unbaked image pays.
       if (mode === 'cold') spec.process!.env = spec.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT='));
-      writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
-      const c = await NetnsClient.start(netns);
+      b.writeSpec(spec);
+      const c = await NetnsClient.start(b.netns);
       client = c;
       // A cold replica refuses the readiness polls until it listens, a restored one answers the
       // first: warm the client's own code the same way in both modes before timing anything.
       await c.warm(50);
-      const log = join(dir, 'prebake.log');
+      const log = join(b.dir, 'prebake.log');
       const t0 = performance.now();
-      created = spawnPiped(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', dir, id]);
+      created = spawnPiped(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', b.dir, id]);
       if ((await created.exit) !== 0) throw new Error(`prebake create (${mode}) failed`);
       const t1 = performance.now();
       execFileSync(prebake, ['--root', root, 'start', id]);
