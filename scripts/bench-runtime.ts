@@ -99,8 +99,8 @@ function parseOptions(argv: string[]): Options {
 type Summary = Pick<StudySummary, 'n' | 'median' | 'p10' | 'p90' | 'min' | 'max'>;
 /** The order statistics the tables and the JSON report carry (lab/study/stats.ts's summary). */
 function summarize(xs: readonly number[]): Summary {
-  const { n, median, p10, p90, min, max } = summary(xs);
-  return { n, median, p10, p90, min, max };
+  const s = summary(xs);
+  return { n: s.n, median: s.median, p10: s.p10, p90: s.p90, min: s.min, max: s.max };
 }
 
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
