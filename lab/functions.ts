@@ -22,7 +22,7 @@ export const FUNCTION_PORT = 8080;
 export const FUNCTION_CMD: readonly string[] = ['python3', '/app/function.py'];
 const PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-export interface FunctionRecipe {
+interface FunctionRecipe {
   /** Debian bookworm packages the rootfs holds (debootstrap --variant=minbase --include=…). */
   packages: readonly string[];
   /** Files under images/, each copied to /app/<its base name>; one of them is function.py. */

@@ -10,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { spawnPiped } from '../src/lib/pipe.ts';
-import { bakeNoop, PORT } from '../test/helpers/baked.ts';
-import { overlayBundle, REPO, uniqueName } from '../test/helpers/bundle.ts';
+import { bakeNoop, PORT } from '../lab/baked.ts';
+import { overlayBundle, REPO, uniqueName } from '../lab/bundle.ts';
 import { median } from '../lab/study/stats.ts';
-import { noopImage } from '../test/helpers/images.ts';
+import { functionImage } from '../lab/functions.ts';
 
 interface BuildJson {
   steps: { step: string; ms: number }[];
@@ -49,7 +49,7 @@ async function coldStart(layers: string[], spec: (netns: string) => object): Pro
 async function main() {
   const runsArg = process.argv.indexOf('--runs');
   const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 3;
-  const image = await noopImage();
+  const image = await functionImage('noop');
   const baked = await bakeNoop();
   const builds: BuildJson[] = [];
   const totals: number[] = [];

@@ -35,9 +35,11 @@ import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
 import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
-import { median, quantile } from '../lab/study/stats.ts';
-import { bakeNoop, type BakedFunction, PORT } from '../test/helpers/baked.ts';
-import { overlayBundle, PREBAKE, REPO, runtimeDirs, type TestBundle, uniqueName } from '../test/helpers/bundle.ts';
+import { cleanupAll, cleanupOnSignal, onCleanup } from '../lab/cleanup.ts';
+import { textTable } from '../lab/study/report.ts';
+import { median, quantile, summary, type Summary as StudySummary } from '../lab/study/stats.ts';
+import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { overlayBundle, PREBAKE, prebakeLogLines, REPO, restoreMs, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
 
 const PASS_TARGET_MS = 3;
 const START_TARGET_MS = 10;
@@ -66,6 +68,10 @@ function usage(msg?: string): never {
   process.exit(msg ? 2 : 0);
 }
 
+/** The options that take a count: the field and its least value. */
+const COUNTS: Partial<Record<string, ['runs' | 'calls' | 'warmup' | 'burst', number]>> = { '--runs': ['runs', 1], '--calls': ['calls', 1], '--warmup': ['warmup', 0], '--burst': ['burst', 0] };
+const FLAGS: Partial<Record<string, 'json' | 'startOnly'>> = { '--json': 'json', '--start-only': 'startOnly' };
+
 function parseOptions(argv: string[]): Options {
   const o: Options = { runs: 10, calls: 30, warmup: 1, json: false, startOnly: false, burst: 10 };
   for (let i = 0; i < argv.length; i++) {
@@ -77,32 +83,12 @@ function parseOptions(argv: string[]): Options {
       if (v === undefined || !Number.isInteger(n) || n < min) usage(`${name} needs an integer >= ${min}`);
       return n;
     };
-    switch (name) {
-      case '--runs':
-        o.runs = num(1);
-        break;
-      case '--calls':
-        o.calls = num(1);
-        break;
-      case '--warmup':
-        o.warmup = num(0);
-        break;
-      case '--json':
-        o.json = true;
-        break;
-      case '--burst':
-        o.burst = num(0);
-        break;
-      case '--start-only':
-        o.startOnly = true;
-        break;
-      case '--help':
-      case '-h':
-        usage();
-        break;
-      default:
-        usage(`unknown argument ${a}`);
-    }
+    const count = COUNTS[name];
+    const flag = FLAGS[name];
+    if (count) o[count[0]] = num(count[1]);
+    else if (flag) o[flag] = true;
+    else if (name === '--help' || name === '-h') usage();
+    else usage(`unknown argument ${a}`);
   }
   return o;
 }
@@ -110,17 +96,11 @@ function parseOptions(argv: string[]): Options {
 // ---------------------------------------------------------------------------------------------
 // Statistics and formatting
 
-
-interface Summary {
-  n: number;
-  median: number;
-  p10: number;
-  p90: number;
-  min: number;
-  max: number;
-}
+type Summary = Pick<StudySummary, 'n' | 'median' | 'p10' | 'p90' | 'min' | 'max'>;
+/** The order statistics the tables and the JSON report carry (lab/study/stats.ts's summary). */
 function summarize(xs: readonly number[]): Summary {
-  return { n: xs.length, median: median(xs), p10: quantile(xs, 0.1), p90: quantile(xs, 0.9), min: Math.min(...xs), max: Math.max(...xs) };
+  const s = summary(xs);
+  return { n: s.n, median: s.median, p10: s.p10, p90: s.p90, min: s.min, max: s.max };
 }
 
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '-');
@@ -128,44 +108,16 @@ const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 const signed = (x: number, f = f1) => (x >= 0 ? `+${f(x)}` : f(x));
 const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(1)}%` : '-');
 
-function table(head: string[], rows: string[][]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
-  return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
-}
-
 const progress = (s: string) => process.stderr.write(`${s}\n`);
 
-// ---------------------------------------------------------------------------------------------
-// Cleanup that also runs on Ctrl-C: replicas hold mounts, network namespaces and containers.
-
-const cleanups = new Set<() => void>();
-function onCleanup(f: () => void): () => void {
-  const once = () => {
-    if (!cleanups.delete(once)) return;
-    try {
-      f();
-    } catch (e) {
-      progress(`cleanup: ${(e as Error).message}`);
-    }
-  };
-  cleanups.add(once);
-  return once;
-}
-function cleanupAll(): void {
-  for (const f of [...cleanups].reverse()) f();
-}
-for (const sig of ['SIGINT', 'SIGTERM'] as const)
-  process.on(sig, () => {
-    progress(`\n${sig}: cleaning up`);
-    cleanupAll();
-    process.exit(130);
-  });
+// Replicas hold mounts, network namespaces and containers: their clean-up also runs on Ctrl-C.
+cleanupOnSignal(progress);
 
 // ---------------------------------------------------------------------------------------------
 // Runtime context
 
 const cfg = loadRuntimeConfig();
+type RuntimeDirs = ReturnType<typeof runtimeDirs>;
 const RUNC = cfg.runc;
 
 /** Milliseconds a call takes, with stdout/stderr on pipes (as an engine runs it). */
@@ -402,15 +354,49 @@ function coldSpec(baked: BakedFunction, netnsPath: string): Spec {
   });
 }
 
-function prebakeLog(logFile: string, id: string): { ms?: number; msg?: string; level?: string }[] {
+const prebakeLog = (logFile: string, id: string) => prebakeLogLines(logFile).filter((o) => o.id === id);
+
+interface PreparedReplica {
+  b: OverlayBundle;
+  id: string;
+  client: NetnsClient;
+  /** Closers of the pipes of the commands run for it. */
+  pipes: (() => void)[];
+  /** Removes the container (runc delete --force), its prebake state, pipes, client and bundle; also on Ctrl-C. */
+  teardown: () => void;
+}
+
+/**
+ * Untimed: an overlay bundle of `layers` with its spec, an id, and a client running in its netns,
+ * its HTTP path warmed (nothing listens yet: refused at once), so that the first 200 of a restored
+ * replica does not pay for the client loading its HTTP code. `also` runs with the teardown.
+ */
+async function prepareReplica(rt: RuntimeDirs, layers: string[], spec: (netnsPath: string) => Spec, prefix: string, also?: () => void): Promise<PreparedReplica> {
+  const b = overlayBundle(layers);
+  const id = uniqueName(prefix);
+  const pipes: (() => void)[] = [];
+  let client: NetnsClient | undefined;
+  const teardown = onCleanup(() => {
+    client?.close();
+    runcForce(rt.root, ['delete', '--force', id]);
+    rmSync(containerStateDir(cfg, rt.root, id), { recursive: true, force: true });
+    for (const c of pipes) c();
+    b.cleanup();
+    also?.();
+  });
   try {
-    return readFileSync(logFile, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { id?: string; ms?: number; msg?: string; level?: string })
-      .filter((o) => o.id === id);
-  } catch {
-    return [];
+    b.writeSpec(spec(b.netnsPath));
+    client = await NetnsClient.start(b.netns);
+    await client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(
+      () => {
+        throw new Error(`port ${PORT} answers in a fresh netns`);
+      },
+      () => {},
+    );
+    return { b, id, client, pipes, teardown };
+  } catch (e) {
+    teardown();
+    throw e;
   }
 }
 
@@ -419,35 +405,20 @@ function prebakeLog(logFile: string, id: string): { ms?: number; msg?: string; l
  * checkpoint: the uncached variant removes it before its create (and checks the create wrote it
  * again: it hashed every file), the cached one checks the create left it as it was.
  */
-async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType<typeof runtimeDirs>, cacheEntry: string, measureCpu = false): Promise<Replica> {
+async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDirs, cacheEntry: string, measureCpu = false): Promise<Replica> {
   // Untimed: a fresh overlay bundle, netns and spec, and a client already running in the netns.
   // The cold variant gets the image as it was before baking, without PREBAKE_CHECKPOINT.
-  const b: TestBundle = overlayBundle(variant === 'cold' ? baked.baseLayers : baked.layers);
-  const id = uniqueName(`bench-${variant}`);
-  const pipes: (() => void)[] = [];
-  let client: NetnsClient | undefined;
   const cpu = measureCpu ? cpuGroup() : null;
-  const teardown = onCleanup(() => {
-    client?.close();
-    runcForce(rt.root, ['delete', '--force', id]);
-    rmSync(containerStateDir(cfg, rt.root, id), { recursive: true, force: true });
-    for (const c of pipes) c();
-    b.cleanup();
-    cpu?.remove();
-  });
+  const { b, id, client, pipes, teardown } = await prepareReplica(
+    rt,
+    variant === 'cold' ? baked.baseLayers : baked.layers,
+    (netnsPath) => (variant === 'cold' ? coldSpec(baked, netnsPath) : baked.spec(netnsPath)),
+    `bench-${variant}`,
+    () => cpu?.remove(),
+  );
   try {
-    b.writeSpec(variant === 'cold' ? coldSpec(baked, b.netnsPath) : baked.spec(b.netnsPath));
     const criuWork = join(b.dir, 'criu-work');
     if (variant === 'raw-restore') mkdirSync(criuWork);
-    client = await NetnsClient.start(b.netns);
-    // Warm the client's HTTP path (nothing listens yet: refused at once), so that the first 200
-    // of a restored replica does not pay for the client loading its HTTP code.
-    await client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(
-      () => {
-        throw new Error(`port ${PORT} answers in a fresh netns`);
-      },
-      () => {},
-    );
     const pidFile = join(b.dir, 'init.pid');
     if (variant === 'prebake-restore-uncached') rmSync(dirname(cacheEntry), { recursive: true, force: true });
     const entryBefore = statSync(cacheEntry, { bigint: true, throwIfNoEntry: false });
@@ -516,7 +487,7 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: ReturnType
         r.phases = criuPhases(log) ?? undefined;
         r.criuLog = log;
       }
-      if (variant !== 'raw-restore') r.logMs = prebakeLog(rt.log, id).find((o) => typeof o.ms === 'number' && /^restored /.test(o.msg ?? ''))?.ms;
+      if (variant !== 'raw-restore') r.logMs = restoreMs(rt.log, id);
     }
     return r;
   } finally {
@@ -696,7 +667,7 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
     out.push('');
     out.push(`(a) pass-through calls, ${opts.calls} interleaved runs each (median ms, spawn to exit, stdout/stderr on pipes)`);
     out.push(
-      table(
+      textTable(
         ['call', 'runc', 'prebake', 'prebake - runc', `target <= +${PASS_TARGET_MS} ms`],
         pass.map((p) => [p.call, f2(p.runc.median), f2(p.prebake.median), signed(p.diffMs, f2), p.pass === null ? '-' : p.pass ? 'PASS' : 'MISS']),
       ),
@@ -705,7 +676,7 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
   out.push('');
   out.push(`(b) spawn of create -> first HTTP 200, noop function, ${opts.runs} interleaved runs each (${opts.warmup} warm-up round(s) discarded), ms`);
   out.push(
-    table(
+    textTable(
       ['variant', 'median', 'p10', 'p90', 'min', 'max'],
       VARIANTS.map((v) => {
         const s = start.variants[v];
@@ -725,7 +696,7 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
   out.push('');
   out.push('Where the time goes (medians over the replicas, ms)');
   out.push(
-    table(
+    textTable(
       ['', 'prebake restore', 'first sight', 'raw restore', 'prebake cold'],
       [
         ['create (or restore) call, spawn to exit', n(p.create), n(u.create), n(r.create), n(c.create)],
@@ -754,7 +725,7 @@ function report(env: ReturnType<typeof environment>, opts: Options, pass: PassRe
   out.push('');
   out.push(`(c) the checks' cost: in the verified store vs first sight (its store entry removed before each create: signature, copy and hash of every file), against the cold start (${f1(coldMs)} ms), medians, ms`);
   out.push(
-    table(
+    textTable(
       ['', 'in the store', 'first sight'],
       [
         [`checks in-process (manifest, spec, ${(costs.checkpointBytes / 1e6).toFixed(1)} MB of checkpoint files)`, n(costs.verifyCachedMs), n(costs.verifyMs)],
@@ -804,24 +775,9 @@ async function benchBurst(baked: BakedFunction, n: number): Promise<BurstResult>
   const rt = runtimeDirs();
   onCleanup(() => rt.cleanup());
   // Untimed: every replica's bundle, netns, spec and client, ready before the first create.
-  const replicas: { b: TestBundle; id: string; client: NetnsClient; pipes: (() => void)[] }[] = [];
-  const teardown = onCleanup(() => {
-    for (const r of replicas) {
-      r.client.close();
-      runcForce(rt.root, ['delete', '--force', r.id]);
-      rmSync(containerStateDir(cfg, rt.root, r.id), { recursive: true, force: true });
-      for (const c of r.pipes) c();
-      r.b.cleanup();
-    }
-  });
+  const replicas: PreparedReplica[] = [];
   try {
-    for (let i = 0; i < n; i++) {
-      const b = overlayBundle(baked.layers);
-      const id = uniqueName('bench-burst');
-      b.writeSpec(baked.spec(b.netnsPath));
-      replicas.push({ b, id, client: await NetnsClient.start(b.netns), pipes: [] });
-    }
-    for (const r of replicas) await r.client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(() => { throw new Error(`port ${PORT} answers in a fresh netns`); }, () => {});
+    for (let i = 0; i < n; i++) replicas.push(await prepareReplica(rt, baked.layers, (netnsPath) => baked.spec(netnsPath), 'bench-burst'));
     const t0 = performance.now();
     const readyMs = await Promise.all(
       replicas.map(async (r) => {
@@ -840,7 +796,7 @@ async function benchBurst(baked: BakedFunction, n: number): Promise<BurstResult>
     );
     return { n, readyMs, wallMs: performance.now() - t0 };
   } finally {
-    teardown();
+    for (const r of replicas) r.teardown();
   }
 }
 
@@ -889,7 +845,7 @@ async function main(): Promise<void> {
       const single = start.variants['prebake-restore'].median;
       const burstText = burst
         ? `\n(d) a burst: ${burst.n} replicas of the image restored at once (one prebake create each, spawned together), spawn -> first HTTP 200, ms\n` +
-          `${table(['', 'median', 'p10', 'p90', 'max'], [[`each of ${burst.n}`, f1(median(burst.readyMs)), f1(quantile(burst.readyMs, 0.1)), f1(quantile(burst.readyMs, 0.9)), f1(Math.max(...burst.readyMs))]])}\n` +
+          `${textTable(['', 'median', 'p10', 'p90', 'max'], [[`each of ${burst.n}`, f1(median(burst.readyMs)), f1(quantile(burst.readyMs, 0.1)), f1(quantile(burst.readyMs, 0.9)), f1(Math.max(...burst.readyMs))]])}\n` +
           `  the median replica / one restore alone (${f1(single)} ms, (b)): ${f2(median(burst.readyMs) / single)}x   target <= 3x: ${median(burst.readyMs) / single <= 3 ? 'PASS' : 'MISS'}; the whole burst ${f1(burst.wallMs)} ms\n`
         : '';
       process.stdout.write(`\n${report(env, opts, pass, costs, start)}\n${burstText}(load average after: ${loadAfter.join(' ')})\n`);

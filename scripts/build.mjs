@@ -32,13 +32,14 @@ execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebak
 
 // prebake-build's cri target talks CRI: the API definition (Kubernetes' cri-api api.proto, which
 // scripts/setup.sh unpacks) is built into it. Without it the target says how to get it.
-const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
+// Where it is and where the files it imports are: src/lib/cri-api.json, which the CRI client reads too.
+const { proto: CRI_PROTO, include: CRI_PROTO_INCLUDE } = JSON.parse(readFileSync(new URL('../src/lib/cri-api.json', import.meta.url), 'utf8'));
 let criApi = '';
 if (existsSync(CRI_PROTO)) {
   // google/protobuf/descriptor.proto, which gogo.proto imports: protobufjs's copy.
   protobuf.common('descriptor', createRequire(import.meta.url)('protobufjs/google/protobuf/descriptor.json').nested.google.nested.protobuf.nested);
   const root = new protobuf.Root();
-  root.resolvePath = (_origin, target) => (isAbsolute(target) || !existsSync(join('/usr/share/gocode/src', target)) ? target : join('/usr/share/gocode/src', target));
+  root.resolvePath = (_origin, target) => (isAbsolute(target) || !existsSync(join(CRI_PROTO_INCLUDE, target)) ? target : join(CRI_PROTO_INCLUDE, target));
   root.loadSync(CRI_PROTO, { keepCase: true });
   criApi = JSON.stringify(root.toJSON());
 } else console.warn(`build: ${CRI_PROTO} is missing (scripts/setup.sh unpacks it): prebake-build is built without the CRI target`);

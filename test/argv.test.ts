@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { generateShell } from '../scripts/shell.ts';
 import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV, CREATE_FLAGS, GLOBAL_FLAGS, HINT_PREFIX, IMAGE_CHECKPOINT_PATH } from '../src/contract.ts';
 import { flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 
 test('parses every spelling Go flag parsing accepts, and stops at the command', (t) => {
   const call = parseRuntimeCall(['-root', '/a', '--log=/l', '--log-format', 'json', '-debug', '--systemd-cgroup=false', 'create', '--bundle', 'b', 'id']);

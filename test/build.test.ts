@@ -13,7 +13,7 @@ import { packLayer } from '../src/image/pack.ts';
 import { readImage } from '../src/image/read.ts';
 import { scratchImage, writeImage } from '../src/image/write.ts';
 import { parseProbe, probeText } from '../src/bake/probe.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
 import { restoreUmociBundle } from './helpers/umoci.ts';
 import { mountPoints } from '../src/lib/mountinfo.ts';

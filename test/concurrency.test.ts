@@ -5,8 +5,9 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { run } from './helpers/bundle.ts';
 
 const REPLICAS = 20;
 let baked: BakedFunction;

@@ -8,7 +8,7 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_pr
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE, REPO, uniqueName } from './helpers/bundle.ts';
+import { PREBAKE, REPO, uniqueName } from '../lab/bundle.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd } from './helpers/engines.ts';
 import { cniNetwork } from '../lab/engines/cni.ts';
 import { noopImage } from './helpers/images.ts';

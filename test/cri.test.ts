@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { bakedSpecOf, processMismatch, securityMismatch } from '../src/checkpoint/security.ts';
-import { PREBAKE, REPO } from './helpers/bundle.ts';
+import { PREBAKE, REPO } from '../lab/bundle.ts';
 import {
   CRI_BRIDGE,
   CRI_NAMESPACE,

@@ -109,7 +109,7 @@ test('forgeCredentials gives every core image all capabilities, no_new_privs and
     t.deepEqual(entry, orig);
   }
   t.deepEqual(forgeCredentials(forged, { allCaps: true, inheritable: true, noNewPrivs: 0, uid: 4242 }), [], 'nothing left to change');
-  // A mask of one's own instead (processCapMask(): what a CRIU started here can grant).
+  // A mask of one's own instead.
   forgeCredentials(forged, { allCaps: true, caps: 1n << 21n });
   t.deepEqual(Object.values(describeCredentials(forged)).map((c) => [c.prm, c.eff, c.bnd, c.inh]), [[1n << 21n, 1n << 21n, 1n << 21n, all]]);
 });

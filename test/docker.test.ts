@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 import { noopImage } from './helpers/images.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, type Dockerd, httpGet, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd, startDockerd } from './helpers/engines.ts';
 

@@ -2,7 +2,7 @@
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 
 test('doctor --json reports each check, with the versions found on this host', (t) => {
   const checks = JSON.parse(execFileSync(PREBAKE, ['doctor', '--json'], { encoding: 'utf8' })) as { name: string; ok: boolean; detail: string }[];

@@ -14,8 +14,9 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, type BakedFunction, PORT } from './helpers/baked.ts';
-import { killAndDelete, PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { PREBAKE } from '../lab/bundle.ts';
+import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
 
 const SOURCE = `
 import http.server, os, threading, time

@@ -12,40 +12,21 @@ import type { Spec } from '../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION } from '../src/contract.ts';
 import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { markManifest } from '../src/checkpoint/write.ts';
-import { storeEntry } from '../src/checkpoint/store.ts';
 import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
-import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { functionPids, killAndDelete, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
+import { PREBAKE, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
+import { functionPids, killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { PORT, WARMUP } from '../lab/baked.ts';
 import { readImage, writeImage } from './helpers/criu-image.ts';
+import { sharedBake } from './helpers/shared-bake.ts';
 import { served, tempDir } from './helpers/tmp.ts';
 
-/** Store entries the tests' checkpoints were imported as, removed at the end. */
-const imported = new Set<string>();
-const remember = (layer: string) => imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(layer, '.prebake/manifest.json'))));
-
-let baked: BakedFunction;
-test.before(async () => {
-  baked = await bakeNoop();
-});
-test.after.always(() => {
-  baked?.cleanup();
-  for (const entry of imported) rmSync(entry, { recursive: true, force: true });
-});
-
-
-/** A copy (cp -a) of the checkpoint layer that the test may change; the layer itself is shared. */
-function copyCheckpointLayer(t: ExecutionContext): string {
-  const layer = join(tempDir(t, 'prebake-fbtest-layer-'), 'layer');
-  execFileSync('cp', ['-a', baked.layers[0]!, layer]);
-  return layer;
-}
+const noop = sharedBake('prebake-fbtest-layer-');
 
 /** A valid-looking checkpoint on the host, outside any rootfs: `<dir>/.prebake`. */
 function hostDecoy(t: ExecutionContext): string {
   const dir = tempDir(t, 'prebake-fbtest-decoy-');
-  execFileSync('cp', ['-a', join(baked.layers[0]!, '.prebake'), join(dir, '.prebake')]);
+  execFileSync('cp', ['-a', join(noop.baked.layers[0]!, '.prebake'), join(dir, '.prebake')]);
   return dir;
 }
 
@@ -57,7 +38,7 @@ function editManifest(layer: string, edit: (m: CheckpointManifest) => void): voi
   markManifest(join(layer, '.prebake'));
   // Signed again with the host's key: a trusted signer's broken checkpoint, which reaches CRIU.
   signCheckpoint(join(layer, '.prebake'), loadSigningKey(DEFAULT_KEY));
-  remember(layer);
+  noop.remember(layer);
 }
 
 /** Removes checkpoint files and their entries in the manifest: every check passes, CRIU cannot use it. */
@@ -72,13 +53,9 @@ function setCheckpointEnv(s: Spec, value: string): void {
   s.process!.env = [...s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT=')), `PREBAKE_CHECKPOINT=${value}`];
 }
 
-/** The network namespace's iptables rules ('' when iptables-save is not there). */
+/** The network namespace's iptables rules (iptables-save: scripts/setup.sh installs iptables). */
 function firewall(netns: string): string {
-  try {
-    return execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  } catch {
-    return '';
-  }
+  return execFileSync('ip', ['netns', 'exec', netns, 'iptables-save'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 
@@ -93,7 +70,7 @@ async function within<T>(p: Promise<T>, ms: number, what: () => string): Promise
 
 
 interface Container {
-  b: TestBundle;
+  b: OverlayBundle;
   rt: ReturnType<typeof runtimeDirs>;
   id: string;
   client: NetnsClient;
@@ -104,11 +81,11 @@ interface Container {
 async function prebakeCreate(
   t: ExecutionContext,
   layers: string[],
-  opts: { prefix: string; spec?: (s: Spec, b: TestBundle) => void; rootfs?: (rootfs: string, b: TestBundle) => void; env?: NodeJS.ProcessEnv },
+  opts: { prefix: string; spec?: (s: Spec, b: OverlayBundle) => void; rootfs?: (rootfs: string, b: OverlayBundle) => void; env?: NodeJS.ProcessEnv },
 ): Promise<Container> {
   const { b, rt, id } = testReplica(t, layers, opts.prefix);
   opts.rootfs?.(b.rootfs, b);
-  b.writeSpec(baked.spec(b.netnsPath, (s) => opts.spec?.(s, b)));
+  b.writeSpec(noop.baked.spec(b.netnsPath, (s) => opts.spec?.(s, b)));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
   const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], opts.env);
@@ -179,7 +156,7 @@ test('a container without a checkpoint marker is created exactly like runc creat
   // The image carries a checkpoint, but nothing in config.json names it; other PREBAKE_ variables
   // (the restore signal) do not matter without one. No Node to start: bin/prebake hands the
   // call to runc itself.
-  const c = await prebakeCreate(t, baked.layers, {
+  const c = await prebakeCreate(t, noop.baked.layers, {
     prefix: 'plain',
     spec: (s) => {
       s.process!.env = [...s.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT=')), 'PREBAKE_RESTORE_SIGNAL=SIGUSR2'];
@@ -192,16 +169,16 @@ test('a container without a checkpoint marker is created exactly like runc creat
 });
 
 test('fallback: no Node to run prebake\'s restore: the container starts cold and the log says why', async (t) => {
-  await expectFallback(t, baked.layers, /^cold start: \/nonexistent\/node is not installed$/, { prefix: 'nonode', env: { ...process.env, PREBAKE_NODE: '/nonexistent/node' } });
+  await expectFallback(t, noop.baked.layers, /^cold start: \/nonexistent\/node is not installed$/, { prefix: 'nonode', env: { ...process.env, PREBAKE_NODE: '/nonexistent/node' } });
 });
 
 test('fallback: the checkpoint directory is missing from the rootfs', async (t) => {
   // The image before baking, with the marker of a baked one.
-  await expectFallback(t, baked.baseLayers, /checkpoint path "\/\.prebake": .*\.prebake does not exist/, { prefix: 'missing' });
+  await expectFallback(t, noop.baked.baseLayers, /checkpoint path "\/\.prebake": .*\.prebake does not exist/, { prefix: 'missing' });
 });
 
 test('fallback: the checkpoint directory was renamed away in the writable layer', async (t) => {
-  await expectFallback(t, baked.layers, /\.prebake does not exist/, {
+  await expectFallback(t, noop.baked.layers, /\.prebake does not exist/, {
     prefix: 'renamed',
     rootfs: (rootfs) => {
       // mv across overlay layers: a copy up (or a redirect) and a whiteout over /.prebake.
@@ -211,35 +188,35 @@ test('fallback: the checkpoint directory was renamed away in the writable layer'
 });
 
 test('fallback: a truncated pages image fails the size check', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   const pages = join(layer, '.prebake/checkpoint/pages-1.img');
   const size = statSync(pages).size;
   truncateSync(pages, Math.floor(size / 2));
-  await expectFallback(t, [layer, ...baked.baseLayers], new RegExp(`pages-1\\.img is ${Math.floor(size / 2)} bytes, the manifest says ${size}`), {
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], new RegExp(`pages-1\\.img is ${Math.floor(size / 2)} bytes, the manifest says ${size}`), {
     prefix: 'trunc',
   });
 });
 
 test('fallback: a pages image with one byte changed fails the sha256 check', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   const pages = join(layer, '.prebake/checkpoint/pages-1.img');
   const data = readFileSync(pages);
   const at = data.length >> 1;
   data[at] = data[at]! ^ 0xff;
   writeFileSync(pages, data);
-  await expectFallback(t, [layer, ...baked.baseLayers], /pages-1\.img does not match its sha256/, { prefix: 'sha' });
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /pages-1\.img does not match its sha256/, { prefix: 'sha' });
 });
 
 test('fallback: a manifest written by another CRIU major version', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   editManifest(layer, (m) => {
     m.versions.criu = '3.17';
   });
-  await expectFallback(t, [layer, ...baked.baseLayers], /written by CRIU 3\.17, this host has CRIU \d+\./, { prefix: 'criu3' });
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /written by CRIU 3\.17, this host has CRIU \d+\./, { prefix: 'criu3' });
 });
 
 test('fallback: a mount destination the checkpoint was not baked with', async (t) => {
-  await expectFallback(t, baked.layers, /mount destinations differ .*\+\/extra/, {
+  await expectFallback(t, noop.baked.layers, /mount destinations differ .*\+\/extra/, {
     prefix: 'mount',
     spec: (s) => {
       s.mounts!.push({ destination: '/extra', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=755'] });
@@ -248,7 +225,7 @@ test('fallback: a mount destination the checkpoint was not baked with', async (t
 });
 
 test('fallback: a spec that drops the capabilities the checkpoint was baked with', async (t) => {
-  await expectFallback(t, baked.layers, /security: .*capabilities/, {
+  await expectFallback(t, noop.baked.layers, /security: .*capabilities/, {
     prefix: 'caps',
     spec: (s) => {
       s.process!.capabilities = { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] };
@@ -257,7 +234,7 @@ test('fallback: a spec that drops the capabilities the checkpoint was baked with
 });
 
 test('fallback: annotation io.prebake.checkpoint=off wins over PREBAKE_CHECKPOINT', async (t) => {
-  await expectFallback(t, baked.layers, /checkpoint turned off by annotation io\.prebake\.checkpoint/, {
+  await expectFallback(t, noop.baked.layers, /checkpoint turned off by annotation io\.prebake\.checkpoint/, {
     prefix: 'off',
     spec: (s) => {
       t.true(s.process!.env!.includes('PREBAKE_CHECKPOINT=/.prebake'));
@@ -268,7 +245,7 @@ test('fallback: annotation io.prebake.checkpoint=off wins over PREBAKE_CHECKPOIN
 
 /** A checkpoint that passes every check and that CRIU cannot restore: the attempt leaves nothing. */
 async function failedRestore(t: ExecutionContext, layer: string, prefix: string): Promise<void> {
-  const c = await prebakeCreate(t, [layer, ...baked.baseLayers], { prefix });
+  const c = await prebakeCreate(t, [layer, ...noop.baked.baseLayers], { prefix });
   checkWarning(t, c, new RegExp(`^cold start: restore of ${c.id} from .* failed: `));
   // runc holds exactly the cold container, nothing of the restore; prebake's state went with it.
   const list = JSON.parse((await run('runc', ['--root', c.rt.root, 'list', '--format', 'json'])).output) as { id: string; status: string }[];
@@ -282,13 +259,13 @@ async function failedRestore(t: ExecutionContext, layer: string, prefix: string)
 }
 
 test('fallback: restore fails inside CRIU before the process tree exists (pstree.img gone, manifest consistent)', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   dropCheckpointFiles(layer, 'pstree.img');
   await failedRestore(t, layer, 'nopstree');
 });
 
 test('fallback: restore fails inside CRIU after the processes were made (pages-1.img gone, manifest consistent)', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   dropCheckpointFiles(layer, 'pages-1.img');
   await failedRestore(t, layer, 'nopages');
 });
@@ -306,10 +283,18 @@ function setNetworkLockMethod(layer: string, method: number): void {
 }
 
 test("fallback: a failed restore of a checkpoint taken with CRIU's iptables network lock leaves no lock behind", async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   setNetworkLockMethod(layer, 0);
   t.is(readImage(join(layer, '.prebake/checkpoint/inventory.img')).entries[0]!.network_lock_method, 0);
   dropCheckpointFiles(layer, 'pages-1.img');
+  // What the test stands on: runc restore of this checkpoint on its own leaves CRIU's lock in the namespace.
+  const raw = testReplica(t, [layer, ...noop.baked.baseLayers], 'iptlock-raw');
+  raw.b.writeSpec(noop.baked.spec(raw.b.netnsPath));
+  mkdirSync(join(raw.b.dir, 'criu-work'));
+  const restore = await run('runc', ['--root', raw.rt.root, 'restore', '--detach', '--image-path', join(raw.b.rootfs, '.prebake/checkpoint'), '--work-path', join(raw.b.dir, 'criu-work'), '--bundle', raw.b.dir, raw.id]);
+  t.teardown(() => restore.close());
+  t.not(restore.code, 0, restore.output);
+  t.regex(firewall(raw.b.netns), /CRIU/, 'a failed raw restore leaves no lock: the test below would prove nothing');
   await failedRestore(t, layer, 'iptlock');
 });
 
@@ -318,13 +303,13 @@ test("fallback: a failed restore of a checkpoint taken with CRIU's iptables netw
 
 for (const value of ['../../etc', '/../../etc', '/../decoy/.prebake', '/.prebake/../../decoy/.prebake']) {
   test(`refused: PREBAKE_CHECKPOINT=${value} leaves the rootfs`, async (t) => {
-    await expectFallback(t, baked.layers, /leaves the rootfs \("\.\."\)/, {
+    await expectFallback(t, noop.baked.layers, /leaves the rootfs \("\.\."\)/, {
       prefix: 'dotdot',
       spec: (s) => setCheckpointEnv(s, value),
       // <bundle>/decoy/.prebake, one level above the rootfs: a checkpoint that would restore.
       rootfs: (_rootfs, b) => {
         mkdirSync(join(b.dir, 'decoy'));
-        execFileSync('cp', ['-a', join(baked.layers[0]!, '.prebake'), join(b.dir, 'decoy/.prebake')]);
+        execFileSync('cp', ['-a', join(noop.baked.layers[0]!, '.prebake'), join(b.dir, 'decoy/.prebake')]);
       },
     });
   });
@@ -332,16 +317,16 @@ for (const value of ['../../etc', '/../../etc', '/../decoy/.prebake', '/.prebake
 
 test('refused: /.prebake is a symlink to a checkpoint on the host', async (t) => {
   const decoy = hostDecoy(t);
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   rmSync(join(layer, '.prebake'), { recursive: true });
   symlinkSync(join(decoy, '.prebake'), join(layer, '.prebake'));
-  await expectFallback(t, [layer, ...baked.baseLayers], /\.prebake is a symlink, refused/, { prefix: 'symlink' });
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /\.prebake is a symlink, refused/, { prefix: 'symlink' });
 });
 
 test('refused: a symlink in the middle of the path (/link -> /)', async (t) => {
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   symlinkSync('/', join(layer, 'link'));
-  await expectFallback(t, [layer, ...baked.baseLayers], /link is a symlink, refused/, {
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /link is a symlink, refused/, {
     prefix: 'midlink',
     spec: (s) => setCheckpointEnv(s, '/link/.prebake'),
   });
@@ -349,9 +334,9 @@ test('refused: a symlink in the middle of the path (/link -> /)', async (t) => {
 
 test('refused: a symlink in the middle of the path to a host directory holding a checkpoint', async (t) => {
   const decoy = hostDecoy(t);
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   symlinkSync(decoy, join(layer, 'link'));
-  await expectFallback(t, [layer, ...baked.baseLayers], /link is a symlink, refused/, {
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /link is a symlink, refused/, {
     prefix: 'hostlink',
     spec: (s) => setCheckpointEnv(s, '/link/.prebake'),
   });
@@ -361,25 +346,25 @@ test('refused: /.prebake/checkpoint is a symlink to checkpoint images on the hos
   // The manifest in the rootfs is genuine (signed by a trusted key, not yet in the host's store)
   // and matches the host files it would be pointed at.
   const decoy = hostDecoy(t);
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   editManifest(layer, (m) => void (m.created = new Date().toISOString()));
   for (const f of ['manifest.json', 'manifest.sig']) execFileSync('cp', [join(layer, '.prebake', f), join(decoy, '.prebake', f)]);
   rmSync(join(layer, '.prebake/checkpoint'), { recursive: true });
   symlinkSync(join(decoy, '.prebake/checkpoint'), join(layer, '.prebake/checkpoint'));
-  await expectFallback(t, [layer, ...baked.baseLayers], /symlink|symbolic link/, { prefix: 'cplink' });
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /symlink|symbolic link/, { prefix: 'cplink' });
 });
 
 test('refused: /.prebake/manifest.json is a symlink to a manifest on the host', async (t) => {
   const decoy = hostDecoy(t);
-  const layer = copyCheckpointLayer(t);
+  const layer = noop.layerCopy(t);
   rmSync(join(layer, '.prebake/manifest.json'));
   symlinkSync(join(decoy, '.prebake/manifest.json'), join(layer, '.prebake/manifest.json'));
-  await expectFallback(t, [layer, ...baked.baseLayers], /symlink|symbolic link/, { prefix: 'mflink' });
+  await expectFallback(t, [layer, ...noop.baked.baseLayers], /symlink|symbolic link/, { prefix: 'mflink' });
 });
 
 // Guard against a test bake that would make every fallback look like a cold start.
 test('the shared bake restores when nothing is wrong (served goes on from the bake)', async (t) => {
-  const c = await prebakeCreate(t, baked.layers, { prefix: 'control' });
+  const c = await prebakeCreate(t, noop.baked.layers, { prefix: 'control' });
   t.true(
     c.rt.logLines().some((l) => l.level === 'info' && /^restored /.test(l.msg)),
     JSON.stringify(c.rt.logLines()),

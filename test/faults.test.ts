@@ -10,8 +10,9 @@ import type { Spec } from '../oci/runtime-spec.ts';
 import { hostFacts } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { containerStateDir } from '../src/runtime/config.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { functionPids, PREBAKE, run, runtimeDirs, type TestBundle, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { PREBAKE, prebakeLogLines, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
+import { functionPids, run, testReplica } from './helpers/bundle.ts';
 
 let baked: BakedFunction;
 test.before(async () => {
@@ -153,7 +154,7 @@ function filledStateDisk(t: ExecutionContext, fill: (dir: string) => void, inode
 }
 
 interface FullDiskReplica {
-  b: TestBundle;
+  b: OverlayBundle;
   rt: ReturnType<typeof runtimeDirs>;
   id: string;
   env: NodeJS.ProcessEnv;
@@ -201,17 +202,6 @@ async function outcomeOf(r: FullDiskReplica): Promise<'restored' | 'cold' | 'non
   return (JSON.parse(st.output) as { status: string }).status === 'running' ? 'restored' : 'cold';
 }
 
-function logLines(file: string): { level: string; msg: string; id?: string }[] {
-  try {
-    return readFileSync(file, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as { level: string; msg: string; id?: string });
-  } catch {
-    return [];
-  }
-}
-
 /**
  * Checks that `start` is right for what create left (a no-op for a restored container, runc's
  * start for a cold one) and that the function serves; then ends the container as an engine does.
@@ -254,8 +244,8 @@ test("disk full: no space left for data in prebake's state dir: the restore need
   const r = await fullDiskReplica(t, { env: disk.env });
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
-  t.is(await outcomeOf(r), 'restored', JSON.stringify(logLines(r.log)));
-  t.true(logLines(r.log).some((l) => l.level === 'info' && /^restored /.test(l.msg)));
+  t.is(await outcomeOf(r), 'restored', JSON.stringify(prebakeLogLines(r.log)));
+  t.true(prebakeLogLines(r.log).some((l) => l.level === 'info' && /^restored /.test(l.msg)));
   await checkStartAndServe(t, r, 'restored', 'no block left');
   checkNothingLeft(t, r, 'no block left', disk);
 });
@@ -266,8 +256,8 @@ test("disk full: no inode left in prebake's state dir: cold start that serves, r
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
   t.is(await outcomeOf(r), 'cold');
-  const warnings = logLines(r.log).filter((l) => l.level === 'warning');
-  t.is(warnings.length, 1, JSON.stringify(logLines(r.log)));
+  const warnings = prebakeLogLines(r.log).filter((l) => l.level === 'warning');
+  t.is(warnings.length, 1, JSON.stringify(prebakeLogLines(r.log)));
   t.regex(warnings[0]?.msg ?? '', /^cold start: .*no space left on device/i);
   t.log(warnings[0]?.msg);
   await checkStartAndServe(t, r, 'cold', 'no inode left');
@@ -302,7 +292,7 @@ test("disk full: space runs out at each file a create writes in prebake's state 
     if (outcome === 'none') continue;
     if (outcome === 'cold') {
       // The reason names the cause, whichever file (prebake's, runc's or CRIU's) found no room.
-      const warning = logLines(r.log).find((l) => l.level === 'warning')?.msg ?? '';
+      const warning = prebakeLogLines(r.log).find((l) => l.level === 'warning')?.msg ?? '';
       t.regex(warning, /^cold start: .*no space left on device/i, what);
       t.log(`${what}: ${warning.replace(/^.* failed: /, '')}`);
     }
@@ -376,7 +366,7 @@ test("disk full: the --pid-file cannot be written (no inode left): runc's restor
   // fails the same way, and its error is the last line on stderr and in the log (what engines show).
   const lastLine = c.output.trim().split('\n').at(-1) ?? '';
   t.regex(lastLine, /^runc create failed: open .*init\.pid: no space left on device$/, c.output);
-  const log = logLines(r.log);
+  const log = prebakeLogLines(r.log);
   t.regex(log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: restore of .* failed: open .*init\.pid: no space left on device/, JSON.stringify(log));
   t.regex(log.at(-1)?.level === 'error' ? log.at(-1)!.msg : '', /runc create failed: .*no space left on device/, JSON.stringify(log));
   t.is(await outcomeOf(r), 'none');
@@ -398,7 +388,7 @@ test("disk full: the spec capture prebake-build asks for cannot be written in pr
   const r = await fullDiskReplica(t, { env: disk.env, spec: (s) => void s.process!.env!.push(`PREBAKE_CAPTURE_SPEC=${token}`) });
   const c = await createFull(t, r);
   t.is(c.code, 0, c.output);
-  t.regex(logLines(r.log).find((l) => l.level === 'warning')?.msg ?? '', /^cold start: .*no space left on device/i);
+  t.regex(prebakeLogLines(r.log).find((l) => l.level === 'warning')?.msg ?? '', /^cold start: .*no space left on device/i);
   t.deepEqual(
     filesUnder(disk.dir).filter((f) => f.startsWith('captures/') && !f.endsWith('.request')),
     [],

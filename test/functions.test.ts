@@ -16,7 +16,8 @@ import { readImage } from '../src/image/read.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
-import { overlayBundle, run, type RunResult, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { overlayBundle, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { run, type RunResult } from './helpers/bundle.ts';
 
 // The first build of ml debootstraps a Python with scipy and scikit-learn: minutes.
 const BUILD_TIMEOUT = 40 * 60_000;

@@ -16,28 +16,14 @@ import { DEFAULT_KEY, generateKey, loadSigningKey, loadTrustStore, signCheckpoin
 import { readSigned } from '../src/checkpoint/verify.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { PORT, WARMUP } from '../lab/baked.ts';
+import { PREBAKE } from '../lab/bundle.ts';
+import { run, testReplica } from './helpers/bundle.ts';
 import { describeCredentials, readImage, writeImage } from './helpers/criu-image.ts';
+import { sharedBake } from './helpers/shared-bake.ts';
 import { tempDir } from './helpers/tmp.ts';
 
-let baked: BakedFunction;
-const imported = new Set<string>();
-test.before(async () => {
-  baked = await bakeNoop();
-});
-test.after.always(() => {
-  baked?.cleanup();
-  for (const e of imported) rmSync(e, { recursive: true, force: true });
-});
-
-
-/** A copy of the checkpoint layer to forge. */
-function layerCopy(t: ExecutionContext): string {
-  const layer = join(tempDir(t, 'prebake-hostile-layer-'), 'layer');
-  execFileSync('cp', ['-a', baked.layers[0]!, layer]);
-  return layer;
-}
+const noop = sharedBake('prebake-hostile-layer-');
 
 const ckpt = (layer: string) => join(layer, '.prebake');
 
@@ -53,9 +39,7 @@ function ownCheckpoint(layer: string): string {
   writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
   markManifest(ckpt(layer));
   signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
-  const entry = storeEntry(loadRuntimeConfig().store, readFileSync(file));
-  imported.add(entry);
-  return entry;
+  return noop.remember(layer);
 }
 
 /** Imports the copy's checkpoint into the host's store, as a first restore would. */
@@ -76,7 +60,7 @@ function fitManifest(layer: string, edit: (m: CheckpointManifest) => void = () =
   edit(m);
   writeFileSync(file, `${JSON.stringify(m, null, 2)}\n`);
   markManifest(ckpt(layer));
-  imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(file)));
+  noop.remember(layer);
 }
 
 /**
@@ -110,7 +94,7 @@ function recordingRunc(t: ExecutionContext): { env: NodeJS.ProcessEnv; calls: ()
 async function replica(t: ExecutionContext, layers: string[], prefix: string, change?: (s: Spec) => void) {
   const runc = recordingRunc(t);
   const { b, rt, id } = testReplica(t, layers, prefix, runc.env);
-  b.writeSpec(baked.spec(b.netnsPath, change));
+  b.writeSpec(noop.baked.spec(b.netnsPath, change));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
   const pidFile = join(b.dir, 'init.pid');
@@ -141,38 +125,38 @@ function coldAndRefusedBeforeCriu(t: ExecutionContext, r: Awaited<ReturnType<typ
 }
 
 test('the capability forge: all capabilities in core-*.img, digests made to fit, signature kept: refused before CRIU, cold start', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   forgeAllCaps(layer);
   fitManifest(layer);
-  const r = await replica(t, [layer, ...baked.baseLayers], 'forge');
+  const r = await replica(t, [layer, ...noop.baked.baseLayers], 'forge');
   coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint not signed by a trusted key \(the signature by key id [0-9a-f]{16} does not match manifest\.json\)$/);
 });
 
 test('a forged manifest claiming all capabilities, honest digests, over an all-capabilities checkpoint: refused before CRIU', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   forgeAllCaps(layer);
   fitManifest(layer, (m) => {
     const names = Object.entries(CAP_BITS).map(([n]) => n);
     for (const set of ['bounding', 'effective', 'permitted'] as const) m.spec.security.capabilities[set] = names;
     m.spec.security.noNewPrivileges = false;
   });
-  const r = await replica(t, [layer, ...baked.baseLayers], 'claims');
+  const r = await replica(t, [layer, ...noop.baked.baseLayers], 'claims');
   coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint not signed by a trusted key \(the signature .* does not match manifest\.json\)$/);
 });
 
 test('a checkpoint signed by a key the host does not trust: refused before CRIU, cold start', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   forgeAllCaps(layer);
   fitManifest(layer);
   const keyFile = join(tempDir(t, 'prebake-hostile-key-'), 'evil.key');
   const { keyId } = generateKey(keyFile);
   signCheckpoint(ckpt(layer), loadSigningKey(keyFile));
-  const r = await replica(t, [layer, ...baked.baseLayers], 'untrusted');
+  const r = await replica(t, [layer, ...noop.baked.baseLayers], 'untrusted');
   coldAndRefusedBeforeCriu(t, r, new RegExp(`^cold start: checkpoint not signed by a trusted key \\(key id ${keyId.slice(0, 16)} is not in the trust store\\)$`));
 });
 
 test('a trusted, signed checkpoint whose pages changed after signing: refused before any CRIU process starts', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   const pages = join(ckpt(layer), 'checkpoint', readdirSync(join(ckpt(layer), 'checkpoint')).find((f) => /^pages-\d+\.img$/.test(f))!);
   const data = readFileSync(pages);
   const at = data.length >> 1;
@@ -184,7 +168,7 @@ test('a trusted, signed checkpoint whose pages changed after signing: refused be
   writeFileSync(join(ckpt(layer), 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
   markManifest(ckpt(layer));
   signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
-  const r = await replica(t, [layer, ...baked.baseLayers], 'pages');
+  const r = await replica(t, [layer, ...noop.baked.baseLayers], 'pages');
   coldAndRefusedBeforeCriu(t, r, /^cold start: checkpoint file pages-\d+\.img does not match its sha256 in the manifest$/);
   t.false(existsSync(join(r.state, r.id, 'criu')), 'no CRIU work dir was ever made for it');
   t.false(existsSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json')))), 'nothing of it in the store');
@@ -197,13 +181,13 @@ test('a trusted, signed checkpoint whose pages changed after signing: refused be
  */
 for (const early of [false, true])
   test(`signed by the trusted key yet holding all capabilities: killed while stopped${early ? ' (early restore, checkpoint already in the store)' : ''}, cold start with exactly the spec's capabilities`, async (t) => {
-    const layer = layerCopy(t);
+    const layer = noop.layerCopy(t);
     forgeAllCaps(layer);
     fitManifest(layer, (m) => void (m.created = `${m.created} ${early}`));
     signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
-    imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json'))));
-    if (early) await replica(t, [layer, ...baked.baseLayers], 'seed'); // imports it
-    const r = await replica(t, [layer, ...baked.baseLayers], early ? 'excess-early' : 'excess');
+    noop.remember(layer);
+    if (early) await replica(t, [layer, ...noop.baked.baseLayers], 'seed'); // imports it
+    const r = await replica(t, [layer, ...noop.baked.baseLayers], early ? 'excess-early' : 'excess');
     t.is(r.served, 1, 'a cold process serves');
     t.is(r.capEff, maskOf(r.spec.process!.capabilities!.effective));
     t.is(r.noNewPrivs, '1');
@@ -212,7 +196,7 @@ for (const early of [false, true])
   });
 
 test('a spec with a user namespace: a checkpoint baked without one would run as the host\'s root, so it starts cold', async (t) => {
-  const r = await replica(t, baked.layers, 'userns', (s) => {
+  const r = await replica(t, noop.baked.layers, 'userns', (s) => {
     s.linux!.namespaces = [...s.linux!.namespaces!, { type: 'user' }];
     s.linux!.uidMappings = [{ containerID: 0, hostID: 0, size: 65536 }];
     s.linux!.gidMappings = [{ containerID: 0, hostID: 0, size: 65536 }];
@@ -225,17 +209,17 @@ test('a spec with a user namespace: a checkpoint baked without one would run as 
 });
 
 test('a spec carrying org.criu.config (a CRIU config file runc would hand to CRIU) never reaches runc restore', async (t) => {
-  baked.importToStore(); // even where the early restore could start
+  noop.baked.importToStore(); // even where the early restore could start
   const conf = join(tempDir(t, 'prebake-hostile-conf-'), 'evil.conf');
   writeFileSync(conf, `action-script ${join(tempDir(t, 'prebake-hostile-ran-'), 'x')}\n`);
-  const r = await replica(t, baked.layers, 'criuconf', (s) => (s.annotations = { ...(s.annotations ?? {}), 'org.criu.config': conf }));
+  const r = await replica(t, noop.baked.layers, 'criuconf', (s) => (s.annotations = { ...(s.annotations ?? {}), 'org.criu.config': conf }));
   t.is(r.served, 1);
   t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: the spec carries the annotation org\.criu\.config, which runc would hand to CRIU: refused$/);
   t.deepEqual(r.calls.filter((c) => / restore /.test(` ${c} `)), []);
 });
 
 test('the honest checkpoint restores (what the refusals above are measured against)', async (t) => {
-  const r = await replica(t, baked.layers, 'honest');
+  const r = await replica(t, noop.baked.layers, 'honest');
   t.is(r.served, WARMUP + 2);
   t.true(r.log.some((l) => l.level === 'info' && /^restored .* key [0-9a-f]{16}\)$/.test(l.msg)), JSON.stringify(r.log));
 });
@@ -249,7 +233,7 @@ function forgeMounts(layer: string, edit: (entries: { mountpoint: string; flags:
   writeImage(join(dir, file), img);
   fitManifest(layer, (m) => void (m.created = `${m.created} mounts`));
   signCheckpoint(ckpt(layer), loadSigningKey(DEFAULT_KEY));
-  imported.add(storeEntry(loadRuntimeConfig().store, readFileSync(join(ckpt(layer), 'manifest.json'))));
+  noop.remember(layer);
 }
 
 const MS_RDONLY = 1;
@@ -263,9 +247,9 @@ for (const [what, edit, reason] of [
   ['/proc/keys not masked', (es: { mountpoint: string }[]) => es.filter((e) => e.mountpoint !== '/proc/keys'), /masked path \/proc\/keys is open/],
 ] as const)
   test(`signed by the trusted key, its mount table forged (${what}): killed while stopped, cold start`, async (t) => {
-    const layer = layerCopy(t);
+    const layer = noop.layerCopy(t);
     forgeMounts(layer, edit as never);
-    const r = await replica(t, [layer, ...baked.baseLayers], 'mounts');
+    const r = await replica(t, [layer, ...noop.baked.baseLayers], 'mounts');
     t.is(r.served, 1, 'a cold process serves');
     t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', new RegExp(`holds more than its spec grants, killed before it ran again: (${reason.source})`));
   });
@@ -276,21 +260,21 @@ for (const [what, make] of [
   ['manifest.json is a device node (/dev/null\'s)', (layer: string) => { rmSync(join(ckpt(layer), 'manifest.json')); execFileSync('mknod', [join(ckpt(layer), 'manifest.json'), 'c', '1', '3']); }],
 ] as const)
   test(`${what}: never opened as one, cold start at once`, async (t) => {
-    const layer = layerCopy(t);
+    const layer = noop.layerCopy(t);
     make(layer);
     const t0 = performance.now();
-    const r = await replica(t, [layer, ...baked.baseLayers], 'fifo');
+    const r = await replica(t, [layer, ...noop.baked.baseLayers], 'fifo');
     t.true(performance.now() - t0 < 10_000, 'the create did not block');
     t.is(r.served, 1);
     t.regex(r.log.find((l) => l.level === 'warning')?.msg ?? '', /^cold start: .*manifest\.(sig|json) is not a regular file/);
   });
 
 test('a create with the id of a running restored container fails as runc create does and leaves that container alone', async (t) => {
-  baked.importToStore();
-  const first = await replica(t, baked.layers, 'same');
+  noop.baked.importToStore();
+  const first = await replica(t, noop.baked.layers, 'same');
   t.is(first.served, WARMUP + 2);
-  const other = testReplica(t, baked.layers, 'other');
-  other.b.writeSpec(baked.spec(other.b.netnsPath));
+  const other = testReplica(t, noop.baked.layers, 'other');
+  other.b.writeSpec(noop.baked.spec(other.b.netnsPath));
   const c = await run(PREBAKE, ['--root', first.root, 'create', '--bundle', other.b.dir, first.id]);
   t.not(c.code, 0, c.output);
   t.regex(c.output, /already exists/);
@@ -299,7 +283,7 @@ test('a create with the id of a running restored container fails as runc create 
 });
 
 test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, on which CRIU blocks) is stopped after restoreTimeout: cold start, nothing of it left', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   // libuuid, which the baked python3 maps, is a FIFO in this replica's rootfs.
   const lib = join(layer, 'usr/lib/x86_64-linux-gnu');
   execFileSync('mkdir', ['-p', lib]);
@@ -313,8 +297,8 @@ test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, 
     // First sight (Node alone), then with the checkpoint in the store (runc started by the shell).
     if (early) importLayer(layer);
     else rmSync(entry, { recursive: true, force: true });
-    const { b, rt, id } = testReplica(t, [layer, ...baked.baseLayers], early ? 'hang-early' : 'hang', env);
-    b.writeSpec(baked.spec(b.netnsPath));
+    const { b, rt, id } = testReplica(t, [layer, ...noop.baked.baseLayers], early ? 'hang-early' : 'hang', env);
+    b.writeSpec(noop.baked.spec(b.netnsPath));
     const t0 = performance.now();
     const c = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, '--pid-file', join(b.dir, 'init.pid'), id], env);
     t.teardown(() => c.close());
@@ -331,14 +315,14 @@ test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, 
 });
 
 test('the create killed by its engine while the Node program restores a checkpoint seen for the first time: the restore is stopped and cleared away, nothing is created', async (t) => {
-  const layer = layerCopy(t);
+  const layer = noop.layerCopy(t);
   // A restore that would never end (CRIU blocked on a FIFO the image put where python3 maps libuuid).
   execFileSync('mkdir', ['-p', join(layer, 'usr/lib/x86_64-linux-gnu')]);
   execFileSync('mkfifo', [join(layer, 'usr/lib/x86_64-linux-gnu/libuuid.so.1.3.0')]);
   rmSync(ownCheckpoint(layer), { recursive: true, force: true });
   const runc = recordingRunc(t);
-  const { b, rt, id } = testReplica(t, [layer, ...baked.baseLayers], 'killed', runc.env);
-  b.writeSpec(baked.spec(b.netnsPath));
+  const { b, rt, id } = testReplica(t, [layer, ...noop.baked.baseLayers], 'killed', runc.env);
+  b.writeSpec(noop.baked.spec(b.netnsPath));
   const shell = spawn(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], { stdio: 'ignore', env: runc.env });
   const exited = new Promise((r) => shell.on('exit', r));
   for (let i = 0; i < 200 && !runc.calls().some((c) => / restore /.test(` ${c} `)); i++) await new Promise((r) => setTimeout(r, 50));

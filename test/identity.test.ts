@@ -4,8 +4,9 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, PORT } from './helpers/baked.ts';
-import { overlayBundle, PREBAKE, run, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { bakeNoop, PORT } from '../lab/baked.ts';
+import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { run } from './helpers/bundle.ts';
 
 // Answers with its replica id and a random number; on SIGUSR2 it reseeds and takes a new id.
 const SOURCE = String.raw`

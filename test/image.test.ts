@@ -39,6 +39,13 @@ test.before(async () => {
 });
 test.after.always(() => rmSync(base, { recursive: true, force: true }));
 
+/** The test's base image, read; its temp files go when the test ends. */
+async function baseSource(t: ExecutionContext) {
+  const source = await readImage(`oci:${base}/layout:base`);
+  t.teardown(() => source.cleanup());
+  return source;
+}
+
 /** A checkpoint-like tree packed as the layer prebake-build adds. */
 async function prebakeLayer(t: ExecutionContext) {
   const dir = tempDir(t, 'prebake-image-test-');
@@ -77,8 +84,7 @@ test('references: the skopeo/podman transports parse; an unknown or malformed on
 
 test('oci → oci with an added layer: blobs reused, skopeo inspects it, umoci unpacks it with the layer and the env', async (t) => {
   const dir = tempDir(t, 'prebake-image-test-');
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const layer = await prebakeLayer(t);
   const out = join(dir, 'out');
   const written = await writeImage(`oci:${out}:baked`, { source, addLayer: layer, ...BAKE });
@@ -116,8 +122,7 @@ test('oci → oci with an added layer: blobs reused, skopeo inspects it, umoci u
 
 test('a failed write leaves the destination untouched', async (t) => {
   const dir = tempDir(t, 'prebake-image-test-');
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const missing = { ...(await prebakeLayer(t)), path: join(dir, 'no-such-layer') };
   await t.throwsAsync(writeImage(`oci:${dir}/out:x`, { source, addLayer: missing }), { message: /writing image oci:.*\/out:x: .*no-such-layer/ });
   await t.throwsAsync(writeImage(`docker-archive:${dir}/out.tar:a/b:1`, { source, addLayer: missing }), { message: /no-such-layer/ });
@@ -126,8 +131,7 @@ test('a failed write leaves the destination untouched', async (t) => {
 
 test('oci → docker-archive: skopeo inspects it and copies it back; docker 20.10-style archives with several images read by name', async (t) => {
   const dir = tempDir(t, 'prebake-image-test-');
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const layer = await prebakeLayer(t);
   const file = join(dir, 'baked.tar');
   await writeImage(`docker-archive:${file}:fn/noop:baked`, { source, addLayer: layer, ...BAKE });
@@ -184,8 +188,7 @@ test('oci → docker-archive: skopeo inspects it and copies it back; docker 20.1
 
 test('docker-archive in the OCI-in-docker-archive layout of docker 25+ (blobs/sha256/…)', async (t) => {
   const dir = tempDir(t, 'prebake-image-test-');
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const blob = (digest: string) => `blobs/sha256/${digest.slice(7)}`;
   const layout = join(base, 'layout');
   const file = join(dir, 'docker25.tar');
@@ -205,8 +208,7 @@ test('docker-archive in the OCI-in-docker-archive layout of docker 25+ (blobs/sh
 
 test('oci-archive round trip', async (t) => {
   const dir = tempDir(t, 'prebake-image-test-');
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const layer = await prebakeLayer(t);
   const file = join(dir, 'baked.oci.tar');
   const written = await writeImage(`oci-archive:${file}:baked`, { source, addLayer: layer, ...BAKE });
@@ -347,8 +349,7 @@ const podman = (() => {
       sh('podman', ['rmi', `localhost/${name}`]);
     } catch {}
   });
-  const source = await readImage(`oci:${base}/layout:base`);
-  t.teardown(() => source.cleanup());
+  const source = await baseSource(t);
   const layer = await prebakeLayer(t);
   await writeImage(`containers-storage:${name}`, { source, addLayer: layer, ...BAKE });
   const back = await readImage(`containers-storage:${name}`);

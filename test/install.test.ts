@@ -7,7 +7,7 @@ import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 
 function setup(t: import('ava').ExecutionContext, name: string, content: string | null) {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-install-'));
@@ -175,9 +175,20 @@ test('a malformed config stops install with an error naming the file, and is lef
 });
 
 test('unknown engines and usage errors are named', (t) => {
-  const r = spawnSync(PREBAKE, ['install', 'cri-o'], { encoding: 'utf8' });
+  const usage = (args: string[]) => spawnSync(PREBAKE, args, { encoding: 'utf8' });
+  let r = usage(['install', 'cri-o']);
   t.is(r.status, 2);
   t.regex(r.stderr, /unknown engine cri-o/);
+  r = usage(['install', 'docker', 'podman', '--config', '/nonexistent/daemon.json']);
+  t.is(r.status, 2);
+  t.regex(r.stderr, /--config names one engine's file/);
+  r = usage(['uninstall', 'docker', '--no-such-flag']);
+  t.is(r.status, 2);
+  t.regex(r.stderr, /prebake uninstall: .*--no-such-flag/);
+  r = usage(['install']);
+  t.is(r.status, 2, 'no engine named');
+  t.regex(r.stderr, /^usage: prebake install\|uninstall ENGINE/);
+  t.false(existsSync('/nonexistent/daemon.json'));
 });
 
 test('install refuses a runtime that is not root\'s or that others can write: whoever can is root in every container', (t) => {

@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { spawnPiped } from '../src/lib/pipe.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
-import { startConsole } from './helpers/console.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { PREBAKE, REPO } from '../lab/bundle.ts';
+import { run, testReplica } from './helpers/bundle.ts';
+import { startConsole } from '../lab/console.ts';
 
 let baked: BakedFunction;
 let bakedTty: BakedFunction;

@@ -26,8 +26,9 @@ import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
-import { bakeNoop, type BakedFunction, PORT, WARMUP } from './helpers/baked.ts';
-import { overlayBundle, run as runPipe, runtimeDirs, uniqueName } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, PORT, WARMUP } from '../lab/baked.ts';
+import { overlayBundle, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { run as runPipe } from './helpers/bundle.ts';
 import { inRoot as chrootIn, must, removeRoot, run } from './helpers/chroot.ts';
 
 const REPO = resolve(import.meta.dirname, '..');

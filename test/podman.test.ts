@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 import { argvRecorder, bakeNoopInto, footprintLeft, type Footprint, httpGet, isMounted, type Podman, processesInNetns, startPodman } from './helpers/engines.ts';
 
 const IMAGE = 'localhost/prebake/noop:baked';

@@ -7,8 +7,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { capList } from '../src/runtime/inspect.ts';
-import { bakeNoop, type BakedFunction } from './helpers/baked.ts';
-import { PREBAKE, run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction } from '../lab/baked.ts';
+import { PREBAKE } from '../lab/bundle.ts';
+import { run, testReplica } from './helpers/bundle.ts';
 
 const DOCKER_CAPS = ['CHOWN', 'DAC_OVERRIDE', 'FSETID', 'FOWNER', 'MKNOD', 'NET_RAW', 'SETGID', 'SETUID', 'SETFCAP', 'SETPCAP', 'NET_BIND_SERVICE', 'SYS_CHROOT', 'KILL', 'AUDIT_WRITE'].map((c) => `CAP_${c}`);
 

@@ -7,11 +7,11 @@
 import test, { type ExecutionContext } from 'ava';
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatImageRef, parseImageRef } from '../src/image/ref.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
+import { freePort } from '../lab/engines/engine.ts';
 import { httpGet, startContainerd, startDockerd } from './helpers/engines.ts';
 import { NOOP_PORT, noopImage } from './helpers/images.ts';
 import { restoreUmociBundle } from './helpers/umoci.ts';
@@ -29,18 +29,6 @@ const concurrent = (title: string, fn: (t: ExecutionContext) => Promise<void>) =
   skipReason ? test.skip(`${title} [skipped: ${skipReason}]`, () => {}) : test(title, fn);
 
 const sh = (cmd: string, args: string[], env?: NodeJS.ProcessEnv) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
-
-/** A TCP port on 127.0.0.1 nobody listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Registry {
   /** HOST:PORT. */

@@ -6,8 +6,9 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
-import { killAndDelete, PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
-import { bakeNoop, type BakedFunction, WARMUP } from './helpers/baked.ts';
+import { PREBAKE, REPO } from '../lab/bundle.ts';
+import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, WARMUP } from '../lab/baked.ts';
 import { served } from './helpers/tmp.ts';
 
 let baked: BakedFunction;

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findSecrets } from '../src/bake/secrets.ts';
-import { REPO } from './helpers/bundle.ts';
+import { REPO } from '../lab/bundle.ts';
 import { noopImage } from './helpers/images.ts';
 
 test('secret-looking environment variables and arguments are found, named, never quoted', (t) => {

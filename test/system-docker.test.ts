@@ -14,7 +14,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 import { bakeNoopInto, httpGet } from './helpers/engines.ts';
 
 const run = promisify(execFile);

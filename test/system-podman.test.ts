@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 import { bakeNoopInto, httpGet } from './helpers/engines.ts';
 
 const CONF = '/etc/containers/containers.conf';

@@ -14,7 +14,7 @@ import { generateKey, keyIdOf, loadSigningKey, loadTrustStore, publicFileOf, sig
 import { chooseCheckpoint } from '../src/checkpoint/verify.ts';
 import { writeManifest } from '../src/checkpoint/write.ts';
 import { hostFacts } from '../src/lib/host.ts';
-import { PREBAKE } from './helpers/bundle.ts';
+import { PREBAKE } from '../lab/bundle.ts';
 
 function tmp(t: ExecutionContext, name: string): string {
   const d = mkdtempSync(join(tmpdir(), `prebake-${name}-`));

@@ -13,7 +13,7 @@ import { packageRoot } from '../../src/lib/paths.ts';
 const run = promisify(execFile);
 
 /** prebake-build's readiness and warm-up options for a function; a warm-up body is written into `scratch`. */
-export function functionBakeArgs(name: FunctionName, scratch: string): string[] {
+function functionBakeArgs(name: FunctionName, scratch: string): string[] {
   const r = FUNCTIONS[name];
   const args = ['--ready', `http:${FUNCTION_PORT}/`, '--warmup', '1', '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
   if ('body' in r.warmup) {
@@ -23,7 +23,7 @@ export function functionBakeArgs(name: FunctionName, scratch: string): string[] 
   return args;
 }
 
-export interface BakeOptions {
+interface BakeOptions {
   target: Target;
   /** prebake-build's DEST: oci:DIR:TAG, docker-daemon:NAME:TAG, containerd:NAME:TAG, containers-storage:NAME:TAG. */
   dest: string;

@@ -12,7 +12,7 @@ import { createNetns, deleteNetns, netnsPath } from '../../src/lib/netns.ts';
 /** The CNI plugins of containernetworking-plugins. */
 export const CNI_BIN = '/usr/lib/cni';
 
-export interface CniNetwork {
+interface CniNetwork {
   bridge: string;
   /** Makes the named netns and adds it to the network; its address on the bridge. */
   add(netns: string): { path: string; ip: string };

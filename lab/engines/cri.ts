@@ -15,13 +15,13 @@ import { CRI_PROTO, type CriClient, criClient } from '../../src/lib/cri.ts';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { CNI_BIN } from './cni.ts';
+import { unmountUnder } from './daemons.ts';
 
-export { type CriCall, type CriClient, criClient, waitForImage } from '../../src/lib/cri.ts';
-export { CNI_BIN } from './cni.ts';
+export { waitForImage } from '../../src/lib/cri.ts';
 
 /** The test pods' bridge and /24; nothing else here uses them. */
 export const CRI_BRIDGE = 'prebake-cri0';
-export const CRI_NET = '10.250.77';
+const CRI_NET = '10.250.77';
 /** containerd's namespace for CRI pods, and the runc root the runc shim gives the runtime for it. */
 export const CRI_NAMESPACE = 'k8s.io';
 export const CRI_RUNC_ROOT = `/run/containerd/runc/${CRI_NAMESPACE}`;
@@ -30,7 +30,7 @@ export const PAUSE_IMAGE = 'docker.io/prebake/pause:1';
 
 // The parts of the CRI messages the tests read (field names as in api.proto).
 
-export interface ContainerStatus {
+interface ContainerStatus {
   id: string;
   state: 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN';
   exit_code: number;
@@ -46,7 +46,7 @@ export interface ContainerStatusResponse {
   info: Record<string, string>;
 }
 
-export interface PodSandboxStatusResponse {
+interface PodSandboxStatusResponse {
   status: { id: string; state: 'SANDBOX_READY' | 'SANDBOX_NOTREADY'; network: { ip: string }; runtime_handler: string };
   info: Record<string, string>;
 }
@@ -138,7 +138,7 @@ function rmdirIfEmpty(dirs: string[]): void {
  */
 const SHARED_RUN = ['/run/containerd/s', '/run/containerd/fifo', CRI_RUNC_ROOT, '/run/containerd/runc/default', '/run/containerd/runc', '/run/containerd'];
 
-export interface CriContainerdOptions {
+interface CriContainerdOptions {
   /** The prebake handler's BinaryName; default bin/prebake of this repository. */
   runtimePath?: string;
 }
@@ -214,7 +214,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
     const left: string[] = [];
     if (alive()) left.push(`containerd (pid ${child!.pid})`);
     for (const pid of processesMentioning(dir).filter((p) => p !== child?.pid)) left.push(`process ${pid}: ${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim()}`);
-    for (const m of mountPoints()) if (m === dir || m.startsWith(`${dir}/`)) left.push(`mount ${m}`);
+    for (const m of mountPoints(dir)) left.push(`mount ${m}`);
     // CRI names pods' network namespaces cni-<uuid>; ours are kept under its state dir.
     for (const n of existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : []) if (n.startsWith('cni-') && !netnsBefore.includes(n)) left.push(`netns /var/run/netns/${n}`);
     const netnsDir = join(state, 'io.containerd.grpc.v1.cri', 'netns');
@@ -258,14 +258,7 @@ export async function startCriContainerd(options: CriContainerdOptions = {}): Pr
       } catch {
         /* gone */
       }
-    for (const p of mountPoints()
-      .filter((m) => m === dir || m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length))
-      try {
-        execFileSync('umount', ['-l', p], { stdio: 'ignore' });
-      } catch {
-        /* gone with its parent */
-      }
+    unmountUnder(dir);
     for (const id of ids) {
       rmSync(join(stateBase, CRI_RUNC_ROOT, id), { recursive: true, force: true });
       rmSync(`/var/lib/cni/results/prebake-cri-${id}-eth0`, { force: true });

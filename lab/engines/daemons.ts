@@ -85,8 +85,8 @@ async function terminate(d: { child: ChildProcess; exited: Promise<void> }, grac
   clearTimeout(timer);
 }
 
-/** Unmounts every mount point under `dir`, deepest first. */
-function unmountUnder(dir: string): void {
+/** Unmounts every mount point at or under `dir`, deepest first (lazily where one is busy). */
+export function unmountUnder(dir: string): void {
   const points = mountPoints(dir).sort((a, b) => b.length - a.length);
   for (const p of points) {
     try {
@@ -162,7 +162,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
   return { socket, root, state, log, ctr, stop };
 }
 
-export interface DockerdOptions {
+interface DockerdOptions {
   /** The "prebake" runtime's path; default bin/prebake of this package. */
   runtimePath?: string;
 }
@@ -229,7 +229,7 @@ export interface Podman {
   stop(): Promise<void>;
 }
 
-export interface PodmanOptions {
+interface PodmanOptions {
   /** The path of the runtime named "prebake" in [engine.runtimes]; default bin/prebake of this package. */
   runtimePath?: string;
 }

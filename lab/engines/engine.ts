@@ -35,7 +35,7 @@ export const ENGINE_NAMES = ['docker', 'containerd', 'containerd-cni', 'cri', 'p
 export type EngineName = (typeof ENGINE_NAMES)[number];
 export const isEngineName = (s: string): s is EngineName => (ENGINE_NAMES as readonly string[]).includes(s);
 
-export type Runtime = 'prebake' | 'runc';
+type Runtime = 'prebake' | 'runc';
 
 export interface StartOptions {
   /** The image as NAME:TAG, as `bake` returns it (the engine adds its own registry prefix). */

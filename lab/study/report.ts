@@ -15,7 +15,7 @@ import { boxplotSvg, ecdfSvg } from './svg.ts';
 // Input
 
 /** One series of measurements of both modes, in milliseconds, one value per observation. */
-export interface ColdPrebaked {
+interface ColdPrebaked {
   cold: number[];
   prebaked: number[];
 }
@@ -62,7 +62,7 @@ export interface StartupParts {
   criuResume?: number;
 }
 
-export interface StudyMeta {
+interface StudyMeta {
   /** Runs per function and mode. */
   runs: number;
   /** The machine, e.g. "Debian 12, 2 vCPU (Xeon E5-2680 v4), 4 GiB". */
@@ -85,7 +85,7 @@ export interface StudyResults {
 // ---------------------------------------------------------------------------------------------
 // Targets
 
-export interface Target {
+interface Target {
   /** The function it applies to. */
   fn: string;
   metric: 'startup' | 'latency';
@@ -101,7 +101,7 @@ export interface Target {
  * faster (<= 0.1x) for ml; latency after startup of prebaked within 5% of cold at the median and
  * at p90, for every function. "Within 5%" is one-sided: prebaked being faster is not a miss.
  */
-export function defaultTargets(functions: readonly string[]): Target[] {
+function defaultTargets(functions: readonly string[]): Target[] {
   const out: Target[] = [];
   for (const fn of functions) {
     if (fn === 'noop' || fn === 'markdown' || fn === 'resize') out.push({ fn, metric: 'startup', stat: 'median', maxRatio: 0.5, style: 'ratio' });
@@ -112,7 +112,7 @@ export function defaultTargets(functions: readonly string[]): Target[] {
   return out;
 }
 
-export interface TargetOutcome {
+interface TargetOutcome {
   target: Target;
   cold: number;
   prebaked: number;
@@ -175,7 +175,7 @@ function targetLine(t: Target, o: Omit<TargetOutcome, 'target' | 'line'>): strin
 // ---------------------------------------------------------------------------------------------
 // Numbers
 
-export interface ReportOptions {
+interface ReportOptions {
   targets?: Target[];
   /** Bootstrap resamples for the confidence intervals (default 2000). */
   resamples?: number;
@@ -187,7 +187,7 @@ export interface ReportOptions {
   latencyAxis?: 'linear' | 'log';
 }
 
-export interface Comparison {
+interface Comparison {
   cold: Summary;
   prebaked: Summary;
   coldCI: ConfidenceInterval;
@@ -198,7 +198,7 @@ export interface Comparison {
   p: number;
 }
 
-export function compare(data: ColdPrebaked, options: ReportOptions = {}): Comparison {
+function compare(data: ColdPrebaked, options: ReportOptions = {}): Comparison {
   const b = { resamples: options.resamples ?? 2000, seed: options.seed ?? 1 };
   return {
     cold: summary(data.cold),
@@ -213,14 +213,14 @@ export function compare(data: ColdPrebaked, options: ReportOptions = {}): Compar
 const DASH = '—';
 
 /** Milliseconds with about three significant digits, never in exponent notation. */
-export function fmtMs(v: number): string {
+function fmtMs(v: number): string {
   if (!Number.isFinite(v)) return DASH;
   const a = Math.abs(v);
   if (a === 0) return '0';
   if (a < 0.01) return v.toPrecision(2);
   return v.toFixed(a >= 1000 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3);
 }
-export function fmtRatio(v: number): string {
+function fmtRatio(v: number): string {
   if (!Number.isFinite(v)) return DASH;
   return Math.abs(v) >= 0.1 ? v.toFixed(2) : v.toPrecision(2);
 }
@@ -237,7 +237,7 @@ function fmtPoints(v: number): string {
   const pts = v * 100;
   return `${Math.abs(pts) >= 0.1 ? pts.toFixed(2) : pts.toPrecision(2)} percentage points`;
 }
-export function fmtP(p: number): string {
+function fmtP(p: number): string {
   if (!Number.isFinite(p)) return DASH;
   return p < 1e-4 ? p.toExponential(1) : p.toFixed(4);
 }
@@ -252,7 +252,7 @@ function md(s: string): string {
 // Figures
 
 /** The file name of a function's latency figure: latency-<name>.svg, the name made safe and unique. */
-export function figureFiles(results: StudyResults): { startup: string; latency: Map<string, string> } {
+function figureFiles(results: StudyResults): { startup: string; latency: Map<string, string> } {
   const latency = new Map<string, string>();
   const used = new Set<string>();
   for (const f of results.functions) {
@@ -270,7 +270,7 @@ function subtitle(meta: StudyMeta): string {
 }
 
 /** Figure 1: startup time, a cold and a prebaked box per function. */
-export function startupFigure(results: StudyResults): string {
+function startupFigure(results: StudyResults): string {
   return boxplotSvg(
     results.functions.map((f) => {
       const ratio = summary(f.startupMs.prebaked).median / summary(f.startupMs.cold).median;
@@ -288,7 +288,7 @@ export function startupFigure(results: StudyResults): string {
 }
 
 /** Figure 2 for one function: ECDF of the latency of requests after startup, cold and prebaked. */
-export function latencyFigure(f: FunctionResults, meta: StudyMeta, options: ReportOptions = {}): string {
+function latencyFigure(f: FunctionResults, meta: StudyMeta, options: ReportOptions = {}): string {
   return ecdfSvg(
     [
       { label: 'cold', values: f.latencyMs.cold },
@@ -463,13 +463,20 @@ export function consoleTable(results: StudyResults, options: ReportOptions = {})
       targets,
     ];
   });
-  const all = [header, ...rows];
-  const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) =>
+  const footer = 'medians unless said otherwise; ratio = prebaked/cold; p = two-sided Wilcoxon rank-sum, prebaked vs cold';
+  return `${textTable(header, rows, [0, header.length - 1])}\n${footer}\n`;
+}
+
+/**
+ * A plain-text table: the head, a rule of dashes, the rows; columns two spaces apart, the ones in
+ * `left` aligned left, the others right; no line ends in spaces.
+ */
+export function textTable(head: string[], rows: string[][], left: readonly number[] = [0]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) =>
     r
-      .map((c, i) => (i === 0 || i === r.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .map((c, i) => (left.includes(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
       .join('  ')
       .trimEnd();
-  const footer = 'medians unless said otherwise; ratio = prebaked/cold; p = two-sided Wilcoxon rank-sum, prebaked vs cold';
-  return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt), footer].join('\n') + '\n';
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }

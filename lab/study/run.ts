@@ -5,15 +5,17 @@
 // started privately for the study (docker, containerd, podman: lab/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
 import { targetSpec } from '../../src/bake/target.ts';
+import { type Engine as InstallEngine, ENGINES } from '../../src/install/engines.ts';
 import { MANIFEST_FORMAT } from '../../src/checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../../src/checkpoint/trust.ts';
 import { bakeFunction } from '../engines/bake.ts';
-import { type Engine, type EngineName, type Started, startEngine } from '../engines/engine.ts';
+import { type Engine, type Started, startEngine } from '../engines/engine.ts';
+import { overlayBundle, restoreMs } from '../bundle.ts';
 import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
 import { readImage } from '../../src/image/read.ts';
 import { CACHE, withLock } from '../rootfs.ts';
@@ -21,8 +23,7 @@ import { unpackLayers } from '../../src/image/unpack.ts';
 import { parseCriuLog, criuPhases } from '../../src/lib/criu-log.ts';
 import { criuVersion, runcVersion } from '../../src/lib/host.ts';
 import { containerStateDir, loadRuntimeConfig } from '../../src/runtime/config.ts';
-import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
-import { mountOverlay } from '../../src/lib/overlay.ts';
+import { NetnsClient } from '../../src/lib/netns.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { spawnPiped } from '../../src/lib/pipe.ts';
 import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
@@ -30,11 +31,11 @@ import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from 
 /** With two CPUs or more, the bundle study keeps client and replica on CPUs of their own. */
 const PIN = cpus().length >= 2;
 
-/** Where replicas run: the prebake runtime on OCI bundles, or an engine. */
-export type StudyEngine = 'runc' | EngineName;
-export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', 'docker', 'containerd', 'podman'];
+/** Where replicas run: the prebake runtime on OCI bundles, or an engine prebake registers with. */
+export type StudyEngine = 'runc' | InstallEngine;
+export const STUDY_ENGINES: readonly StudyEngine[] = ['runc', ...ENGINES];
 
-export interface StudyOptions {
+interface StudyOptions {
   functions: FunctionName[];
   runs: number;
   /** Requests per replica after its startup, for the latency ECDF. */
@@ -83,11 +84,8 @@ async function bakedImage(name: FunctionName, progress: (l: string) => void): Pr
 function bundleReplicas(lower: string, config: object, work: string): StartReplica {
   let seq = 0;
   return async (mode) => {
-    const n = seq++;
-    const id = `study-${process.pid}-${n}`;
-    const dir = join(work, id);
-    const netns = `pbs-${process.pid}-${n}`;
-    const unmount = mountOverlay([lower], join(dir, 'upper'), join(dir, 'work'), join(dir, 'rootfs'));
+    const id = `study-${process.pid}-${seq++}`;
+    const b = overlayBundle([lower]);
     const root = join(work, 'runc');
     const prebake = prebakeBinPath();
     let client: NetnsClient | undefined;
@@ -96,26 +94,23 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
       client?.close();
       spawnSync(prebake, ['--root', root, 'delete', '--force', id], { stdio: 'ignore' });
       created?.close();
-      unmount();
-      deleteNetns(netns);
-      rmSync(dir, { recursive: true, force: true });
+      b.cleanup();
     };
     try {
-      const netnsPath = createNetns(netns);
-      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: netnsPath }, scratch: join(dir, 'files') });
+      const spec = targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: b.netnsPath }, scratch: join(b.dir, 'files') });
       // A cold replica is the conventional start of the same image: its config without the
       // checkpoint marker, which prebake hands to runc untouched (runc + ~2 ms). Turning the
       // checkpoint off instead would add prebake's own Node start, which no unbaked image pays.
       if (mode === 'cold') spec.process!.env = spec.process!.env!.filter((e) => !e.startsWith('PREBAKE_CHECKPOINT='));
-      writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));
-      const c = await NetnsClient.start(netns);
+      b.writeSpec(spec);
+      const c = await NetnsClient.start(b.netns);
       client = c;
       // A cold replica refuses the readiness polls until it listens, a restored one answers the
       // first: warm the client's own code the same way in both modes before timing anything.
       await c.warm(50);
-      const log = join(dir, 'prebake.log');
+      const log = join(b.dir, 'prebake.log');
       const t0 = performance.now();
-      created = spawnPiped(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', dir, id]);
+      created = spawnPiped(prebake, ['--root', root, '--log', log, '--log-format', 'json', 'create', '--bundle', b.dir, id]);
       if ((await created.exit) !== 0) throw new Error(`prebake create (${mode}) failed`);
       const t1 = performance.now();
       execFileSync(prebake, ['--root', root, 'start', id]);
@@ -143,21 +138,8 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
 /** Untimed, after the first 200: the runc restore prebake logged and CRIU's restore.log, if it restored. */
 function startupParts(log: string, state: string, timed: StartupParts): StartupParts {
   const parts: StartupParts = { ...timed };
-  try {
-    const restored = readFileSync(log, 'utf8')
-      .split('\n')
-      .flatMap((l) => {
-        try {
-          return [JSON.parse(l) as { msg?: string; ms?: number }];
-        } catch {
-          return [];
-        }
-      })
-      .find((o) => /^restored /.test(o.msg ?? '') && typeof o.ms === 'number');
-    if (restored) parts.runcRestore = restored.ms;
-  } catch {
-    /* no log: a cold start that logged nothing */
-  }
+  const runcRestore = restoreMs(log);
+  if (runcRestore !== undefined) parts.runcRestore = runcRestore;
   const criu = parseCriuLog(join(state, 'criu', 'restore.log'));
   const phases = criu && criuPhases(criu);
   if (criu) parts.criu = criu.totalMs;

@@ -102,7 +102,7 @@ export function mulberry32(seed: number): () => number {
   };
 }
 
-export interface BootstrapOptions {
+interface BootstrapOptions {
   /** Number of bootstrap resamples (default 2000). */
   resamples?: number;
   /** Coverage of the interval (default 0.95). */
@@ -250,7 +250,7 @@ function exactWCounts(m: number, n: number): Float64Array {
   return ways[m]!;
 }
 
-export interface WilcoxonOptions {
+interface WilcoxonOptions {
   /**
    * 'auto' (default, as R): exact when both samples have fewer than 50 values and there are no
    * ties, else the normal approximation. 'exact' falls back to 'normal' when there are ties.
@@ -260,7 +260,7 @@ export interface WilcoxonOptions {
   correct?: boolean;
 }
 
-export interface WilcoxonResult {
+interface WilcoxonResult {
   /** R's W: the rank sum of a minus nA(nA+1)/2, i.e. Mann-Whitney U of a (pairs a > b, ties count 1/2). */
   W: number;
   /** Two-sided p-value; NaN when a sample is empty. */
@@ -330,7 +330,7 @@ export function wilcoxonRankSum(a: readonly number[], b: readonly number[], opti
 // ---------------------------------------------------------------------------------------------
 // ECDF
 
-export interface EcdfPoint {
+interface EcdfPoint {
   /** A distinct value of the sample, ascending. */
   x: number;
   /** The fraction of the sample <= x. */

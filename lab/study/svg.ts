@@ -5,20 +5,20 @@
 
 import { ecdf, quantile, summary } from './stats.ts';
 
-export interface Series {
+interface Series {
   label: string;
   values: readonly number[];
 }
 
 /** One panel of the boxplot figure: a function, with one box per series (e.g. cold, prebaked). */
-export interface BoxplotPanel {
+interface BoxplotPanel {
   label: string;
   series: readonly Series[];
   /** A short line under the panel's label, e.g. "prebaked/cold 0.41x". */
   note?: string;
 }
 
-export interface PlotOptions {
+interface PlotOptions {
   title: string;
   /** Unit of the values, e.g. "ms". */
   unit: string;
@@ -30,12 +30,12 @@ export interface PlotOptions {
   height?: number;
 }
 
-export interface BoxplotOptions extends PlotOptions {
+interface BoxplotOptions extends PlotOptions {
   /** Start every panel's axis at zero, so that box heights compare as ratios (default true). */
   zero?: boolean;
 }
 
-export interface EcdfOptions extends PlotOptions {
+interface EcdfOptions extends PlotOptions {
   /**
    * Cut the x axis at this quantile of the pooled values (default 1: show everything). Points
    * beyond it are counted in a note on the figure, never dropped silently.
@@ -53,7 +53,7 @@ const MUTED = '#666666';
 const GRID = '#e4e4e4';
 
 /** Text or attribute value made safe for XML: entities escaped, characters XML 1.0 forbids removed. */
-export function escapeXml(s: string): string {
+function escapeXml(s: string): string {
   return s
     .replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]/g, '')
     .replace(/&/g, '&amp;')
@@ -63,7 +63,7 @@ export function escapeXml(s: string): string {
     .replace(/'/g, '&apos;');
 }
 
-export interface Ticks {
+interface Ticks {
   lo: number;
   hi: number;
   step: number;
@@ -197,7 +197,7 @@ function boxLegend(entries: { label: string; colour: string }[], centre: number,
 // ---------------------------------------------------------------------------------------------
 // Boxplots
 
-export interface BoxStats {
+interface BoxStats {
   n: number;
   q1: number;
   median: number;

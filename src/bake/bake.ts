@@ -15,7 +15,7 @@ import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../lib/pipe.ts';
 import { type Probe, probeText, type WarmupRequest } from './probe.ts';
 
-export interface BakeOptions {
+interface BakeOptions {
   bundle: string;
   id: string;
   /**
@@ -43,7 +43,7 @@ export interface BakeOptions {
   onStep?: (step: string, ms: number) => void;
 }
 
-export interface BakeResult {
+interface BakeResult {
   manifest: CheckpointManifest;
   /** What the container printed before the checkpoint. */
   output: string;

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { type Stats, lstatSync, readdirSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
-export interface RootfsChanges {
+interface RootfsChanges {
   /** Regular files, symlinks and fifos created or modified, and their total size. */
   files: number;
   bytes: number;

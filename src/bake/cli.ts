@@ -31,7 +31,7 @@ import { type CriConfig, DEFAULT_RUNTIME_NAME, engineSpec, type JoinedPaths, typ
 declare const PREBAKE_VERSION: string | undefined;
 const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
 
-export const USAGE = `usage: prebake-build [options] SOURCE DEST
+const USAGE = `usage: prebake-build [options] SOURCE DEST
 
 SOURCE and DEST are image references: oci:DIR[:TAG], oci-archive:FILE[:TAG],
 docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG, containerd:[NS/]NAME:TAG,
@@ -75,11 +75,11 @@ and its auth file).
   --help, -h               this text (on stdout)
 `;
 
-export class UsageError extends Error {}
+class UsageError extends Error {}
 
 const DEFAULT_TARGET: Target = 'docker';
 
-export interface BuildOptions {
+interface BuildOptions {
   source: ImageRef;
   dest: ImageRef;
   targets: Target[];
@@ -107,7 +107,7 @@ export interface BuildOptions {
   containerConfig?: CriConfig;
 }
 
-export function parseBuildArgs(argv: string[]): BuildOptions {
+function parseBuildArgs(argv: string[]): BuildOptions {
   let parsed;
   // --tls-verify alone means true, as in podman and skopeo (a Go boolean flag): its value only after "=".
   const end = argv.indexOf('--');
@@ -223,7 +223,7 @@ export function parseBuildArgs(argv: string[]): BuildOptions {
   return opts;
 }
 
-export interface BuildResult {
+interface BuildResult {
   source: string;
   dest: string;
   targets: Target[];
@@ -293,7 +293,7 @@ function defaultProbe(image: SourceImage): Probe {
   return { kind: 'http', port: Number(tcp), path: '/' };
 }
 
-export async function build(opts: BuildOptions, report: Progress): Promise<BuildResult> {
+async function build(opts: BuildOptions, report: Progress): Promise<BuildResult> {
   const progress = (line: string) => report.line(line);
   if (process.getuid?.() !== 0) throw new Error('prebake-build must run as root (runc, CRIU, mounts and network namespaces need it)');
   let criu: string;

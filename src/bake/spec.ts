@@ -22,7 +22,7 @@ export function runcDefaultSpec(runc = 'runc'): Spec {
   return JSON.parse(runcDefault) as Spec;
 }
 
-export interface FunctionSpecOptions {
+interface FunctionSpecOptions {
   args: string[];
   env?: string[];
   cwd?: string;

@@ -16,10 +16,10 @@ import { prebakeBinPath } from '../lib/paths.ts';
 import { CAPTURE_ENV } from '../contract.ts';
 import { runcDefaultSpec } from './spec.ts';
 
-export const TARGETS = ['runc', 'docker', 'containerd', 'containerd-netns', 'cri', 'podman'] as const;
-export type Target = (typeof TARGETS)[number];
+/** What an image is baked for: runc (a bundle of its own) or an engine of ENGINES below. */
+export type Target = 'runc' | EngineTarget;
 
-export interface ImageRunConfig {
+interface ImageRunConfig {
   Entrypoint?: string[] | null;
   Cmd?: string[] | null;
   Env?: string[] | null;
@@ -55,7 +55,7 @@ function lookupId(rootfs: string, file: 'passwd' | 'group', name: string): { id:
 }
 
 /** Image `User` ("name", "uid", "uid:gid", "name:group") to numeric ids, as engines resolve it. */
-export function resolveUser(rootfs: string, user: string | undefined): { uid: number; gid: number } {
+function resolveUser(rootfs: string, user: string | undefined): { uid: number; gid: number } {
   if (!user) return { uid: 0, gid: 0 };
   const [u, g] = user.split(':') as [string, string | undefined];
   const pw = /^\d+$/.test(u) ? { id: Number(u), gid: undefined } : lookupId(rootfs, 'passwd', u);
@@ -70,7 +70,7 @@ export function resolveUser(rootfs: string, user: string | undefined): { uid: nu
 }
 
 /** Environment with overrides applied by variable name, as `docker run -e` does. */
-export function mergeEnv(base: readonly string[], overrides: readonly string[]): string[] {
+function mergeEnv(base: readonly string[], overrides: readonly string[]): string[] {
   const out = new Map<string, string>();
   for (const e of [...base, ...overrides]) out.set(e.split('=')[0]!, e);
   return [...out.values()];
@@ -95,7 +95,7 @@ export const DEFAULT_RUNTIME_NAME = 'prebake';
 /** A runtime name as it may stand in daemon.json's "runtimes" and after `docker run --runtime=`. */
 export const RUNTIME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
-export interface EngineSpecOptions {
+interface EngineSpecOptions {
   /**
    * The name the prebake runtime is registered under with dockerd, or as the CRI plugin's runtime
    * handler (default "prebake"): the docker target's probe container runs with `--runtime=NAME`,
@@ -165,6 +165,8 @@ const ENGINES = {
     run: (env: string, _o: EngineSpecOptions) => cli('podman', ['run', '--rm', '--runtime', prebakeBinPath(), '--env', env, `localhost/${SPEC_PROBE_IMAGE}`, '/bin/true']),
   },
 } as const;
+type EngineTarget = keyof typeof ENGINES;
+export const TARGETS: readonly Target[] = ['runc', ...(Object.keys(ENGINES) as EngineTarget[])];
 
 /** What kubelet asks for a pod without host namespaces: the pod's network and IPC, a pid namespace per container. */
 export const POD_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
@@ -234,7 +236,7 @@ async function criProbe(env: string, o: EngineSpecOptions): Promise<void> {
 }
 
 /** A one-file image (busybox) to run the probe container from; written to the engine once. */
-async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void> {
+async function ensureSpecProbeImage(target: EngineTarget): Promise<void> {
   const engine = ENGINES[target];
   try {
     engine.present();
@@ -262,7 +264,7 @@ async function ensureSpecProbeImage(target: keyof typeof ENGINES): Promise<void>
  * The spec an engine generates for a plain run of an image: a probe container runs once under the
  * prebake runtime, which copies its config.json (see CAPTURE_ENV).
  */
-export async function captureEngineSpec(target: keyof typeof ENGINES, o: EngineSpecOptions = {}, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
+async function captureEngineSpec(target: EngineTarget, o: EngineSpecOptions = {}, stateBase = process.env.PREBAKE_STATE_DIR ?? '/run/prebake'): Promise<Spec> {
   const engine = ENGINES[target];
   const token = `build-${process.pid}-${randomBytes(6).toString('hex')}`;
   const file = join(stateBase, 'captures', `${token}.json`);
@@ -341,7 +343,7 @@ export async function engineSpec(target: Target, o: EngineSpecOptions = {}): Pro
   return target === 'runc' ? runcDefaultSpec() : captureEngineSpec(target, o);
 }
 
-export interface BakeSpecOptions {
+interface BakeSpecOptions {
   /** root.path as written into config.json. */
   rootfs: string;
   /** The unpacked image on the host, to resolve its User. */

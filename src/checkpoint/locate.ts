@@ -7,7 +7,7 @@ import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV } from '../contract.ts';
 
 
-export type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
+type CheckpointRequest = { kind: 'none' } | { kind: 'off'; source: string } | { kind: 'path'; path: string; source: string };
 
 /**
  * Where the container's checkpoint is: the annotation wins over the environment for the path, but

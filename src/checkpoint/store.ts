@@ -15,16 +15,16 @@ export const DEFAULT_STORE = '/var/lib/prebake/store';
  * Written last into an entry: its presence means every file was copied and matched. Two lines:
  * the signing key's id (bin/prebake reads it to check the key is still trusted) and the time.
  */
-export const STORE_OK = 'ok';
+const STORE_OK = 'ok';
 /** Bounds on what an image may ask this host to copy and hash. */
-export const MAX_FILES = 4096;
-export const MAX_TOTAL_BYTES = 16 * 2 ** 30;
+const MAX_FILES = 4096;
+const MAX_TOTAL_BYTES = 16 * 2 ** 30;
 
-export const manifestDigest = (manifest: Buffer) => createHash('sha256').update(manifest).digest('hex');
+const manifestDigest = (manifest: Buffer) => createHash('sha256').update(manifest).digest('hex');
 
 export const storeEntry = (store: string, manifest: Buffer) => join(store, manifestDigest(manifest));
 
-export interface StoreRecord {
+interface StoreRecord {
   /** The key that signed the manifest, or "none" when the host trusts any checkpoint. */
   keyId: string;
   imported: string;

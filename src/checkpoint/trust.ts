@@ -13,7 +13,7 @@ export const SIGNATURE_MAX_BYTES = 4096;
 export const DEFAULT_KEY = '/etc/prebake/keys/bake.key';
 export const DEFAULT_TRUST_DIR = '/etc/prebake/trust';
 
-export interface Signature {
+interface Signature {
   format: 1;
   alg: 'ed25519';
   keyId: string;
@@ -60,7 +60,7 @@ export function loadSigningKey(keyFile: string): KeyObject {
   return key;
 }
 
-export function signManifestBytes(manifest: Buffer, key: KeyObject): Signature {
+function signManifestBytes(manifest: Buffer, key: KeyObject): Signature {
   return { format: 1, alg: 'ed25519', keyId: keyIdOf(key), signature: sign(null, manifest, key).toString('base64') };
 }
 
@@ -71,7 +71,7 @@ export function signCheckpoint(dir: string, key: KeyObject): Signature {
   return sig;
 }
 
-export function parseSignature(text: string): Signature {
+function parseSignature(text: string): Signature {
   let s: unknown;
   try {
     s = JSON.parse(text);

@@ -4,7 +4,7 @@
 import { execa } from 'execa';
 import type { ImageRef } from './ref.ts';
 
-export type EngineRef = Extract<ImageRef, { transport: 'docker-daemon' | 'containerd' | 'containers-storage' }>;
+type EngineRef = Extract<ImageRef, { transport: 'docker-daemon' | 'containerd' | 'containers-storage' }>;
 
 /** The archive format each engine exports and is given to import. */
 export const ENGINE_ARCHIVE = {

@@ -14,7 +14,7 @@ import { MEDIA_TYPE } from '../../oci/image-spec.ts';
 import { isContainedRelativePath } from '../checkpoint/manifest.ts';
 import type { ImageLayer } from './read.ts';
 
-export interface PackedLayer extends ImageLayer {
+interface PackedLayer extends ImageLayer {
   /** Removes the temp directory that holds the layer file. */
   cleanup(): Promise<void>;
 }

@@ -95,7 +95,7 @@ function checkDiffIds(config: ImageConfig, layers: number, what: string): string
 }
 
 /** An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/…`). */
-export async function readLayout(dir: string, tag: string | undefined): Promise<Image> {
+async function readLayout(dir: string, tag: string | undefined): Promise<Image> {
   await readFile(join(dir, OCI_LAYOUT_FILE)).catch(() => {
     throw new Error(`${dir} is not an OCI image layout (no ${OCI_LAYOUT_FILE} file)`);
   });
@@ -139,7 +139,7 @@ function namedDigest(path: string, isConfig: boolean): string | undefined {
  * `<id>/layer.tar`) and the OCI-in-docker-archive layout of docker 25+ (→ `blobs/sha256/<hex>`).
  * Layers carry no media type, so compression is read from their first bytes.
  */
-export async function readDockerArchive(dir: string, name: string | undefined): Promise<Image> {
+async function readDockerArchive(dir: string, name: string | undefined): Promise<Image> {
   const entries = parseJson<DockerArchiveEntry[]>(await readFile(join(dir, 'manifest.json')).catch(() => {
     throw new Error('is not a docker-archive (no manifest.json)');
   }), 'manifest.json');
@@ -182,7 +182,7 @@ export async function readDockerArchive(dir: string, name: string | undefined): 
  * Symlinks and hardlinks between members (docker save links shared layers) become hardlinks to the
  * member they lead to; a member outside the archive, or of any other type, is refused.
  */
-export async function extractArchive(file: string, dir: string): Promise<void> {
+async function extractArchive(file: string, dir: string): Promise<void> {
   const links = new Map<string, string>(); // member → the member it leads to
   const extract = tar.extract();
   const piping = pipeline(createReadStream(file), extract).then(() => undefined, (e: Error) => e);

@@ -29,7 +29,7 @@ import { ENGINE_ARCHIVE, importImage } from './engine.ts';
 import { hostArch, type ImageLayer, skopeoCopy, type SourceImage, tlsFlag } from './read.ts';
 import { formatImageRef, type ImageRef, parseImageRef, splitNameTag } from './ref.ts';
 
-export interface WriteOptions {
+interface WriteOptions {
   /** The image to build on (readImage, or scratchImage for a base image). */
   source: Pick<SourceImage, 'manifest' | 'config' | 'layers'>;
   /** The layer to add on top (packLayer). */
@@ -46,7 +46,7 @@ export interface WriteOptions {
   created?: Date;
 }
 
-export interface WrittenImage {
+interface WrittenImage {
   manifest: ImageManifest;
   manifestDigest: string;
   config: ImageConfig;

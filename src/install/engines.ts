@@ -10,7 +10,7 @@ import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
 export type Engine = 'docker' | 'containerd' | 'podman';
 export const ENGINES: readonly Engine[] = ['docker', 'containerd', 'podman'];
 
-export const DEFAULT_CONFIG: Record<Engine, string> = {
+const DEFAULT_CONFIG: Record<Engine, string> = {
   docker: '/etc/docker/daemon.json',
   containerd: '/etc/containerd/config.toml',
   podman: '/etc/containers/containers.conf',
@@ -19,7 +19,7 @@ export const DEFAULT_CONFIG: Record<Engine, string> = {
 const BEGIN = '# prebake: begin (written by `prebake install`, removed by `prebake uninstall`)';
 const END = '# prebake: end';
 
-export interface InstallOptions {
+interface InstallOptions {
   engine: Engine;
   /** The runtime binary the engine is given. */
   runtimePath: string;

@@ -13,7 +13,7 @@ import { loadRuntimeConfig } from '../runtime/config.ts';
 import { type Engine, ENGINES, install, type InstallResult, reloadDocker, uninstall } from './engines.ts';
 
 const USAGE = `usage: prebake install|uninstall ENGINE... [--config FILE] [--path BIN]
-  ENGINE   docker, containerd or podman
+  ENGINE   ${ENGINES.slice(0, -1).join(', ')} or ${ENGINES.at(-1)}
   --config the engine's config file (default /etc/docker/daemon.json,
            /etc/containerd/config.toml, /etc/containers/containers.conf); one engine only
   --path   the runtime path the engine is given (default: this prebake)
@@ -27,7 +27,7 @@ usage: prebake trust add PUBFILE | list | remove KEYID
 `;
 
 /** The host's bake key, made and trusted on first use: local bakes then restore on this host. */
-export function ensureHostKey(): { keyId: string; created: boolean } {
+function ensureHostKey(): { keyId: string; created: boolean } {
   const cfg = loadRuntimeConfig();
   let created = false;
   let pub = publicFileOf(DEFAULT_KEY);
@@ -104,7 +104,7 @@ function unsafeRuntime(path: string): string | null {
   return null;
 }
 
-export function main(argv: string[]): number {
+function main(argv: string[]): number {
   const [command, ...rest] = argv;
   if (command === 'key' || command === 'trust') return keyOrTrust(command, rest);
   let parsed;

@@ -5,11 +5,12 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { existsSync } from 'node:fs';
+import criApi from './cri-api.json' with { type: 'json' };
 
-/** Where scripts/setup.sh unpacks the CRI API definition (package runtime.v1). */
-export const CRI_PROTO = '/var/cache/prebake/cri-api/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto';
+/** Where scripts/setup.sh unpacks the CRI API definition (package runtime.v1); scripts/build.mjs reads it from cri-api.json too. */
+export const CRI_PROTO = criApi.proto;
 /** Where the .proto files api.proto imports are (gogo.proto: bookworm's golang-github-gogo-protobuf-dev). */
-const CRI_PROTO_INCLUDE = '/usr/share/gocode/src';
+const CRI_PROTO_INCLUDE = criApi.include;
 
 declare const PREBAKE_CRI_API: string | undefined;
 
@@ -34,7 +35,7 @@ type Callback = (err: grpc.ServiceError | null, res: unknown) => void;
 type Method = (req: object, options: grpc.CallOptions, cb: Callback) => grpc.ClientUnaryCall;
 
 /** One unary CRI call; rejects with the method and the server's message. */
-export type CriCall = <R = Record<string, unknown>>(method: string, req?: object, timeoutMs?: number) => Promise<R>;
+type CriCall = <R = Record<string, unknown>>(method: string, req?: object, timeoutMs?: number) => Promise<R>;
 
 export interface CriClient {
   runtime: CriCall;

@@ -15,7 +15,7 @@ export function createNetns(name: string): string {
   return netnsPath(name);
 }
 
-export function loopbackUp(name: string): void {
+function loopbackUp(name: string): void {
   execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 

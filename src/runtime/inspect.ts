@@ -11,7 +11,7 @@ import { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 export { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 
 /** Linux capability numbers, in order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
-export const CAP_NAMES = [
+const CAP_NAMES = [
   'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
   'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
   'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
@@ -57,7 +57,7 @@ function placeOf(path: string, table: readonly MountInfo[]): { dev: string; root
  * over a file) and read-only binds of a path onto itself. The spec's own, and those the
  * checkpoint was baked with (which a restore keeps, and which take away more).
  */
-export interface Restrictions {
+interface Restrictions {
   masked: readonly string[];
   readonly: readonly string[];
 }

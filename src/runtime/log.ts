@@ -37,7 +37,7 @@ function toStderr(s: string): void {
   }
 }
 
-export interface LogOptions {
+interface LogOptions {
   file?: string;
   format?: string;
   debug?: boolean;

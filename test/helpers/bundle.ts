@@ -1,56 +1,11 @@
-// Test bundles: an overlay rootfs over read-only layers (as engines mount images), a spec,
-// a network namespace, and the prebake runtime driven with its own runc root.
+// The prebake runtime driven as an engine drives it, for the runtime tests: run() with output and
+// exit status on one pipe, kill and delete, a container-to-be of the test's own (lab/bundle.ts's
+// overlay bundle and runtime dirs), the function's processes in a namespace.
 
 import type { ExecutionContext } from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import type { Spec } from '../../oci/runtime-spec.ts';
-import { createNetns, deleteNetns } from '../../src/lib/netns.ts';
-import { mountOverlay } from '../../src/lib/overlay.ts';
-
-export const REPO = resolve(import.meta.dirname, '../..');
-export const PREBAKE = join(REPO, 'bin/prebake');
-
-let counter = 0;
-export function uniqueName(prefix: string): string {
-  return `${prefix}-${process.pid}-${++counter}`;
-}
-
-export interface TestBundle {
-  dir: string;
-  rootfs: string;
-  upper: string;
-  netns: string;
-  netnsPath: string;
-  writeSpec(spec: Spec): void;
-  cleanup(): void;
-}
-
-/** A bundle whose rootfs is an overlay of `lowers` (first is top), with a fresh netns. */
-export function overlayBundle(lowers: string[]): TestBundle {
-  const dir = mkdtempSync(join(tmpdir(), 'prebake-test-'));
-  const rootfs = join(dir, 'rootfs');
-  const upper = join(dir, 'upper');
-  const work = join(dir, 'work');
-  const unmount = mountOverlay(lowers, upper, work, rootfs);
-  const netns = uniqueName('pbt');
-  const netnsPath = createNetns(netns);
-  return {
-    dir,
-    rootfs,
-    upper,
-    netns,
-    netnsPath,
-    writeSpec: (spec) => writeFileSync(join(dir, 'config.json'), JSON.stringify(spec, null, 2)),
-    cleanup: () => {
-      unmount();
-      deleteNetns(netns);
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+import { readFileSync } from 'node:fs';
+import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../../lab/bundle.ts';
 
 export interface RunResult {
   code: number;
@@ -62,7 +17,6 @@ export interface RunResult {
   close(): void;
 }
 
-/** How long a pipe still held open must stay silent after the exit before its output counts as read. */
 /** Ends the output of a command run(): the shell's line with its exit status. */
 const EXIT_MARK = '\u001eprebake-test-exit ';
 
@@ -99,30 +53,6 @@ export async function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv):
     close: () => {
       sh.stdout.destroy();
       sh.kill();
-    },
-  };
-}
-
-/** A runc --root and log file of the test's own, so that state left behind can be checked. */
-export function runtimeDirs() {
-  const dir = mkdtempSync(join(tmpdir(), 'prebake-root-'));
-  return {
-    root: join(dir, 'runc'),
-    log: join(dir, 'log.json'),
-    state: join('/run/prebake', dir, 'runc'),
-    logLines: (): { level: string; msg: string; time: string }[] => {
-      try {
-        return readFileSync(join(dir, 'log.json'), 'utf8')
-          .split('\n')
-          .filter(Boolean)
-          .map((l) => JSON.parse(l));
-      } catch {
-        return [];
-      }
-    },
-    cleanup: () => {
-      rmSync(dir, { recursive: true, force: true });
-      rmSync(join('/run/prebake', dir), { recursive: true, force: true });
     },
   };
 }

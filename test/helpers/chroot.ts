@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 
-export type Result = { code: number | null; stdout: string; stderr: string; ms: number };
+type Result = { code: number | null; stdout: string; stderr: string; ms: number };
 
 /** Runs argv, collecting its output; `progress` gets each line of stderr as it comes. */
 export function run(argv: string[], opts: { cwd?: string; progress?: (line: string) => void } = {}): Promise<Result> {
@@ -43,7 +43,7 @@ export async function must(argv: string[], opts: { cwd?: string; progress?: (lin
 }
 
 /** A clean environment for commands in a root (its PATH, no locale it lacks), keeping a proxy if one is set. */
-export const ROOT_ENV = [
+const ROOT_ENV = [
   'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
   'HOME=/root',
   'LC_ALL=C',
@@ -55,7 +55,7 @@ export const ROOT_ENV = [
 export const inRoot = (root: string, argv: string[]) => ['chroot', root, 'env', '-i', ...ROOT_ENV, ...argv];
 
 /** The mount points at or under dir, in mount order, from this process's mountinfo. */
-export function mountsUnder(dir: string): string[] {
+function mountsUnder(dir: string): string[] {
   return mountPoints(dir);
 }
 

@@ -6,7 +6,7 @@ import { basename, dirname, join } from 'node:path';
 import protobuf from 'protobufjs';
 
 /** CRIU's .proto definitions, installed by scripts/setup.sh with the CRIU it builds. */
-export const PROTO_DIR = '/usr/local/share/prebake/criu-images';
+const PROTO_DIR = '/usr/local/share/prebake/criu-images';
 
 // criu/include/magic.h: every image but inventory.img starts with one of these, then its own magic.
 const IMG_COMMON_MAGIC = 0x54564319;
@@ -71,9 +71,9 @@ function messageType(name: string): protobuf.Type {
 }
 
 /** An entry as protobufjs's toObject gives it: snake_case fields, 64-bit as strings, enums as numbers, bytes as Buffer. */
-export type Entry = { [field: string]: any };
+type Entry = { [field: string]: any };
 
-export interface CriuImage {
+interface CriuImage {
   /** The leading u32 magics: [IMG_COMMON or IMG_SERVICE, the image's], [INVENTORY] alone, [] if raw. */
   magics: number[];
   /** Message type of the entries (e.g. 'core_entry'), null for an image kept raw. */
@@ -134,14 +134,6 @@ export function kernelCapMask(): bigint {
   return (1n << BigInt(last + 1)) - 1n;
 }
 
-/**
- * The bounding set of this process: what a CRIU it starts can grant. A restore asking for more
- * (where the host, a sandbox, lacks some) fails in CRIU's restorer: capset() EPERM.
- */
-export function processCapMask(): bigint {
-  return BigInt(`0x${/^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
-}
-
 // CRIU stores a capability set as u32 words, low word first (CR_CAP_SIZE = 2 of them).
 const CAP_WORDS = 2;
 const toWords = (mask: bigint): number[] =>
@@ -159,12 +151,12 @@ function threadCreds(img: CriuImage, path: string): Entry {
   return creds;
 }
 
-export interface ForgeOptions {
+interface ForgeOptions {
   /** cap_prm, cap_eff and cap_bnd get every capability the kernel knows. */
   allCaps?: boolean;
   /** With allCaps, cap_inh too. */
   inheritable?: boolean;
-  /** The mask allCaps sets instead of the kernel's every capability (e.g. processCapMask()). */
+  /** The mask allCaps sets instead of the kernel's every capability. */
   caps?: bigint;
   noNewPrivs?: 0 | 1;
   /** uid, euid, suid and fsuid. */
@@ -192,7 +184,7 @@ export function forgeCredentials(checkpointDir: string, opts: ForgeOptions): str
   return changed;
 }
 
-export interface CredsSummary {
+interface CredsSummary {
   comm: string | undefined;
   uid: number;
   euid: number;

@@ -5,11 +5,11 @@ import { spawnSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PREBAKE, REPO } from './bundle.ts';
+import { PREBAKE, REPO } from '../../lab/bundle.ts';
 import { noopImage } from './images.ts';
 import { mountPoints } from '../../src/lib/mountinfo.ts';
 
-export { type Containerd, type Dockerd, type DockerdOptions, type Podman, type PodmanOptions, startContainerd, startDockerd, startPodman } from '../../lab/engines/daemons.ts';
+export { type Containerd, type Dockerd, type Podman, startContainerd, startDockerd, startPodman } from '../../lab/engines/daemons.ts';
 
 /** Pids of the processes whose network namespace is the one with inode `ino` (stat of a /proc/PID/ns/net). */
 export function processesInNetns(ino: number): number[] {
@@ -56,7 +56,7 @@ export function footprintLeft(f: Footprint, also: Record<string, () => boolean> 
  * Polls until none of `what` holds any more (removal is asynchronous in the engines); resolves to
  * the descriptions of what still does after `timeoutMs`, [] when all is gone.
  */
-export async function leftAfter(what: Record<string, () => boolean>, timeoutMs = 5000): Promise<string[]> {
+async function leftAfter(what: Record<string, () => boolean>, timeoutMs = 5000): Promise<string[]> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const left = Object.entries(what)

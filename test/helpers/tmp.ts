@@ -10,7 +10,7 @@ import { gzipSync } from 'node:zlib';
 import { type Compression, layerMediaType, sha256 } from '../../src/image/blob.ts';
 import type { ImageLayer } from '../../src/image/read.ts';
 import type { NetnsClient } from '../../src/lib/netns.ts';
-import { PORT } from './baked.ts';
+import { PORT } from '../../lab/baked.ts';
 import { type Member, tarOf } from './tar.ts';
 
 /** A host directory of the test's own (named `prefix`XXXXXX in the temp dir), removed when the test ends. */

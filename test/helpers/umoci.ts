@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
 import { createNetns, deleteNetns, NetnsClient } from '../../src/lib/netns.ts';
-import { PREBAKE, run, runtimeDirs, uniqueName } from './bundle.ts';
+import { PREBAKE, runtimeDirs, uniqueName } from '../../lab/bundle.ts';
+import { run } from './bundle.ts';
 import { NOOP_PORT } from './images.ts';
 
 /**

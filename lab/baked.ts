@@ -1,19 +1,19 @@
-// A baked Python function for runtime tests: the noop function checkpointed (real runc + CRIU)
+// A baked Python function for the runtime tests and benchmarks: the noop function checkpointed (real runc + CRIU)
 // after it has served requests, as an image layer holding /.prebake above the app and Python layers.
 
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { parseManifest } from '../../src/checkpoint/manifest.ts';
-import { importCheckpoint, storeEntry } from '../../src/checkpoint/store.ts';
-import { loadTrustStore, verifyManifestSignature } from '../../src/checkpoint/trust.ts';
-import { readSigned } from '../../src/checkpoint/verify.ts';
-import { loadRuntimeConfig } from '../../src/runtime/config.ts';
+import { parseManifest } from '../src/checkpoint/manifest.ts';
+import { importCheckpoint, storeEntry } from '../src/checkpoint/store.ts';
+import { loadTrustStore, verifyManifestSignature } from '../src/checkpoint/trust.ts';
+import { readSigned } from '../src/checkpoint/verify.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Spec } from '../../oci/runtime-spec.ts';
-import { bake } from '../../src/bake/bake.ts';
-import { functionSpec } from '../../src/bake/spec.ts';
-import type { CheckpointManifest } from '../../src/checkpoint/manifest.ts';
-import { pythonRootfs } from '../../lab/rootfs.ts';
+import type { Spec } from '../oci/runtime-spec.ts';
+import { bake } from '../src/bake/bake.ts';
+import { functionSpec } from '../src/bake/spec.ts';
+import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import { pythonRootfs } from './rootfs.ts';
 import { overlayBundle, REPO, uniqueName } from './bundle.ts';
 import { startConsole } from './console.ts';
 

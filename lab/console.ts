@@ -1,11 +1,11 @@
-// A console-socket receiver (test/helpers/console.py) that holds a container's pty master and
+// A console-socket receiver (lab/console.py) that holds a container's pty master and
 // relays what the container writes to its terminal.
 
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO } from './bundle.ts';
 
-export interface ConsoleReceiver {
+interface ConsoleReceiver {
   socket: string;
   output(): string;
   /** Resolves once the output matches. */
@@ -14,7 +14,7 @@ export interface ConsoleReceiver {
 }
 
 export async function startConsole(socket: string): Promise<ConsoleReceiver> {
-  const child = spawn('python3', [join(REPO, 'test/helpers/console.py'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('python3', [join(REPO, 'lab/console.py'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
   let text = '';
   const listeners: (() => void)[] = [];
   child.stdout!.on('data', (d: Buffer) => {
