@@ -11,13 +11,15 @@ import { createRequire } from 'node:module';
 const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', define: { PREBAKE_VERSION: JSON.stringify(version) }, logLevel: 'warning', legalComments: 'none' };
 
-// bin/prebake's flag loops, from the flag tables of src/contract.ts (scripts/shell.ts).
+// bin/prebake's flag loops and bin/prebake-create.sh's names, from src/contract.ts (scripts/shell.ts).
 const shell = await build({ entryPoints: ['scripts/shell.ts'], bundle: true, platform: 'node', format: 'esm', write: false, logLevel: 'warning' });
-const { generateShell } = await import(`data:text/javascript;base64,${Buffer.from(shell.outputFiles[0].text).toString('base64')}`);
-const dispatcher = readFileSync('bin/prebake', 'utf8');
-if (generateShell(dispatcher) !== dispatcher) {
-  writeFileSync('bin/prebake', generateShell(dispatcher));
-  console.warn('build: bin/prebake made anew from src/contract.ts');
+const { generateShell, GENERATED_SCRIPTS } = await import(`data:text/javascript;base64,${Buffer.from(shell.outputFiles[0].text).toString('base64')}`);
+for (const file of GENERATED_SCRIPTS) {
+  const text = readFileSync(file, 'utf8');
+  if (generateShell(text) !== text) {
+    writeFileSync(file, generateShell(text));
+    console.warn(`build: ${file} made anew from src/contract.ts`);
+  }
 }
 
 await build({ ...common, entryPoints: ['src/runtime/entry.ts'], outfile: 'dist/prebake.cjs', minify: true });

@@ -1,8 +1,12 @@
-// bin/prebake's flag loops, generated from the tables in src/contract.ts: the case arms between a
-// `# >>> runc's global flags` (or `runc create's flags`) line and the next `# <<<`. The build
-// rewrites bin/prebake with them; test/argv.test.ts checks the committed file is what this makes.
+// What bin/prebake and bin/prebake-create.sh take from src/contract.ts, generated between a
+// `# >>> <block> (generated` line and the next `# <<<`: the flag loops' case arms (from the flag
+// tables) and the names (state files, the hint, the verdict's lines, the Node program's env). The
+// build rewrites both scripts; test/argv.test.ts checks the committed files are what this makes.
 
-import { CREATE_FLAGS, type FlagSpec, GLOBAL_FLAGS } from '../src/contract.ts';
+/** The scripts with generated blocks, relative to the repository. */
+export const GENERATED_SCRIPTS = ['bin/prebake', 'bin/prebake-create.sh'];
+
+import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, STATE_FILES, VERDICT_LINES } from '../src/contract.ts';
 
 /** Every spelling Go's flag package accepts for a flag, bare (`-f`, `--f`) or with `=value`. */
 const spellings = (f: FlagSpec, eq: boolean) => [f.name, ...(f.aliases ?? [])].flatMap((n) => [`--${n}${eq ? '=*' : ''}`, `-${n}${eq ? '=*' : ''}`]).join('|');
@@ -65,9 +69,30 @@ function createArms(): string[] {
   ];
 }
 
-const BLOCKS: Record<string, () => string[]> = { "runc's global flags": globalArms, "runc create's flags": createArms };
+/** camelCase to snake_case, for shell variable names. */
+const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
-/** `text` (bin/prebake) with every generated block made anew from src/contract.ts. */
+/**
+ * bin/prebake-create.sh's names: f_<file> for the state's files, the hint's prefix, n_<word> for
+ * the lines a verdict takes (its word included), e_<name> for the environment the Node program reads.
+ */
+function names(): string[] {
+  return [
+    Object.entries(STATE_FILES).map(([k, v]) => `f_${snake(k)}=${v}`).join(' '),
+    `hint=${HINT_PREFIX}`,
+    Object.entries(VERDICT_LINES).map(([k, v]) => `n_${k}=${v + 1}`).join(' '),
+    Object.entries(EARLY_ENV).map(([k, v]) => `e_${snake(k)}=${v}`).join(' '),
+  ];
+}
+
+const BLOCKS: Record<string, () => string[]> = {
+  "runc's global flags": globalArms,
+  "runc create's flags": createArms,
+  'the names of src/contract.ts': names,
+  'the marker of a restored container': () => [`f_restored=${STATE_FILES.restored}`],
+};
+
+/** `text` (one of GENERATED_SCRIPTS) with every generated block made anew from src/contract.ts. */
 export function generateShell(text: string): string {
   const lines = text.split('\n');
   const out: string[] = [];
@@ -77,9 +102,9 @@ export function generateShell(text: string): string {
     const m = /^(\s*)# >>> (.*?) \(generated/.exec(line);
     if (!m) continue;
     const make = BLOCKS[m[2]!];
-    if (!make) throw new Error(`bin/prebake: no generator for the block "${m[2]}"`);
+    if (!make) throw new Error(`no generator for the block "${m[2]}"`);
     const end = lines.findIndex((l, j) => j > i && /^\s*# <<<$/.test(l));
-    if (end < 0) throw new Error(`bin/prebake: the block "${m[2]}" has no end (# <<<)`);
+    if (end < 0) throw new Error(`the block "${m[2]}" has no end (# <<<)`);
     out.push(...make().map((l) => `${m[1]}${l}`));
     i = end - 1;
   }

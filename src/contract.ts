@@ -1,7 +1,8 @@
 // What the parts of prebake agree on, in one place: the names an image and an engine's spec use,
 // the files of a container's state, the verdict the Node program hands bin/prebake, and runc's
-// flags with what a restore does with each. bin/prebake's flag loops are generated from these
-// tables (scripts/shell.ts, run by the build; a test checks the committed scripts match).
+// flags with what a restore does with each. bin/prebake's flag loops and the names
+// bin/prebake-create.sh uses are generated from here (scripts/shell.ts, run by the build; a test
+// checks the committed scripts match).
 
 /** The annotation that names a container's checkpoint (a path inside its rootfs). */
 export const CHECKPOINT_ANNOTATION = 'io.prebake.checkpoint';

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateShell } from '../scripts/shell.ts';
+import { GENERATED_SCRIPTS, generateShell } from '../scripts/shell.ts';
 import { CAPTURE_ENV, CHECKPOINT_ANNOTATION, CHECKPOINT_ENV, CREATE_FLAGS, GLOBAL_FLAGS, HINT_PREFIX, IMAGE_CHECKPOINT_PATH } from '../src/contract.ts';
 import { flagIsSet, flagValue, parseFlags, parseRuntimeCall } from '../src/runtime/argv.ts';
 import { REPO } from '../lab/bundle.ts';
@@ -44,9 +44,13 @@ test('unknown flags and missing values are errors that name the flag', (t) => {
   t.throws(() => parseRuntimeCall(['--root']), { message: /flag needs an argument: -root/ });
 });
 
-test('the committed bin/prebake has the flag loops src/contract.ts makes, and a hand-edited loop is made anew', (t) => {
+test('the committed scripts have the flag loops and names src/contract.ts makes, and a hand-edited loop is made anew', (t) => {
+  for (const f of GENERATED_SCRIPTS) {
+    const text = readFileSync(join(REPO, f), 'utf8');
+    t.is(generateShell(text), text, `${f} is as scripts/shell.ts makes it from src/contract.ts (npm run build)`);
+    t.regex(text, /# >>> .* \(generated/, `${f} has a generated block`);
+  }
   const file = readFileSync(join(REPO, 'bin/prebake'), 'utf8');
-  t.is(generateShell(file), file, 'bin/prebake is as scripts/shell.ts makes it from src/contract.ts (npm run build)');
   const edited = file.replace('--pid-file|-pid-file) want=pidfile ;;', '--pid-file|-pid-file) ;;');
   t.not(edited, file);
   t.is(generateShell(edited), file);
