@@ -58,12 +58,10 @@ export const EARLY_ENV = {
 /**
  * The Node program's verdict, on its stdout: a word, then a fixed number of lines (read, never
  * evaluated), then it exits. bin/prebake executes it.
- * - accept: resume what runc restored. Lines: the restore signal's number (or empty), "1" if
- *   the loopback must be brought up, the hostname to set (or empty), the restored init's start
- *   time (/proc/<pid>/stat: the shell acts on the pid only while it names that process), where
- *   log lines go (the --log file, or empty for stderr), the line saying it was restored, the
- *   line saying it starts cold because the restored process could not be resumed (either may be
- *   empty).
+ * - accept: resume what runc restored (the Node program has logged it). Lines: the restore
+ *   signal's number (or empty), "1" if the loopback must be brought up, the hostname to set (or
+ *   empty), the restored init's start time (/proc/<pid>/stat: the shell acts on the pid only
+ *   while it names that process).
  * - restore: clear away any restore under way, then restore from the image dir on the next line
  *   (in the verified store) and ask again.
  * - cold: clear away any restore under way (unlocking CRIU's network lock in the netns path on
@@ -72,7 +70,7 @@ export const EARLY_ENV = {
  *   nothing. Lines: as cold's, then where log lines go and the line saying so (written once
  *   everything is cleared away).
  */
-export const VERDICT_LINES = { accept: 7, restore: 1, cold: 1, abandon: 3 } as const;
+export const VERDICT_LINES = { accept: 4, restore: 1, cold: 1, abandon: 3 } as const;
 export type VerdictWord = keyof typeof VERDICT_LINES;
 
 export interface FlagSpec {
