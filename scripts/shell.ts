@@ -21,42 +21,31 @@ function valueArm(vars: string[], extra = ''): string[] {
   ];
 }
 
+/** One line per flag: the bare spelling's arm, then the `=value` spelling's. */
+const armPair = (f: FlagSpec, bare: string, eq: string) => `  ${spellings(f, false)}) ${bare} ;; ${spellings(f, true)}) ${eq} ;;`;
+
 function globalArms(): string[] {
   const vars = GLOBAL_FLAGS.flatMap((f) => (f.shell ? [f.shell] : []));
   const arms: string[] = [];
   for (const f of GLOBAL_FLAGS) {
     // `--help` is a command to bin/prebake (runc's help, then prebake's); `--version` is Node's.
     if (f.name === 'help') continue;
-    if (f.name === 'version') {
-      arms.push(`  ${spellings(f, false)}) cmd=--version; break ;;`);
-      continue;
-    }
-    if (f.takesValue) {
-      arms.push(`  ${spellings(f, false)}) want=${f.shell ?? 'skip'} ;;`);
-      arms.push(`  ${spellings(f, true)}) ${f.shell ? `${f.shell}=\${a#*=} ` : ''};;`);
-    } else arms.push(`  ${spellings(f, false)}|${spellings(f, true)}) ;;`);
+    if (f.name === 'version') arms.push(`  ${spellings(f, false)}) cmd=--version; break ;;`);
+    else if (f.takesValue) arms.push(armPair(f, `want=${f.shell ?? 'skip'}`, f.shell ? `${f.shell}=\${a#*=}` : ':'));
+    else arms.push(armPair(f, ':', ':'));
   }
   return [...valueArm(vars), 'case $a in', ...arms, '  *) cmd=$a; break ;;', 'esac'];
 }
 
 function createArms(): string[] {
   const vars = CREATE_FLAGS.flatMap((f) => (f.shell && f.takesValue ? [f.shell] : []));
-  const arms: string[] = [];
-  for (const f of CREATE_FLAGS) {
+  const arms = CREATE_FLAGS.map((f) => {
     const late = f.early === false ? '; late=1' : '';
-    if (f.onRestore === 'refuse') {
-      // Refused unless 0 (`--preserve-fds 0` hands nothing on).
-      arms.push(`  ${spellings(f, false)}) want=refuse ;;`);
-      arms.push(`  ${spellings(f, true)}) [ "\${a#*=}" = 0 ] || refuse=1 ;;`);
-    } else if (!f.shell) arms.push(`  ${spellings(f, false)}|${spellings(f, true)}) ;;`);
-    else if (f.takesValue) {
-      arms.push(`  ${spellings(f, false)}) want=${f.shell}${late} ;;`);
-      arms.push(`  ${spellings(f, true)}) ${f.shell}=\${a#*=}${late} ;;`);
-    } else {
-      arms.push(`  ${spellings(f, false)}) ${f.shell}=1${late} ;;`);
-      arms.push(`  ${spellings(f, true)}) ${f.shell}=\${a#*=}${late} ;;`);
-    }
-  }
+    // Refused unless 0 (`--preserve-fds 0` hands nothing on).
+    if (f.onRestore === 'refuse') return armPair(f, 'want=refuse', '[ "${a#*=}" = 0 ] || refuse=1');
+    if (!f.shell) return armPair(f, ':', ':');
+    return armPair(f, f.takesValue ? `want=${f.shell}${late}` : `${f.shell}=1${late}`, `${f.shell}=\${a#*=}${late}`);
+  });
   return [
     ...valueArm(vars, 'refuse) [ "$a" = 0 ] || refuse=1 ;;'),
     'case $a in',
