@@ -37,15 +37,19 @@ export const STATE_FILES = {
   pid: 'pid',
   /** The FIFO the verdict comes on. */
   verdict: 'verdict',
+  /** The FIFO the shell sends runc's pid and start stamp on, after a `restore` verdict. */
+  go: 'go',
   /** CRIU's config (`leave-stopped`: nothing restored runs before the verdict), when
    *  dist/criu.conf does not say so. */
   criuConf: 'criu.conf',
 } as const;
 
 /**
- * The environment bin/prebake gives the Node program for a restore it started: the state dir,
- * the image dir runc restores from, runc's pid, CLOCK_MONOTONIC (ns) when runc started, and the
- * pid of bin/prebake as the engine started it (the create's caller waits for that process).
+ * The environment bin/prebake gives the Node program: for a restore it started, the state dir,
+ * the image dir runc restores from, runc's pid and CLOCK_MONOTONIC (ns) when runc started; the
+ * pid of bin/prebake as the engine started it (the create's caller waits for that process); and
+ * `go` when, after a `restore` verdict, the Node program is to read "<runc pid> <start stamp>" on
+ * its stdin (the FIFO `go` of the state) and check that restore itself.
  */
 export const EARLY_ENV = {
   state: 'PREBAKE_EARLY',
@@ -53,11 +57,13 @@ export const EARLY_ENV = {
   runc: 'PREBAKE_EARLY_RUNC',
   t0: 'PREBAKE_EARLY_T0',
   caller: 'PREBAKE_CALLER',
+  go: 'PREBAKE_GO',
 } as const;
 
 /**
  * The Node program's verdict, on its stdout: a word, then a fixed number of lines (read, never
- * evaluated), then it exits. bin/prebake executes it.
+ * evaluated); then it exits, or after `restore` on its channel (EARLY_ENV.go), waits for the
+ * restore to check and gives a second verdict. bin/prebake executes it.
  * - accept: resume what runc restored (the Node program has logged it). Lines: the restore
  *   signal's number (or empty), "1" if the loopback must be brought up, the hostname to set (or
  *   empty), the restored init's start time (/proc/<pid>/stat: the shell acts on the pid only

@@ -64,8 +64,9 @@ test('the committed scripts have the flag loops and names src/contract.ts makes,
  * bin/prebake with stand-ins for runc and node. runc records each call by subcommand
  * (<dir>/runc-<command>.args: its argv, after the binary); node records its argv and early env
  * (<dir>/node-<n>.args: PREBAKE_EARLY, PREBAKE_EARLY_IMAGE, then the argv) and answers with the
- * verdict lines in <dir>/verdict-<n> (n counts its calls from 1), or `cold`. The restore runc ran
- * beside node call n is kept as <dir>/restore-<n>.args; <dir>/hook-<n>, if there, is sourced first.
+ * verdicts <dir>/verdict-<k> in order (k counts verdicts from 1, whichever call gives them), or
+ * `cold`; on its channel it reads runc's pid (<dir>/go-<n>.args) and gives the next. The restore
+ * runc ran beside verdict k is kept as <dir>/restore-<k>.args; <dir>/hook-<k> is sourced first.
  */
 async function standIns(t: import('ava').ExecutionContext) {
   const dir = mkdtempSync(join(tmpdir(), 'prebake-argv-'));
@@ -78,13 +79,26 @@ exit 0
 `, { mode: 0o755 });
   writeFileSync(join(dir, 'node'), `#!/bin/sh
 n=1; while [ -e "${dir}/node-$n.args" ]; do n=$((n + 1)); done
-# Beside a restore, the verdict waits for runc to have recorded its call (the shell kills a
-# restore it clears away).
-i=0; while [ -n "$PREBAKE_EARLY" ] && [ ! -s "${dir}/runc-restore.args" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
-[ -n "$PREBAKE_EARLY" ] && mv "${dir}/runc-restore.args" "${dir}/restore-$n.args"
-[ -e "${dir}/hook-$n" ] && . "${dir}/hook-$n"
 printf '%s\\n' "$PREBAKE_EARLY" "$PREBAKE_EARLY_IMAGE" "$@" > "${dir}/node-$n.args"
-if [ -e "${dir}/verdict-$n" ]; then cat "${dir}/verdict-$n"; else printf 'cold\\n\\n'; fi
+# The next verdict, whichever call gives it. With $1, it waits for the restore beside it to have
+# recorded its call (the shell kills a restore it clears away) and keeps that as restore-<k>.
+take() {
+  k=1; while [ -e "${dir}/used-$k" ]; do k=$((k + 1)); done
+  : > "${dir}/used-$k"
+  i=0; while [ -n "$1" ] && [ ! -s "${dir}/runc-restore.args" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i + 1)); done
+  [ -n "$1" ] && mv "${dir}/runc-restore.args" "${dir}/restore-$k.args"
+  [ -e "${dir}/hook-$k" ] && . "${dir}/hook-$k"
+  [ -e "${dir}/verdict-$k" ] || printf 'cold\\n\\n' > "${dir}/verdict-$k"
+  cat "${dir}/verdict-$k"
+  read -r word < "${dir}/verdict-$k"
+}
+take "$PREBAKE_EARLY"
+# On the channel, after a restore verdict: runc's pid and start stamp, then the second verdict.
+if [ "$PREBAKE_GO" = 1 ] && [ "$word" = restore ]; then
+  IFS= read -r go
+  printf '%s\\n' "$go" > "${dir}/go-$n.args"
+  [ -n "$go" ] && take 1
+fi
 `, { mode: 0o755 });
   // A config naming a trust store of the test's own (the early restore checks the store entry's key is in it).
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ trust: join(dir, 'trust') }, null, 2));
@@ -97,13 +111,13 @@ if [ -e "${dir}/verdict-$n" ]; then cat "${dir}/verdict-$n"; else printf 'cold\\
   const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8').split('\n').slice(0, -1) : undefined);
   /** Runs bin/prebake; what runc and node were called with, and what was printed. */
   const call = (args: string[], verdicts: string[] = [], hooks: string[] = []) => {
-    for (const f of readdirSync(dir)) if (/^(runc-|node-|verdict-|restore-|hook-)/.test(f)) rmSync(join(dir, f));
+    for (const f of readdirSync(dir)) if (/^(runc-|node-|verdict-|restore-|hook-|used-|go-)/.test(f)) rmSync(join(dir, f));
     verdicts.forEach((v, i) => writeFileSync(join(dir, `verdict-${i + 1}`), v));
     hooks.forEach((h, i) => h && writeFileSync(join(dir, `hook-${i + 1}`), h));
     const ran = spawnSync(join(REPO, 'bin/prebake'), args, { env, cwd: dir, encoding: 'utf8' });
     const out = ran.stdout.trim();
     const nodes = readdirSync(dir).filter((f) => /^node-\d+\.args$/.test(f)).length;
-    return { code: ran.status, out, nodes, node: (n = 1) => read(`node-${n}.args`), restore: read(`restore-${nodes}.args`), del: read('runc-delete.args'), create: read('runc-create.args') };
+    return { code: ran.status, out, nodes, node: (n = 1) => read(`node-${n}.args`), restore: ((r) => (r ? read(r) : undefined))(readdirSync(dir).filter((f) => /^restore-\d+\.args$/.test(f)).sort((a, b) => parseInt(a.slice(8)) - parseInt(b.slice(8))).at(-1)), go: read('go-1.args'), del: read('runc-delete.args'), create: read('runc-create.args') };
   };
   return { dir, bundle, call };
 }
@@ -222,9 +236,14 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
     ['create', '--bundle', b, 'a/b'],
   ])
     first(args, args.join(' '));
-  // A terminal: Node first, then the restore maps the console socket.
+  // A terminal: Node first, then the restore maps the console socket; the same Node program,
+  // told runc's pid on its channel, checks it (one Node start) and says cold here.
   const tty = call(['--root', '/r', 'create', '--bundle', b, '--console-socket', '/s.sock', 'ctr'], [`restore\n${entry}/checkpoint\n`]);
   t.deepEqual(tty.restore?.slice(-3), ['--console-socket', '/s.sock', 'ctr']);
+  t.is(tty.nodes, 1, 'one Node program for both verdicts');
+  t.regex(tty.go?.[0] ?? '', /^\d+ \d*$/, "runc's pid and start stamp on the channel");
+  t.deepEqual(tty.del?.slice(-3), ['delete', '--force', 'ctr'], 'cold: the restore is cleared away');
+  t.deepEqual(tty.create, ['--root', '/r', 'create', '--bundle', b, '--console-socket', '/s.sock', 'ctr']);
   rmSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`));
   first(['create', '--bundle', b, 'ctr'], 'no hint');
   writeFileSync(join(b, `rootfs/.prebake/${HINT_PREFIX}${digest}`), '');

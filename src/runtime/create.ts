@@ -128,6 +128,17 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
 }
 
 /**
+ * After a `restore` verdict on the channel: the restore the shell started for `plan`, given as
+ * "<runc pid> <start stamp>" on `input` (read to its end), checked and settled (settle); null if
+ * the shell started none (it closed the channel without a line).
+ */
+export function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConfig, log: Logger, caller: number | undefined): Verdict | null {
+  const m = /^(\d+) (\d*)\n?$/.exec(input);
+  if (!m) return null;
+  return settle(plan, { dir: plan.stateDir, image: plan.imagePath, runcPid: Number(m[1]), ...(m[2] ? { t0: BigInt(m[2]) } : {}) }, cfg, log, caller);
+}
+
+/**
  * The verdict on the restore bin/prebake started, once it is the one `plan` asks for: wait for
  * runc (checking the stopped tasks as soon as runc has written the restored init's pid: it exits
  * a few ms later), then accept, or say why not and go cold. `caller` is bin/prebake as the engine
@@ -190,7 +201,7 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
  * checked and settled (settle) if it is the planned one, else restarted from the planned image
  * (`restore`), or refused (`cold`: nothing restored ran again).
  */
-export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore, caller?: number): Verdict {
+export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore, caller?: number): Verdict & { plan?: RestorePlan } {
   let createArgs: ParsedArgs | undefined;
   let plan: RestorePlan | null = null;
   let netns = '';
@@ -219,7 +230,7 @@ export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger,
     if (early) log.debug({ id }, 'early restore refused before its tasks ran again; cleared away');
     return { word: 'cold', lines: [netns] };
   }
-  if (!early) return { word: 'restore', lines: [plan.imagePath] };
+  if (!early) return { word: 'restore', lines: [plan.imagePath], plan };
   if (resolve(early.image) !== resolve(plan.imagePath) || resolve(early.dir) !== resolve(plan.stateDir)) {
     log.debug({ id }, 'early restore refused before its tasks ran again; cleared away');
     log.debug({ id }, 'the early restore was not the planned one; restoring again');

@@ -3,11 +3,12 @@
 // it is passed to runc unchanged.
 
 import { spawnSync } from 'node:child_process';
-import { writeSync } from 'node:fs';
+import { readSync, writeSync } from 'node:fs';
 import { EARLY_ENV } from '../contract.ts';
+import { nap } from '../lib/proc.ts';
 import { parseRuntimeCall, flagIsSet, flagValue } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
-import { decideCreate, verdictText } from './create.ts';
+import { decideCreate, settleStarted, verdictText } from './create.ts';
 import { createLogger } from './log.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
@@ -20,6 +21,25 @@ function passThrough(runc: string, argv: readonly string[]): number {
     return 127;
   }
   return r.status ?? 1;
+}
+
+/** A line from the shell on stdin (to its newline or its end), up to 256 bytes. */
+function readStdin(): string {
+  const buf = Buffer.alloc(256);
+  let n = 0;
+  for (;;) {
+    let got: number;
+    try {
+      got = readSync(0, buf, n, buf.length - n, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        nap(1);
+        continue;
+      }
+      return '';
+    }
+    if (got === 0 || buf.subarray(n, (n += got)).includes(10) || n === buf.length) return buf.toString('utf8', 0, n);
+  }
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -53,8 +73,16 @@ export async function main(argv: readonly string[]): Promise<number> {
           ? { dir: env[EARLY_ENV.state]!, image: env[EARLY_ENV.image]!, runcPid, ...(t0 && /^\d+$/.test(t0) ? { t0: BigInt(t0) } : {}) }
           : undefined;
       const caller = num(env[EARLY_ENV.caller]);
+      const channel = env[EARLY_ENV.go] === '1';
       for (const k of Object.values(EARLY_ENV)) delete env[k];
-      writeSync(1, verdictText(decideCreate(call, cfg, log, early, caller)));
+      const verdict = decideCreate(call, cfg, log, early, caller);
+      writeSync(1, verdictText(verdict));
+      // On the channel, the restore the shell starts is this program's to check: one Node start
+      // for a checkpoint seen for the first time, not two.
+      if (channel && verdict.word === 'restore' && verdict.plan) {
+        const second = settleStarted(verdict.plan, readStdin(), cfg, log, caller);
+        if (second) writeSync(1, verdictText(second));
+      }
       return 0;
     }
     case 'doctor': {
