@@ -20,17 +20,16 @@ import {
   CRI_NAMESPACE,
   CRI_RUNC_ROOT,
   type ContainerStatusResponse,
-  type CriContainerd,
   type ExecSyncResponse,
   PAUSE_IMAGE,
   type Pod,
   httpGet,
   importLayout,
-  startCriContainerd,
   waitForImage,
   waitHttp,
   writePauseImage,
 } from '../lab/engines/cri.ts';
+import { type CriContainerd, startContainerd } from '../lab/engines/daemons.ts';
 import { NOOP_CMD, NOOP_PORT, noopImage } from './helpers/images.ts';
 
 const PLAIN = 'docker.io/prebake/noop:plain';
@@ -62,10 +61,10 @@ let ctd: CriContainerd;
 
 test.before(async (t) => {
   const t0 = Date.now();
-  ctd = await startCriContainerd();
+  ctd = await startContainerd({ cri: true });
   await writePauseImage(ctd);
   const layout = await noopImage();
-  importLayout(ctd, layout, 'latest', CRI_NAMESPACE, PLAIN);
+  await importLayout(ctd, layout, 'latest', CRI_NAMESPACE, PLAIN);
   // prebake-build captures the spec `ctr run` gives (in containerd's default namespace) and writes
   // the baked image into the namespace CRI reads (a NAMESPACE/ prefix needs a registry after it).
   const bake = spawnSync(join(REPO, 'bin/prebake-build'), ['--target', 'containerd', `oci:${layout}:latest`, `containerd:${CRI_NAMESPACE}/${BAKED}`], { env: ctd.env, encoding: 'utf8' });

@@ -24,7 +24,7 @@ import { prebakeBinPath } from '../../src/lib/paths.ts';
 import { bakeFunction } from './bake.ts';
 import { EngineClient, type Endpoint } from './client.ts';
 import { cniNetwork } from './cni.ts';
-import { CRI_NAMESPACE, CRI_RUNC_ROOT, type Pod, startCriContainerd, writePauseImage } from './cri.ts';
+import { CRI_NAMESPACE, CRI_RUNC_ROOT, type Pod, writePauseImage } from './cri.ts';
 import { type Containerd, type Dockerd, type Podman, startContainerd, startDockerd, startPodman } from './daemons.ts';
 
 /**
@@ -182,7 +182,7 @@ async function containerdDriver(cni = false): Promise<Driver> {
     const runtimeFlags = (runtime: Runtime) => (runtime === 'prebake' ? ['--runc-binary', prebakeBinPath()] : []);
     return {
       version,
-      env: { ...process.env, CONTAINERD_ADDRESS: ctd.socket },
+      env: ctd.env,
       target: cni ? 'containerd-netns' : 'containerd',
       describe: net
         ? { prebake: `ctr run -d --runc-binary ${prebakeBinPath()} --with-ns network:NETNS IMAGE ID`, runc: 'ctr run -d --with-ns network:NETNS IMAGE ID', off: `--env ${OFF_ENV}`, reached: 'on its CNI address from the host (a bridge network; CNI ADD before the clock starts)', run: 'ctr run -d --with-ns network:NETNS', runRm: 'ctr run --rm' }
@@ -220,12 +220,12 @@ async function containerdDriver(cni = false): Promise<Driver> {
 }
 
 /**
- * Pods through a private containerd's CRI plugin (lab/engines/cri.ts), as kubelet makes them: the
- * pod sandbox and the container are made before the clock starts, StartContainer is timed to the
- * first answer on the pod IP. The prebake runtime handler, or the default runc one.
+ * Pods through a private containerd's CRI plugin (startContainerd({ cri: true })), as kubelet
+ * makes them: the pod sandbox and the container are made before the clock starts, StartContainer
+ * is timed to the first answer on the pod IP. The prebake runtime handler, or the default runc one.
  */
 async function criDriver(): Promise<Driver> {
-  const ctd = await startCriContainerd();
+  const ctd = await startContainerd({ cri: true });
   const made = new Map<string, { pod: Pod; id: string }>();
   const ref = (image: string) => `docker.io/${image}`;
   const make = async (name: string, o: Pick<StartOptions, 'image' | 'runtime' | 'env' | 'checkpointOff'>, extra: Record<string, unknown> = {}) => {
@@ -249,7 +249,7 @@ async function criDriver(): Promise<Driver> {
   };
   try {
     await writePauseImage(ctd);
-    const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(ctd.ctr(['version']))?.[1] ?? '?'} (CRI)`;
+    const version = `containerd ${/Server:\s*\n\s*Version:\s*(\S+)/.exec(await ctd.ctr(['version']))?.[1] ?? '?'} (CRI)`;
     return {
       version,
       target: 'cri',
