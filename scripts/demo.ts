@@ -25,8 +25,8 @@ const TYPICAL: Record<FunctionName, { cold: number; prebaked: number; request: n
   markdown: { cold: 125, prebaked: 85, request: 1.7 },
   resize: { cold: 206, prebaked: 93, request: 15 },
   ml: { cold: 2764, prebaked: 150, request: 45 },
-  java: { cold: 2057, prebaked: 184, request: 5.5 },
-  node: { cold: 775, prebaked: 186, request: 3.5 },
+  java: { cold: 1596, prebaked: 169, request: 4.3 },
+  node: { cold: 410, prebaked: 126, request: 2 },
 };
 const PER_REPLICA_MS = 1500;
 
