@@ -60,11 +60,11 @@ Functions start from a **snapshot** taken after their initialisation:
 `;
 
 /**
- * The JVM's flags: no hsperfdata file (a file under /tmp mapped shared, which a restored container
- * does not have), the serial collector (no GC worker threads), a young generation of 16 MB and a
- * heap that gives back what it does not use after the function's System.gc() at the end of its
- * initialisation, so that the checkpoint holds ~90 MB of the process, not a heap sized from the
- * host's memory.
+ * The JVM's flags, for what the checkpoint holds (the JVM restores without them too): no hsperfdata
+ * file (shared-mapped counters under /tmp, which the bake would put in the checkpoint layer), the
+ * serial collector (no GC worker threads), a young generation of 16 MB and a heap that gives back
+ * what it does not use after the function's System.gc() at the end of its initialisation: ~95 MB
+ * of pages in the checkpoint, not a heap sized from the host's memory.
  */
 const JAVA_CMD: readonly string[] = ['java', '-XX:-UsePerfData', '-XX:+UseSerialGC', '-Xms32m', '-Xmx128m', '-Xmn16m', '-XX:MinHeapFreeRatio=10', '-XX:MaxHeapFreeRatio=20', '-cp', '/app', 'Function'];
 
@@ -139,7 +139,7 @@ export const FUNCTIONS = {
     warmups: 100,
   },
   /**
-   * Node.js (18, Debian's) on node:http, loading ~400 modules of Debian's node-* libraries at
+   * Node.js (18, Debian's) on node:http, loading ~420 modules of Debian's node-* libraries at
    * start-up; POST /render turns Markdown with YAML front matter into a sanitised HTML page.
    */
   node: {
