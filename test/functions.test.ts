@@ -14,7 +14,9 @@ import { bakeFunction } from '../lab/engines/bake.ts';
 import { functionSpec, runcDefaultSpec } from '../src/bake/spec.ts';
 import { targetSpec } from '../src/bake/target.ts';
 import { DIGIT_EIGHT, FUNCTION_PORT, FUNCTIONS, type FunctionName, type FunctionRecipe, functionImage, IMAGES_DIR } from '../lab/functions.ts';
+import { storeEntry } from '../src/checkpoint/store.ts';
 import { readImage } from '../src/image/read.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
@@ -361,6 +363,8 @@ async function bakedReplicas(t: ExecutionContext, name: FunctionName): Promise<(
     await image.cleanup();
   }
   const config = image.config.config ?? {};
+  // What the restores import of this bake into the verified store goes with the test.
+  t.teardown(() => rmSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(lower, '.prebake/manifest.json'))), { recursive: true, force: true }));
   t.log(`${name}: baked in ${((performance.now() - t0) / 1000).toFixed(1)} s (image cached)`);
   return async (how) => {
     const b = overlayBundle([lower]);
