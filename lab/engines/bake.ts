@@ -1,6 +1,6 @@
 // Baking a sample function (lab/functions.ts) with prebake-build: ready when GET / answers,
-// checkpointed after warm-up requests of the function's own work (one, or the recipe's warmups), for a
-// target engine.
+// checkpointed after warm-up requests of the function's own work (one, or the recipe's warmups),
+// for a target engine.
 
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';

@@ -98,8 +98,8 @@ export interface Target {
 
 /**
  * The study's targets: startup of prebaked <= 0.5x cold for noop, markdown, resize and node,
- * <= 0.2x for java, >= 10x faster (<= 0.1x) for ml; latency after startup of prebaked within 5% of cold at the median and
- * at p90, for every function. "Within 5%" is one-sided: prebaked being faster is not a miss.
+ * <= 0.2x for java, >= 10x faster (<= 0.1x) for ml; latency after startup of prebaked within 5%
+ * of cold at the median and at p90, for every function. "Within 5%" is one-sided: prebaked being faster is not a miss.
  */
 export function defaultTargets(functions: readonly string[]): Target[] {
   const out: Target[] = [];
