@@ -7,7 +7,7 @@
 // --full is the seed study's size: 200 starts per function and mode, 200 requests after each.
 // An estimate of the run's duration is printed before it starts.
 //
-//   npm run demo -- [--full] [--engine runc|docker|containerd|podman] [--runs N] [--requests M] [--functions noop,markdown,resize,ml] [--out DIR]
+//   npm run demo -- [--full] [--engine runc|docker|containerd|podman] [--runs N] [--requests M] [--functions noop,markdown,resize,ml,java,node] [--out DIR]
 
 import { parseArgs } from 'node:util';
 import { stopEnginesOnSignal, stoppingOnSignal } from '../lab/engines/engine.ts';
@@ -25,6 +25,8 @@ const TYPICAL: Record<FunctionName, { cold: number; prebaked: number; request: n
   markdown: { cold: 125, prebaked: 85, request: 1.7 },
   resize: { cold: 206, prebaked: 93, request: 15 },
   ml: { cold: 2764, prebaked: 150, request: 45 },
+  java: { cold: 1596, prebaked: 169, request: 4.3 },
+  node: { cold: 410, prebaked: 126, request: 2 },
 };
 const PER_REPLICA_MS = 1500;
 

@@ -4,22 +4,27 @@
 // HTTP 200) and the initialisation time the function reports itself.
 
 import test, { type ExecutionContext } from 'ava';
-import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { functionSpec } from '../src/bake/spec.ts';
-import { DIGIT_EIGHT, FUNCTION_CMD, FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage, IMAGES_DIR } from '../lab/functions.ts';
+import { bakeFunction } from '../lab/engines/bake.ts';
+import { functionSpec, runcDefaultSpec } from '../src/bake/spec.ts';
+import { targetSpec } from '../src/bake/target.ts';
+import { DIGIT_EIGHT, FUNCTION_PORT, FUNCTIONS, type FunctionName, type FunctionRecipe, functionImage, IMAGES_DIR } from '../lab/functions.ts';
+import { storeEntry } from '../src/checkpoint/store.ts';
 import { readImage } from '../src/image/read.ts';
+import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
-import { overlayBundle, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
 import { run, type RunResult } from './helpers/bundle.ts';
 
-// The first build of ml debootstraps a Python with scipy and scikit-learn: minutes.
+// The first build of ml debootstraps a Python with scipy and scikit-learn: minutes; java's two rootfs
+// (a JRE, and a JDK for javac) ~1.5 min each.
 const BUILD_TIMEOUT = 40 * 60_000;
 const NAMES = Object.keys(FUNCTIONS) as FunctionName[];
 
@@ -96,13 +101,18 @@ for (const name of NAMES) {
     const image = await readImage(`oci:${dir}:latest`);
     try {
       const config = image.config.config ?? {};
-      t.deepEqual(config.Cmd, [...FUNCTION_CMD]);
+      t.deepEqual(config.Cmd, [...FUNCTIONS[name].cmd]);
       t.deepEqual(Object.keys(config.ExposedPorts ?? {}), [`${FUNCTION_PORT}/tcp`]);
       t.true((config.Env ?? []).some((e) => e.startsWith('PATH=/usr/local/sbin:')), JSON.stringify(config.Env));
       t.is(image.layers.length, 2, 'a rootfs layer and an app layer');
-      const files = FUNCTIONS[name].files.map((f) => `app/${f.split('/').pop()}`);
+      const recipe: FunctionRecipe = FUNCTIONS[name];
+      const files = recipe.files.map((f) => `app/${f.split('/').pop()}`);
       const app = await layerMembers(image.layers[1]!.path, files);
-      t.deepEqual(app.names, ['app', ...files].sort());
+      // What a compile step made is there too (java: javac's classes, one per source class at least).
+      const made = app.names.filter((n) => n !== 'app' && !files.includes(n));
+      t.deepEqual(app.names.filter((n) => !made.includes(n)), ['app', ...files].sort());
+      if (recipe.compile) t.true(made.length >= files.length && made.every((n) => n.endsWith('.class')), made.join(' '));
+      else t.deepEqual(made, []);
       for (const f of FUNCTIONS[name].files) t.deepEqual(app.content.get(`app/${f.split('/').pop()}`), readFileSync(join(IMAGES_DIR, f)), f);
       const [base, top] = image.layers.map((l) => l.size) as [number, number];
       t.log(`${name}: first call ${(firstMs / 1000).toFixed(1)} s (a build unless cached), second ${againMs.toFixed(0)} ms; layers (gzip): rootfs ${megabytes(base)}, app ${(top / 1000).toFixed(1)} kB`);
@@ -267,3 +277,163 @@ test.serial('ml trains for over a second at initialisation, then classifies the 
   t.is(exit.code, 0, exit.output);
   t.deepEqual(exit.output.trim().split('\n'), ['ml listening on 8080', 'request 1 GET /', 'request 2 POST /predict', 'request 3 POST /predict', 'request 4 GET /predict', ...[5, 6, 7, 8].map((n) => `request ${n} POST /predict`)]);
 });
+
+test.serial('java searches the index it built at start-up, the same index in every process', async (t) => {
+  const f = await startCold(t, 'java');
+  t.like(f.status, { ok: true, served: 1, function: 'java', restored: false, documents: 40000, terms: 20000 });
+  t.regex(String(f.status.index_sha256), /^[0-9a-f]{64}$/);
+  t.regex(String(f.status.java_version), /^17\./);
+  t.true(f.status.init_seconds! > 0.2, `init_seconds ${f.status.init_seconds}`);
+  const search = (q: string) => f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/search', body64: Buffer.from(q).toString('base64') });
+  const r = await search('ruquipel borbor zenhum zenmihum');
+  t.is(r.status, 200, r.body);
+  t.is(r.headers['content-type'], 'application/json');
+  t.is(served(r), 2);
+  const answer = JSON.parse(r.body) as { ok: boolean; served: number; matched: number; hits: { doc: number; score: number }[] };
+  t.like(answer, { ok: true, served: 2 });
+  t.true(answer.matched > 30000 && answer.matched <= 40000, `matched ${answer.matched}`);
+  t.is(answer.hits.length, 10);
+  t.deepEqual([...answer.hits].sort((a, b) => b.score - a.score), answer.hits, 'best first');
+  const get = await f.client.request({ port: FUNCTION_PORT, path: '/search?q=ruquipel+borbor+zenhum+zenmihum' });
+  t.deepEqual(JSON.parse(get.body).hits, answer.hits, 'GET /search?q= searches the same');
+  for (const [i, bad] of ['', '123 !!', '\xff'].entries()) {
+    const b = await f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/search', body64: Buffer.from(bad, 'latin1').toString('base64') });
+    t.is(b.status, 400, `bad query ${i}: ${b.body}`);
+    t.like(JSON.parse(b.body), { ok: false, served: 4 + i });
+  }
+  const exit = await f.stop('request 6 POST /search');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['java listening on 8080', 'request 1 GET /', 'request 2 POST /search', 'request 3 GET /search?q=ruquipel+borbor+zenhum+zenmihum', ...[4, 5, 6].map((n) => `request ${n} POST /search`)]);
+  javaIndex = String(f.status.index_sha256);
+});
+
+/** The index digest a cold java process reported, for the restored replicas to match. */
+let javaIndex: string | undefined;
+
+test.serial('node renders Markdown with YAML front matter to a sanitised, highlighted HTML page', async (t) => {
+  const f = await startCold(t, 'node');
+  t.like(f.status, { ok: true, served: 1, function: 'node', restored: false });
+  t.regex(String(f.status.node_version), /^v18\./);
+  t.true((f.status.modules as number) > 300, `modules ${f.status.modules}`);
+  const render = (doc: string | Buffer) => f.client.request({ port: FUNCTION_PORT, method: 'POST', path: '/render', body64: Buffer.from(doc).toString('base64') });
+  const doc = '---\ntitle: A <page>\ntags: [x, y, x]\n---\n# Heading\n\n```js\nconst a = 1;\n```\n\n<script>alert(1)</script><b>bold</b>\n';
+  const r = await render(doc);
+  t.is(r.status, 200, r.body);
+  t.is(r.headers['content-type'], 'text/html; charset=utf-8');
+  t.is(served(r), 2);
+  t.regex(r.body, /^<!DOCTYPE html>\n<html lang="en">/);
+  t.true(r.body.includes('<title>A &lt;page&gt;</title>'), r.body);
+  t.true(r.body.includes('<ul class="tags"><li>x</li><li>y</li></ul>'), r.body);
+  t.true(r.body.includes('<h1>Heading</h1>'), r.body);
+  t.true(r.body.includes('<span class="hljs-keyword">const</span>'), r.body);
+  t.true(r.body.includes('<b>bold</b>') && !r.body.includes('<script>'), r.body);
+  const untitled = await render('# Only a heading\n');
+  t.true(untitled.body.includes('<title>Only a heading</title>'), untitled.body);
+  for (const [i, bad] of ['---\ntitle: [unclosed\n---\nx', '---\ntitle: 3\ncolour: red\n---\nx', Buffer.from([0xff, 0xfe])].entries()) {
+    const b = await render(bad);
+    t.is(b.status, 400, `bad document ${i}: ${b.body}`);
+    t.like(JSON.parse(b.body), { ok: false, served: 4 + i });
+  }
+  const get = await f.client.request({ port: FUNCTION_PORT, path: '/render' });
+  t.is(get.status, 400);
+  const exit = await f.stop('request 7 GET /render');
+  t.is(exit.code, 0, exit.output);
+  t.deepEqual(exit.output.trim().split('\n'), ['node listening on 8080', 'request 1 GET /', ...[2, 3, 4, 5, 6].map((n) => `request ${n} POST /render`), 'request 7 GET /render']);
+});
+
+interface Replica {
+  status: Status;
+  client: NetnsClient;
+}
+
+/**
+ * A function baked for runc by prebake-build (after its warm-up requests), unpacked; replicas of it
+ * restored by the prebake runtime, or by a raw `runc restore` of its checkpoint, which sends no
+ * restore signal: that replica still has the baked process's identity.
+ */
+async function bakedReplicas(t: ExecutionContext, name: FunctionName): Promise<(how: 'prebake' | 'raw runc restore') => Promise<Replica>> {
+  const scratch = mkdtempSync(join(tmpdir(), `prebake-fbake-${name}-`));
+  t.teardown(() => rmSync(scratch, { recursive: true, force: true }));
+  const t0 = performance.now();
+  await bakeFunction(name, { target: 'runc', dest: `oci:${scratch}/baked:latest` });
+  const image = await readImage(`oci:${scratch}/baked:latest`);
+  const lower = join(scratch, 'rootfs');
+  try {
+    await unpackLayers(image.layers, lower);
+  } finally {
+    await image.cleanup();
+  }
+  const config = image.config.config ?? {};
+  // What the restores import of this bake into the verified store goes with the test.
+  t.teardown(() => rmSync(storeEntry(loadRuntimeConfig().store, readFileSync(join(lower, '.prebake/manifest.json'))), { recursive: true, force: true }));
+  t.log(`${name}: baked in ${((performance.now() - t0) / 1000).toFixed(1)} s (image cached)`);
+  return async (how) => {
+    const b = overlayBundle([lower]);
+    const rt = runtimeDirs();
+    const id = uniqueName(`fr-${name}`);
+    let client: NetnsClient | undefined;
+    t.teardown(async () => {
+      client?.close();
+      await run(PREBAKE, ['--root', rt.root, 'delete', '--force', id]);
+      b.cleanup();
+      rt.cleanup();
+    });
+    b.writeSpec(targetSpec('runc', runcDefaultSpec(), config, { rootfs: 'rootfs', hostRootfs: lower, nsPaths: { network: b.netnsPath }, scratch: join(b.dir, 'files') }));
+    client = await NetnsClient.start(b.netns);
+    const t1 = performance.now();
+    if (how === 'prebake') {
+      const created = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id]);
+      if (created.code !== 0) throw new Error(`prebake create: ${created.output}`);
+      const started = await run(PREBAKE, ['--root', rt.root, 'start', id]);
+      if (started.code !== 0) throw new Error(`prebake start: ${started.output}`);
+    } else {
+      mkdirSync(join(b.dir, 'criu-work'));
+      const args = ['--root', rt.root, 'restore', '--detach', '--image-path', join(b.rootfs, '.prebake/checkpoint'), '--work-path', join(b.dir, 'criu-work'), '--bundle', b.dir, id];
+      const restored = await run('runc', args);
+      if (restored.code !== 0) throw new Error(`runc restore: ${restored.output}`);
+    }
+    const first = await client.waitHttp({ port: FUNCTION_PORT, path: '/', timeoutMs: 60_000, intervalMs: 2 });
+    const ms = performance.now() - t1;
+    let status = JSON.parse(first.body) as Status;
+    // The runtime's restore signal is handled as soon as the process is scheduled: give it a moment.
+    for (let i = 0; how === 'prebake' && !status.restored && i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      status = JSON.parse((await client.request({ port: FUNCTION_PORT, path: '/' })).body) as Status;
+    }
+    t.log(`${name}: ${how} → first HTTP 200 in ${ms.toFixed(0)} ms; served ${status.served}, restored ${status.restored}, replica ${status.replica}`);
+    return { status, client };
+  };
+}
+
+for (const name of ['java', 'node'] as const) {
+  test.serial(`${name}: baked after its warm-up and restored, each replica renews its identity and serves`, async (t) => {
+    t.timeout(BUILD_TIMEOUT, `building and baking ${name}`);
+    const start = await bakedReplicas(t, name);
+    const wallBefore = Date.now() / 1000;
+    const baked = await start('raw runc restore');
+    const a = await start('prebake');
+    const b = await start('prebake');
+    const warmups = FUNCTIONS[name].warmups;
+    // The baked process: its readiness probe and warm-up requests served, no restore signal seen.
+    t.like(baked.status, { ok: true, function: name, restored: false });
+    t.true(baked.status.served > warmups, `served ${baked.status.served} after ${warmups} warm-up requests`);
+    t.true(baked.status.initialised_at < wallBefore, 'initialised before the bake, not now');
+    for (const r of [a, b]) {
+      // Restored, not started cold: the baked process's count and initialisation time ...
+      t.true(r.status.served >= baked.status.served, `served ${r.status.served}`);
+      t.is(r.status.initialised_at, baked.status.initialised_at);
+      // ... with an identity and a time of its own, from the restore signal.
+      t.true(r.status.restored, `restored ${r.status.restored}`);
+      t.not(r.status.replica, baked.status.replica, 'a restored replica does not keep the baked identity');
+      t.true((r.status.restored_at as number) >= wallBefore, `restored_at ${r.status.restored_at} is after the restore began (${wallBefore})`);
+      const w = FUNCTIONS[name].warmup;
+      const res = await r.client.request({ port: FUNCTION_PORT, method: w.method, path: w.path, body64: w.body.toString('base64') });
+      t.is(res.status, 200, res.body);
+      t.is(served(res), r.status.served + 1);
+      if (name === 'java') t.is((JSON.parse(res.body) as { hits: unknown[] }).hits.length, 10);
+      else t.true(res.body.includes('<title>Prebaking</title>'), res.body);
+    }
+    t.not(a.status.replica, b.status.replica, 'two replicas of one checkpoint have identities of their own');
+    if (name === 'java' && javaIndex) t.is(a.status.index_sha256, javaIndex, 'the restored index is the one a cold start builds');
+  });
+}

@@ -447,3 +447,25 @@ test('the console table has a row per function with medians, ratios and targets'
   t.regex(noop, /2\/3 met, missed: latency p90$/);
   t.regex(lines.find((l) => l.startsWith('ml'))!, /80\.0 ms\s+0\.080x.*1\/3 met/);
 });
+
+test('targets of the java and node functions: startup <= 0.2x and <= 0.5x cold, latency within 5%', (t) => {
+  const results = {
+    meta: crafted().meta,
+    functions: [
+      // 0.25x: missed by 5 ms (limit 0.2 x 100 ms).
+      { name: 'java', startupMs: { cold: rep(100), prebaked: rep(25) }, latencyMs: { cold: rep(10), prebaked: rep(2) } },
+      // 0.4x: met with 10 ms to spare.
+      { name: 'node', startupMs: { cold: rep(100), prebaked: rep(40) }, latencyMs: { cold: rep(10), prebaked: rep(10) } },
+    ],
+  };
+  const outcomes = evaluateTargets(results);
+  t.is(outcomes.length, 2 + 2 * 2);
+  const java = outcomes.find((o) => o.target.fn === 'java' && o.target.metric === 'startup')!;
+  t.is(java.target.maxRatio, 0.2);
+  t.false(java.met);
+  t.true(close(java.marginMs, -5, 1e-9));
+  const node = outcomes.find((o) => o.target.fn === 'node' && o.target.metric === 'startup')!;
+  t.is(node.target.maxRatio, 0.5);
+  t.true(node.met);
+  t.true(outcomes.filter((o) => o.target.metric === 'latency').every((o) => o.met), 'a faster restored JVM meets "within 5%"');
+});

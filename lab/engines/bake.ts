@@ -1,5 +1,6 @@
 // Baking a sample function (lab/functions.ts) with prebake-build: ready when GET / answers,
-// checkpointed after one warm-up request of the function's own work, for a target engine.
+// checkpointed after warm-up requests of the function's own work (one, or the recipe's warmups),
+// for a target engine.
 
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -7,16 +8,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Target } from '../../src/bake/target.ts';
-import { FUNCTION_PORT, FUNCTIONS, type FunctionName, functionImage } from '../functions.ts';
+import { FUNCTION_PORT, FUNCTIONS, type FunctionName, type FunctionRecipe, functionImage } from '../functions.ts';
 import { packageRoot } from '../../src/lib/paths.ts';
 
 const run = promisify(execFile);
 
 /** prebake-build's readiness and warm-up options for a function; a warm-up body is written into `scratch`. */
 function functionBakeArgs(name: FunctionName, scratch: string): string[] {
-  const r = FUNCTIONS[name];
-  const args = ['--ready', `http:${FUNCTION_PORT}/`, '--warmup', '1', '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
-  if ('body' in r.warmup) {
+  const r: FunctionRecipe = FUNCTIONS[name];
+  const args = ['--ready', `http:${FUNCTION_PORT}/`, '--warmup', String(r.warmups ?? 1), '--warmup-request', `${r.warmup.method} ${r.warmup.path}`];
+  if (r.warmup.body) {
     writeFileSync(join(scratch, `${name}.body`), r.warmup.body);
     args.push('--warmup-body', join(scratch, `${name}.body`));
   }

@@ -1,10 +1,10 @@
 // Function images for prebake-build tests: the noop function as an OCI layout (a Python layer,
 // an app layer with /app/function.py), built once and cached by functionImage (lab/functions.ts).
 
-import { FUNCTION_CMD, FUNCTION_PORT, functionImage } from '../../lab/functions.ts';
+import { FUNCTION_PORT, FUNCTIONS, functionImage } from '../../lab/functions.ts';
 
 export const NOOP_PORT = FUNCTION_PORT;
-export const NOOP_CMD = [...FUNCTION_CMD];
+export const NOOP_CMD = [...FUNCTIONS.noop.cmd];
 
 /**
  * An OCI layout holding `latest`: the noop function (images/noop) on the Python rootfs, Cmd
