@@ -282,7 +282,8 @@ test('a create with the id of a running restored container fails as runc create 
   t.is(JSON.parse((await run(PREBAKE, ['--root', first.root, 'state', first.id])).output).status, 'running');
 });
 
-test('a restore that never ends (a file the checkpoint maps replaced by a FIFO, on which CRIU blocks) is stopped after restoreTimeout: cold start, nothing of it left', async (t) => {
+// Serial: it looks for any process blocked on a FIFO, which the other FIFO tests of this file make too.
+test.serial('a restore that never ends (a file the checkpoint maps replaced by a FIFO, on which CRIU blocks) is stopped after restoreTimeout: cold start, nothing of it left', async (t) => {
   const layer = noop.layerCopy(t);
   // libuuid, which the baked python3 maps, is a FIFO in this replica's rootfs.
   const lib = join(layer, 'usr/lib/x86_64-linux-gnu');
