@@ -4,6 +4,9 @@
 
 import { CREATE_FLAGS, type FlagSpec, GLOBAL_FLAGS } from '../src/contract.ts';
 
+// dist/criu.conf's text, for the build.
+export { RESTORE_CRIU_CONF } from '../src/contract.ts';
+
 /** Every spelling Go's flag package accepts for a flag, bare (`-f`, `--f`) or with `=value`. */
 const spellings = (f: FlagSpec, eq: boolean) => [f.name, ...(f.aliases ?? [])].flatMap((n) => [`--${n}${eq ? '=*' : ''}`, `-${n}${eq ? '=*' : ''}`]).join('|');
 
