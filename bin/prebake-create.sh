@@ -128,13 +128,74 @@ runc_for() {
 }
 
 # Makes the container's state with every file a restore writes there (CRIU's work dir and log,
-# runc's log, the `restored` marker, CRIU's config if dist/criu.conf is not as it must be), so
-# that a state dir with no room left is a cold start, not a half-made container.
+# runc's log, the `restored` marker, CRIU's config ($conf_text) if dist/criu.conf is not as it
+# must be or names a host mount that is not there), so that a state dir with no room left is a
+# cold start, not a half-made container.
 make_state() {
   mkdir -p -m 700 "$base" "$st/$f_criu_work" && true > "$st/$f_criu_log" && true > "$st/$f_runc_log" &&
-    true > "$st/$f_restored" && { [ "$criu_conf" = "$dist/criu.conf" ] || echo leave-stopped > "$criu_conf"; }
+    true > "$st/$f_restored" && { [ "$criu_conf" = "$dist/criu.conf" ] || printf '%s' "$conf_text" > "$criu_conf"; }
   # (Regular builtins only: a failed redirection of a special one, such as ":", would end this shell.)
 }
+
+# CRIU's config for this restore: dist/criu.conf when it is as it must be (its first line
+# `leave-stopped`, then the host paths the bake's external mounts are bound from: the keys and
+# default paths of HOST_MOUNTS in src/contract.ts) and those host mounts are there; else
+# $conf_text, written into the state by make_state: `leave-stopped` and the lines of the host
+# mounts that are there (a checkpoint that needs a missing one fails to restore: a cold start).
+# The host mounts are made when missing (/run is emptied at boot), at the paths dist/criu.conf
+# names whatever PREBAKE_STATE_DIR says; checked without a fork (a read-only mount fails `-w`,
+# with EROFS; a missing path or a plain directory does not), made by a fork only when one is
+# missing (mount_host). Why one could not be made, in $mount_why.
+criu_config() {
+  criu_conf=$dist/criu.conf conf_line= mask_dir= cg_dir= mount_why=
+  {
+    {
+      read -r conf_line
+      while read -r l; do
+        case $l in
+          'external mnt[prebake-mask]:/'*) mask_dir=${l#*]:} ;;
+          'external mnt[prebake-cgroup-v1]:/'*) cg_dir=${l#*]:} ;;
+        esac
+      done
+    } < "$criu_conf"
+  } 2>/dev/null
+  if [ "$conf_line" != leave-stopped ] || [ -z "$mask_dir" ] || [ -z "$cg_dir" ]; then
+    conf_line= mask_dir=/run/prebake/mask cg_dir=/run/prebake/cgroup-v1
+  fi
+  # /sys/fs/cgroup is runc's tmpfs only under cgroup v1 (cgroup v2's root holds cgroup.controllers).
+  cg=
+  [ -d /sys/fs/cgroup ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ] && cg=$cg_dir
+  if ! { [ -d "$mask_dir" ] && [ ! -w "$mask_dir" ]; } || { [ -n "$cg" ] && ! { [ -d "$cg" ] && [ ! -w "$cg" ]; }; }; then
+    if ! mount_out=$({ mkdir -p -m 700 "${mask_dir%/*}" && flock "${mask_dir%/*}" sh -c "$mount_host" sh "$mask_dir" "$cg"; } 2>&1 >/dev/null); then
+      mount_out=${mount_out%"$nl"}
+      mount_why=${mount_out##*"$nl"}
+      mount_why=${mount_why:-failed}
+    fi
+  fi
+  conf_text="leave-stopped$nl" ok=1
+  if [ -d "$mask_dir" ] && [ ! -w "$mask_dir" ]; then conf_text="${conf_text}external mnt[prebake-mask]:$mask_dir$nl"; else ok=; fi
+  if [ -d "$cg_dir" ] && [ ! -w "$cg_dir" ]; then conf_text="${conf_text}external mnt[prebake-cgroup-v1]:$cg_dir$nl"; elif [ -n "$cg" ]; then ok=; fi
+  [ -n "$conf_line" ] && [ -n "$ok" ] || criu_conf=$st/$f_criu_conf
+}
+
+# Makes the host mounts, under a lock on their directory (creates at once): $1, the masks' (an
+# empty, read-only tmpfs), and $2 if not empty, cgroup v1's (a read-only tmpfs holding what the
+# host's /sys/fs/cgroup holds: a directory per controller hierarchy, the symlinks of comounted
+# ones; runc's tmpfs in a container holds the same names, and CRIU mounts the container's
+# controllers on them). Each private (nothing mounted in it propagates) and never writable.
+mount_host='
+  ro() { [ -d "$1" ] && [ ! -w "$1" ]; }
+  if ! ro "$1"; then
+    mkdir -p "$1" && mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=0555 prebake-mask "$1" && mount --make-private "$1" || exit 1
+  fi
+  if [ -n "$2" ] && ! ro "$2"; then
+    mkdir -p "$2" && mount -t tmpfs -o nosuid,nodev,noexec,size=4k,mode=0755 prebake-cgroup-v1 "$2" || exit 1
+    for e in /sys/fs/cgroup/*; do
+      n=${e##*/}
+      if [ -L "$e" ]; then ln -s "$(readlink "$e")" "$2/$n"; elif [ -d "$e" ]; then mkdir "$2/$n"; fi || { umount "$2"; exit 1; }
+    done
+    mount -o remount,ro,nosuid,nodev,noexec "$2" && mount --make-private "$2" || { umount "$2"; exit 1; }
+  fi'
 
 # Starts `runc restore` from $img into the container's state (made now, or the Node program's
 # channel made before). Fails with the reason in $why if the state cannot be written (nothing
@@ -145,9 +206,8 @@ start_restore() {
     [ -e "$st" ] && rm -rf "$st"
   fi
   pid_file=${pidfile:-$st/$f_pid}
-  criu_conf=$dist/criu.conf conf_line=
-  { read -r conf_line < "$criu_conf"; } 2>/dev/null
-  [ "$conf_line" = leave-stopped ] || criu_conf=$st/$f_criu_conf
+  criu_config
+  [ -n "$mount_why" ] && log_line warning "the host mounts $mask_dir${cg:+ and $cg} (read-only tmpfs a checkpoint's masked directories${cg:+ and /sys/fs/cgroup} are bound from) could not be made: $mount_why; a checkpoint baked with them starts cold"
   if ! make_state 2>/dev/null; then
     # Again, for the message (only now: a command substitution is a fork).
     why=$(make_state 2>&1 >/dev/null); why=${why##*: }

@@ -36,8 +36,8 @@ export interface BakedFunction {
   cleanup(): void;
 }
 
-/** Bakes images/noop (or `source`, a Python program serving HTTP on PORT) after WARMUP requests. */
-export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?: string[] } = {}): Promise<BakedFunction> {
+/** Bakes images/noop (or `source`, a Python program serving HTTP on PORT) after WARMUP requests (with `runc`, another runc). */
+export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?: string[]; runc?: string } = {}): Promise<BakedFunction> {
   const python = await pythonRootfs();
   const tmp = mkdtempSync(join(tmpdir(), 'prebake-baked-'));
   const app = join(tmp, 'app-layer');
@@ -66,6 +66,7 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
       warmup: { count: WARMUP, port: PORT, request: { method: 'GET', path: '/' } },
       outDir: join(b.rootfs, '.prebake'),
       prebakeVersion: 'test',
+      ...(opts.runc ? { runc: opts.runc } : {}),
       ...(receiver ? { consoleSocket: receiver.socket } : {}),
     }));
   } catch (e) {

@@ -23,13 +23,14 @@
 // are noisy: the header prints the load average, before and after.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { resolveInRootfs } from '../src/checkpoint/locate.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { chooseCheckpoint } from '../src/checkpoint/verify.ts';
+import { RESTORE_CRIU_CONF } from '../src/contract.ts';
 import { type CriuLog, type CriuPhases, criuGaps, criuPhases, parseCriuLog } from '../src/lib/criu-log.ts';
 import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
@@ -418,7 +419,23 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
   );
   try {
     const criuWork = join(b.dir, 'criu-work');
-    if (variant === 'raw-restore') mkdirSync(criuWork);
+    // The raw restore gets CRIU's config from prebake's without `leave-stopped` (nothing would
+    // resume its tasks): the host mounts the checkpoint's external mounts are bound from. The
+    // prebake variants make those mounts (each round starts with one of them).
+    const rawConf = join(b.dir, 'criu.conf');
+    if (variant === 'raw-restore') {
+      mkdirSync(criuWork);
+      writeFileSync(rawConf, RESTORE_CRIU_CONF.replace(/^leave-stopped\n/, ''));
+    }
+    client = await NetnsClient.start(b.netns);
+    // Warm the client's HTTP path (nothing listens yet: refused at once), so that the first 200
+    // of a restored replica does not pay for the client loading its HTTP code.
+    await client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(
+      () => {
+        throw new Error(`port ${PORT} answers in a fresh netns`);
+      },
+      () => {},
+    );
     const pidFile = join(b.dir, 'init.pid');
     if (variant === 'prebake-restore-uncached') rmSync(dirname(cacheEntry), { recursive: true, force: true });
     const entryBefore = statSync(cacheEntry, { bigint: true, throwIfNoEntry: false });
@@ -444,7 +461,8 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
     const t0 = performance.now();
     // (The cgroup's sh, ~1 ms, is the same for every variant.)
     const createCmd = variant === 'raw-restore' ? RUNC : PREBAKE;
-    const create = spawnPiped(...(cpu ? cpu.wrap(createCmd, createArgs) : [createCmd, createArgs] as [string, string[]]));
+    const createEnv = variant === 'raw-restore' ? { ...process.env, CRIU_CONFIG_FILE: rawConf } : undefined;
+    const create = spawnPiped(...(cpu ? cpu.wrap(createCmd, createArgs) : [createCmd, createArgs] as [string, string[]]), createEnv);
     pipes.push(create.close);
     const createOut = collect(create);
     const createCode = await create.exit;

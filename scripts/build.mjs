@@ -13,7 +13,7 @@ const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs'
 
 // bin/prebake's flag loops and bin/prebake-create.sh's names, from src/contract.ts (scripts/shell.ts).
 const shell = await build({ entryPoints: ['scripts/shell.ts'], bundle: true, platform: 'node', format: 'esm', write: false, logLevel: 'warning' });
-const { generateShell, GENERATED_SCRIPTS } = await import(`data:text/javascript;base64,${Buffer.from(shell.outputFiles[0].text).toString('base64')}`);
+const { generateShell, GENERATED_SCRIPTS, RESTORE_CRIU_CONF } = await import(`data:text/javascript;base64,${Buffer.from(shell.outputFiles[0].text).toString('base64')}`);
 for (const file of GENERATED_SCRIPTS) {
   const text = readFileSync(file, 'utf8');
   if (generateShell(text) !== text) {
@@ -24,8 +24,9 @@ for (const file of GENERATED_SCRIPTS) {
 
 await build({ ...common, entryPoints: ['src/runtime/entry.ts'], outfile: 'dist/prebake.cjs', minify: true });
 // CRIU's config for every restore (CRIU_CONFIG_FILE): the restored tasks stay stopped until the
-// runtime has checked them. A file of the package, so a restore writes no data for it.
-writeFileSync('dist/criu.conf', 'leave-stopped\n');
+// runtime has checked them, and the host mounts the checkpoint's external mounts are bound from
+// (src/contract.ts). A file of the package, so a restore writes no data for it.
+writeFileSync('dist/criu.conf', RESTORE_CRIU_CONF);
 rmSync('dist/prebake.blob', { force: true });
 execFileSync(process.execPath, ['--no-warnings', '--snapshot-blob', 'dist/prebake.blob', '--build-snapshot', 'dist/prebake.cjs'], {
   stdio: 'inherit',

@@ -8,6 +8,9 @@ export const GENERATED_SCRIPTS = ['bin/prebake', 'bin/prebake-create.sh'];
 
 import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, STATE_FILES, VERDICT_LINES } from '../src/contract.ts';
 
+// dist/criu.conf's text, for the build.
+export { RESTORE_CRIU_CONF } from '../src/contract.ts';
+
 /** Every spelling Go's flag package accepts for a flag, bare (`-f`, `--f`) or with `=value`. */
 const spellings = (f: FlagSpec, eq: boolean) => [f.name, ...(f.aliases ?? [])].flatMap((n) => [`--${n}${eq ? '=*' : ''}`, `-${n}${eq ? '=*' : ''}`]).join('|');
 

@@ -45,6 +45,27 @@ export const STATE_FILES = {
 } as const;
 
 /**
+ * Read-only tmpfs of the host that a restore binds into the container where runc mounted a tmpfs
+ * of its own, so that CRIU need not recreate them from the checkpoint (each a tar.gz, ~3 ms): the
+ * key the bake gives such a mount (CRIU's `external mnt[<mount point>]:<key>`) and the host path
+ * dist/criu.conf maps the key to. `mask`: every masked directory (runc's read-only, empty tmpfs);
+ * `cgroupV1`: /sys/fs/cgroup under cgroup v1 (runc's tmpfs holding one directory per controller,
+ * which the host's holds too). bin/prebake-create.sh mounts them when they are missing, at the
+ * paths dist/criu.conf names, whatever PREBAKE_STATE_DIR says.
+ */
+export const HOST_MOUNTS = {
+  mask: { key: 'prebake-mask', path: '/run/prebake/mask' },
+  cgroupV1: { key: 'prebake-cgroup-v1', path: '/run/prebake/cgroup-v1' },
+} as const;
+
+/**
+ * CRIU's config for every restore (dist/criu.conf, CRIU_CONFIG_FILE): the restored tasks stay
+ * stopped until the runtime has checked them (`leave-stopped`, the first line: the shell reads
+ * it), and the host mounts the bake's external mounts are bound from.
+ */
+export const RESTORE_CRIU_CONF = ['leave-stopped', ...Object.values(HOST_MOUNTS).map((m) => `external mnt[${m.key}]:${m.path}`)].join('\n') + '\n';
+
+/**
  * The environment bin/prebake gives the Node program: for a restore it started, the state dir,
  * the image dir runc restores from, runc's pid and CLOCK_MONOTONIC (ns) when runc started; the
  * pid of bin/prebake as the engine started it (the create's caller waits for that process); and

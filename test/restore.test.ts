@@ -4,6 +4,7 @@
 import test from 'ava';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { RESTORE_CRIU_CONF } from '../src/contract.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { PREBAKE, REPO } from '../lab/bundle.ts';
@@ -40,7 +41,7 @@ test('create restores a baked function: its request count goes on, prebake logs 
   const criu = readFileSync(join(rt.state, id, 'criu', 'restore.log'), 'utf8');
   const conf = /^\(\S+\) Parsing config file (\S+\/criu\.conf)$/m.exec(criu)?.[1];
   t.is(resolve(conf!), join(REPO, 'dist/criu.conf'));
-  t.is(readFileSync(conf!, 'utf8'), 'leave-stopped\n');
+  t.is(readFileSync(conf!, 'utf8'), RESTORE_CRIU_CONF);
 
   const state = await run(PREBAKE, ['--root', rt.root, 'state', id]);
   t.is(JSON.parse(state.output).status, 'running');
