@@ -427,15 +427,6 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
       mkdirSync(criuWork);
       writeFileSync(rawConf, RESTORE_CRIU_CONF.replace(/^leave-stopped\n/, ''));
     }
-    client = await NetnsClient.start(b.netns);
-    // Warm the client's HTTP path (nothing listens yet: refused at once), so that the first 200
-    // of a restored replica does not pay for the client loading its HTTP code.
-    await client.request({ port: PORT, path: '/', timeoutMs: 2000 }).then(
-      () => {
-        throw new Error(`port ${PORT} answers in a fresh netns`);
-      },
-      () => {},
-    );
     const pidFile = join(b.dir, 'init.pid');
     if (variant === 'prebake-restore-uncached') rmSync(dirname(cacheEntry), { recursive: true, force: true });
     const entryBefore = statSync(cacheEntry, { bigint: true, throwIfNoEntry: false });

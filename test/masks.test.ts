@@ -13,8 +13,9 @@ import { externalMountLines } from '../src/bake/bake.ts';
 import { HOST_MOUNTS, RESTORE_CRIU_CONF } from '../src/contract.ts';
 import { type MountInfo, mountInfo } from '../src/lib/mountinfo.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { PREBAKE, REPO, run, testReplica } from './helpers/bundle.ts';
-import { bakeNoop, type BakedFunction, WARMUP } from './helpers/baked.ts';
+import { PREBAKE, REPO } from '../lab/bundle.ts';
+import { run, testReplica } from './helpers/bundle.ts';
+import { bakeNoop, type BakedFunction, WARMUP } from '../lab/baked.ts';
 import { served, tempDir } from './helpers/tmp.ts';
 
 const CGROUP_V1 = existsSync('/sys/fs/cgroup') && !existsSync('/sys/fs/cgroup/cgroup.controllers');

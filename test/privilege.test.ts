@@ -32,7 +32,8 @@ async function restoredStatus(t: import('ava').ExecutionContext, change: (s: Spe
   const status = readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/status`, 'utf8');
   const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)![1]!.trim();
   const oomScoreAdj = Number(readFileSync(`/proc/${readFileSync(pidFile, 'utf8').trim()}/oom_score_adj`, 'utf8'));
-  return { spec, restored, oomScoreAdj, capEff: capsOf(field('CapEff')), capBnd: capsOf(field('CapBnd')), capPrm: capsOf(field('CapPrm')), noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), uid: field('Uid').split(/\s+/) };
+  const warnings = rt.logLines().filter((l) => l.level === 'warning').map((l) => l.msg);
+  return { spec, restored, warnings, oomScoreAdj, capEff: capsOf(field('CapEff')), capBnd: capsOf(field('CapBnd')), capPrm: capsOf(field('CapPrm')), noNewPrivs: field('NoNewPrivs'), seccomp: field('Seccomp'), uid: field('Uid').split(/\s+/) };
 }
 
 test('restored into a spec granting more capabilities, the process keeps the fewer it was baked with', async (t) => {
@@ -69,4 +70,13 @@ test('a restored process gets the oom_score_adj its spec asks for, not the baked
     t.true(s.restored, `restored under oomScoreAdj ${want}`);
     t.is(s.oomScoreAdj, want);
   }
+});
+
+test('a spec granting CAP_SYS_ADMIN without a user namespace starts cold: it could remount the host tmpfs restored containers share', async (t) => {
+  const s = await restoredStatus(t, (spec) => {
+    for (const set of ['bounding', 'permitted'] as const) spec.process!.capabilities![set] = [...DOCKER_CAPS, 'CAP_SYS_ADMIN'];
+  });
+  t.false(s.restored);
+  t.regex(s.warnings.join('\n'), /^cold start: the spec grants CAP_SYS_ADMIN/m);
+  t.true(s.capBnd.includes('CAP_SYS_ADMIN'), 'the cold process has what its spec asks');
 });

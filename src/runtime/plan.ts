@@ -65,6 +65,13 @@ export function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: Runt
     if (f.onRestore === 'refuse' && v !== undefined && v !== '0' && v !== '') throw new Error(`create --${f.name} ${v} cannot be honoured by a restore`);
   }
   if (!validId(id)) throw new Error(`container id ${JSON.stringify(id)} is not one runc accepts`);
+  // A restored container's masked directories are binds of one host tmpfs shared by every
+  // restored container (HOST_MOUNTS): with CAP_SYS_ADMIN of the host's user namespace it could
+  // remount that superblock read-write and write where every other one reads.
+  const caps = spec.process?.capabilities;
+  const userns = spec.linux?.namespaces?.some((n) => n.type === 'user');
+  if (!userns && Object.values(caps ?? {}).some((set) => (set as string[] | undefined)?.includes('CAP_SYS_ADMIN')))
+    throw new Error('the spec grants CAP_SYS_ADMIN, with which the container could remount the host tmpfs every restored container\'s masked directories are bound from');
   const criu = criuAnnotations(spec);
   if (criu.length) throw new Error(`the spec carries the annotation ${criu.join(', ')}, which runc would hand to CRIU: refused`);
   const root = resolveInRootfs(rootfsOf(spec, bundle), req.path);
