@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { createNetns, deleteNetns } from '../src/lib/netns.ts';
 import { mountOverlay } from '../src/lib/overlay.ts';
+import { RESTORE_CRIU_CONF } from '../src/contract.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
 export const PREBAKE = join(REPO, 'bin/prebake');
@@ -97,4 +98,14 @@ export function runtimeDirs() {
       rmSync(join('/run/prebake', dir), { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The environment for a raw `runc restore` of a checkpoint prebake-build baked: CRIU's config as
+ * prebake gives it (the host mounts its masked directories are bound from), less `leave-stopped`
+ * (nothing would resume the tasks), written as criu.conf into `dir`.
+ */
+export function rawRestoreEnv(dir: string): NodeJS.ProcessEnv {
+  writeFileSync(join(dir, 'criu.conf'), RESTORE_CRIU_CONF.replace(/^leave-stopped\n/, ''));
+  return { ...process.env, CRIU_CONFIG_FILE: join(dir, 'criu.conf') };
 }

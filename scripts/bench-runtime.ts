@@ -23,14 +23,13 @@
 // are noisy: the header prints the load average, before and after.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { resolveInRootfs } from '../src/checkpoint/locate.ts';
 import { storeEntry } from '../src/checkpoint/store.ts';
 import { chooseCheckpoint } from '../src/checkpoint/verify.ts';
-import { RESTORE_CRIU_CONF } from '../src/contract.ts';
 import { type CriuLog, type CriuPhases, criuGaps, criuPhases, parseCriuLog } from '../src/lib/criu-log.ts';
 import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
@@ -40,7 +39,7 @@ import { cleanupAll, cleanupOnSignal, onCleanup } from '../lab/cleanup.ts';
 import { textTable } from '../lab/study/report.ts';
 import { median, quantile, summary, type Summary as StudySummary } from '../lab/study/stats.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
-import { overlayBundle, PREBAKE, prebakeLogLines, REPO, restoreMs, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
+import { overlayBundle, PREBAKE, prebakeLogLines, rawRestoreEnv, REPO, restoreMs, runtimeDirs, type OverlayBundle, uniqueName } from '../lab/bundle.ts';
 
 const PASS_TARGET_MS = 3;
 const START_TARGET_MS = 10;
@@ -419,14 +418,10 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
   );
   try {
     const criuWork = join(b.dir, 'criu-work');
-    // The raw restore gets CRIU's config from prebake's without `leave-stopped` (nothing would
-    // resume its tasks): the host mounts the checkpoint's external mounts are bound from. The
-    // prebake variants make those mounts (each round starts with one of them).
-    const rawConf = join(b.dir, 'criu.conf');
-    if (variant === 'raw-restore') {
-      mkdirSync(criuWork);
-      writeFileSync(rawConf, RESTORE_CRIU_CONF.replace(/^leave-stopped\n/, ''));
-    }
+    // The raw restore gets CRIU's config from prebake's without `leave-stopped` (rawRestoreEnv):
+    // the host mounts the checkpoint's external mounts are bound from. The prebake variants make
+    // those mounts (each round starts with one of them).
+    if (variant === 'raw-restore') mkdirSync(criuWork);
     const pidFile = join(b.dir, 'init.pid');
     if (variant === 'prebake-restore-uncached') rmSync(dirname(cacheEntry), { recursive: true, force: true });
     const entryBefore = statSync(cacheEntry, { bigint: true, throwIfNoEntry: false });
@@ -452,7 +447,7 @@ async function oneReplica(variant: Variant, baked: BakedFunction, rt: RuntimeDir
     const t0 = performance.now();
     // (The cgroup's sh, ~1 ms, is the same for every variant.)
     const createCmd = variant === 'raw-restore' ? RUNC : PREBAKE;
-    const createEnv = variant === 'raw-restore' ? { ...process.env, CRIU_CONFIG_FILE: rawConf } : undefined;
+    const createEnv = variant === 'raw-restore' ? rawRestoreEnv(b.dir) : undefined;
     const create = spawnPiped(...(cpu ? cpu.wrap(createCmd, createArgs) : [createCmd, createArgs] as [string, string[]]), createEnv);
     pipes.push(create.close);
     const createOut = collect(create);

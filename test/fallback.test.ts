@@ -14,7 +14,7 @@ import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
 import { markManifest } from '../src/checkpoint/write.ts';
 import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../src/checkpoint/trust.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { PREBAKE, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
+import { PREBAKE, rawRestoreEnv, runtimeDirs, type OverlayBundle } from '../lab/bundle.ts';
 import { functionPids, killAndDelete, run, testReplica } from './helpers/bundle.ts';
 import { PORT, WARMUP } from '../lab/baked.ts';
 import { readImage, writeImage } from './helpers/criu-image.ts';
@@ -291,7 +291,7 @@ test("fallback: a failed restore of a checkpoint taken with CRIU's iptables netw
   const raw = testReplica(t, [layer, ...noop.baked.baseLayers], 'iptlock-raw');
   raw.b.writeSpec(noop.baked.spec(raw.b.netnsPath));
   mkdirSync(join(raw.b.dir, 'criu-work'));
-  const restore = await run('runc', ['--root', raw.rt.root, 'restore', '--detach', '--image-path', join(raw.b.rootfs, '.prebake/checkpoint'), '--work-path', join(raw.b.dir, 'criu-work'), '--bundle', raw.b.dir, raw.id]);
+  const restore = await run('runc', ['--root', raw.rt.root, 'restore', '--detach', '--image-path', join(raw.b.rootfs, '.prebake/checkpoint'), '--work-path', join(raw.b.dir, 'criu-work'), '--bundle', raw.b.dir, raw.id], rawRestoreEnv(raw.b.dir));
   t.teardown(() => restore.close());
   t.not(restore.code, 0, restore.output);
   t.regex(firewall(raw.b.netns), /CRIU/, 'a failed raw restore leaves no lock: the test below would prove nothing');

@@ -20,7 +20,7 @@ import { loadRuntimeConfig } from '../src/runtime/config.ts';
 import { unpackLayers } from '../src/image/unpack.ts';
 import { type HttpResult, NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
-import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import { overlayBundle, PREBAKE, rawRestoreEnv, runtimeDirs, uniqueName } from '../lab/bundle.ts';
 import { run, type RunResult } from './helpers/bundle.ts';
 
 // The first build of ml debootstraps a Python with scipy and scikit-learn: minutes; java's two rootfs
@@ -389,7 +389,7 @@ async function bakedReplicas(t: ExecutionContext, name: FunctionName): Promise<(
     } else {
       mkdirSync(join(b.dir, 'criu-work'));
       const args = ['--root', rt.root, 'restore', '--detach', '--image-path', join(b.rootfs, '.prebake/checkpoint'), '--work-path', join(b.dir, 'criu-work'), '--bundle', b.dir, id];
-      const restored = await run('runc', args);
+      const restored = await run('runc', args, rawRestoreEnv(b.dir));
       if (restored.code !== 0) throw new Error(`runc restore: ${restored.output}`);
     }
     const first = await client.waitHttp({ port: FUNCTION_PORT, path: '/', timeoutMs: 60_000, intervalMs: 2 });
