@@ -365,18 +365,6 @@ say() {
   fi
 }
 
-# The runtime's Node program, from its V8 snapshot, or from its bundle if this Node refuses the
-# snapshot (status 14: another Node version built it; ~20 ms slower to start).
-node_program() {
-  unset NODE_OPTIONS NODE_EXTRA_CA_CERTS
-  if [ -r "$dist/prebake.blob" ]; then
-    "${PREBAKE_NODE:-node}" --snapshot-blob "$dist/prebake.blob" -- "$@"
-    rc=$?
-    [ $rc = 14 ] || return $rc
-  fi
-  "${PREBAKE_NODE:-node}" "$dist/prebake.cjs" "$@"
-}
-
 # Starts the Node program and reads its verdict ($word, its lines in $f1..$f4; the Node
 # program's status in $rc if it gave none). Beside a restore under way (the early path), it
 # checks that restore; the verdict comes on a FIFO, so that an accepted restore is finished while
