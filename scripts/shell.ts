@@ -6,7 +6,7 @@
 /** The scripts with generated blocks, relative to the repository. */
 export const GENERATED_SCRIPTS = ['bin/prebake', 'bin/prebake-create.sh'];
 
-import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, STATE_FILES, VERDICT_LINES } from '../src/contract.ts';
+import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, HOST_MOUNTS, STATE_FILES, VERDICT_LINES } from '../src/contract.ts';
 
 // dist/criu.conf's text, for the build.
 export { RESTORE_CRIU_CONF } from '../src/contract.ts';
@@ -66,7 +66,8 @@ const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 /**
  * bin/prebake-create.sh's names: f_<file> for the state's files, the hint's prefix, n_<word> for
- * the lines a verdict takes (its word included), e_<name> for the environment the Node program reads.
+ * the lines a verdict takes (its word included), e_<name> for the environment the Node program
+ * reads, k_<mount> and p_<mount> for the host mounts' keys and default paths.
  */
 function names(): string[] {
   return [
@@ -74,6 +75,7 @@ function names(): string[] {
     `hint=${HINT_PREFIX}`,
     Object.entries(VERDICT_LINES).map(([k, v]) => `n_${k}=${v + 1}`).join(' '),
     Object.entries(EARLY_ENV).map(([k, v]) => `e_${snake(k)}=${v}`).join(' '),
+    Object.entries(HOST_MOUNTS).map(([k, v]) => `k_${snake(k)}=${v.key} p_${snake(k)}=${v.path}`).join(' '),
   ];
 }
 

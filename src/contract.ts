@@ -93,11 +93,10 @@ export const EARLY_ENV = {
  *   (in the verified store) and ask again.
  * - cold: clear away any restore under way (unlocking CRIU's network lock in the netns path on
  *   the next line, if any), then exec `runc create` with the caller's argv and descriptors.
- * - abandon: the engine has given up on the create (killed bin/prebake): clear away, create
- *   nothing. Lines: as cold's, then where log lines go and the line saying so (written once
- *   everything is cleared away).
+ * - abandon: the engine has given up on the create (killed bin/prebake): clear away, log it,
+ *   create nothing. The next line is as cold's.
  */
-export const VERDICT_LINES = { accept: 4, restore: 1, cold: 1, abandon: 3 } as const;
+export const VERDICT_LINES = { accept: 4, restore: 1, cold: 1, abandon: 1 } as const;
 export type VerdictWord = keyof typeof VERDICT_LINES;
 
 export interface FlagSpec {

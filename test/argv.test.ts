@@ -179,7 +179,7 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   const state = join(dir, 'state', '/r', 'ctr');
   const restoreArgv = (pid: string, image = `${entry}/checkpoint`) => ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
     '--image-path', image, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', pid, 'ctr'];
-  const argv = ['--root', '/r', '--log', '/l.json', '--log-format', 'json', '--systemd-cgroup', 'create', '--bundle', b, '--pid-file', 'p.pid', 'ctr'];
+  const argv = ['--root', '/r', '--log', join(dir, 'l.json'), '--log-format', 'json', '--systemd-cgroup', 'create', '--bundle', b, '--pid-file', 'p.pid', 'ctr'];
   const e = call(argv);
   t.deepEqual(e.node()?.slice(0, 2), [state, `${entry}/checkpoint`], 'Node is told the state and the image runc restores');
   t.deepEqual(e.restore, restoreArgv('p.pid'));
@@ -193,10 +193,13 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   // Node said restore from another image dir: the first restore goes, runc restores from that one
   // and Node is asked again; accepted, nothing is created cold.
   const other = join(dir, 'store', 'other', 'checkpoint');
-  const r = call(argv, [`restore\n${other}\n`, `abandon\n\n${join(dir, 'log')}\ngiven up\n`]);
+  const r = call(argv, [`restore\n${other}\n`, 'abandon\n\n']);
   t.is(r.nodes, 2);
   t.is(r.code, 1, 'abandoned: the create fails');
-  t.is(readFileSync(join(dir, 'log'), 'utf8'), 'given up\n', "the verdict's log line, once everything is cleared away");
+  const said = readFileSync(join(dir, 'l.json'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { level: string; id: string; msg: string });
+  t.like(said, [{ level: 'warning', id: 'ctr', msg: 'create abandoned: bin/prebake, which ran it, is gone; the restore it started was cleared away' }], 'one line in --log, in its format');
+  t.is(said.length, 1);
+  t.false(existsSync(state), 'cleared away');
   t.deepEqual(r.node(2)?.slice(0, 2), [state, other]);
   t.deepEqual(r.restore, restoreArgv('p.pid', other));
   t.is(r.create, undefined, 'abandoned: nothing created');
@@ -207,7 +210,7 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   const anew = `rm -rf '${state}'; mkdir -p '${state}' '${dir}/r/ctr'; echo new > '${state}/mine'\n`;
   const rootArgv = ['--root', join(dir, 'r'), ...argv.slice(2)];
   const stateR = join(dir, 'state', dir, 'r', 'ctr');
-  const g = call(rootArgv, [`abandon\n\n\n\n`], [anew.replaceAll(state, stateR)]);
+  const g = call(rootArgv, ['abandon\n\n'], [anew.replaceAll(state, stateR)]);
   t.is(g.code, 1);
   t.not(g.restore, undefined, 'a restore ran');
   t.is(g.del, undefined, 'no runc delete of the id');
@@ -216,7 +219,7 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   rmSync(join(dir, 'r'), { recursive: true });
   rmSync(join(dir, 'state', dir), { recursive: true });
   // The same verdict with the state as this create made it: all of it goes.
-  const h = call(rootArgv, [`abandon\n\n\n\n`]);
+  const h = call(rootArgv, ['abandon\n\n']);
   t.deepEqual(h.del?.slice(-3), ['delete', '--force', 'ctr']);
   t.false(existsSync(stateR));
   // Shapes where Node decides first (it says restore, or cold): a terminal, descriptors to hand

@@ -15,7 +15,7 @@ import { type ParsedArgs, type RuntimeCall, flagValue, parseFlags } from './argv
 import { captureSpec } from './capture.ts';
 import type { RuntimeConfig } from './config.ts';
 import { applyOomScoreAdj, restoredExcess } from './inspect.ts';
-import { captureLines, type Logger, logFileError } from './log.ts';
+import { type Logger, logFileError } from './log.ts';
 import { planRestore, type RestorePlan } from './plan.ts';
 
 /** A restore bin/prebake started before this program ran (src/contract.ts, EARLY_ENV). */
@@ -37,9 +37,6 @@ export function verdictText(v: Verdict): string {
   const lines = Array.from({ length: VERDICT_LINES[v.word] }, (_, i) => (v.lines[i] ?? '').replace(/\n/g, ' '));
   return `${[v.word, ...lines].join('\n')}\n`;
 }
-
-/** A captured log line for the verdict ('' if it is not one line). */
-const oneLine = (c: { text: string }) => (c.text.trimEnd().includes('\n') ? '' : c.text.trimEnd());
 
 /** Why a restore did not happen: runc or CRIU failed, or what they restored exceeded the spec. */
 interface Failure {
@@ -173,8 +170,8 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
   );
   const end = process.hrtime.bigint();
   if (status === 'abandoned' || (status === 0 && callerGone())) {
-    const said = captureLines(log, () => log.warn({ id: plan.id }, 'create abandoned: bin/prebake, which ran it, is gone; the restore it started was cleared away'));
-    return { word: 'abandon', lines: [plan.netnsPath ?? '', said.file, oneLine(said)] };
+    // (Logged by the shell once it has cleared the restore away.)
+    return { word: 'abandon', lines: [plan.netnsPath ?? ''] };
   }
   if (status === 'timeout') return cold({ reason: `runc restore did not finish within ${cfg.restoreTimeoutMs / 1000} s (restoreTimeout): stopped and cleared away` });
   if (status === undefined) return cold({ reason: 'runc went away' });

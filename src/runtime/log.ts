@@ -43,14 +43,9 @@ interface LogOptions {
   debug?: boolean;
 }
 
-/**
- * Per logger: where its lines go (the --log file, or '' for stderr), why the --log file could
- * not be opened, and a capture under way.
- */
+/** Per logger: why the --log file could not be opened. */
 interface Sink {
-  file: string;
   openError?: Error;
-  capture?: string[];
 }
 const sinks = new WeakMap<Logger, Sink>();
 
@@ -74,10 +69,9 @@ export function createLogger(opts: LogOptions): Logger {
     }
   }
   const line = (s: string) => (opts.format === 'json' ? s : textLine(s));
-  const sink: Sink = { file: fd === undefined ? '' : opts.file!, ...(openError ? { openError } : {}) };
+  const sink: Sink = openError ? { openError } : {};
   const stream = {
     write: (s: string) => {
-      if (sink.capture) return void sink.capture.push(line(s));
       if (fd === undefined) return toStderr(line(s));
       try {
         writeAll(fd, line(s));
@@ -98,19 +92,4 @@ export function createLogger(opts: LogOptions): Logger {
   );
   sinks.set(log, sink);
   return log;
-}
-
-/**
- * The line(s) `emit` would log, formatted as this logger writes them, without writing them (''
- * if its level is filtered out), and where they would go: the --log file, or '' for stderr.
- */
-export function captureLines(log: Logger, emit: () => void): { text: string; file: string } {
-  const sink = sinks.get(log)!;
-  sink.capture = [];
-  try {
-    emit();
-    return { text: sink.capture.join(''), file: sink.file };
-  } finally {
-    delete sink.capture;
-  }
 }
