@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { bake } from '../src/bake/bake.ts';
 import { functionSpec } from '../src/bake/spec.ts';
-import type { CheckpointManifest } from '../src/checkpoint/manifest.ts';
+import type { CheckpointManifest, MemoryRestore } from '../src/checkpoint/manifest.ts';
 import { pythonRootfs } from './rootfs.ts';
 import { overlayBundle, REPO, uniqueName } from './bundle.ts';
 import { startConsole } from './console.ts';
@@ -36,8 +36,8 @@ export interface BakedFunction {
   cleanup(): void;
 }
 
-/** Bakes images/noop (or `source`, a Python program serving HTTP on PORT) after WARMUP requests (with `runc`, another runc). */
-export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?: string[]; runc?: string } = {}): Promise<BakedFunction> {
+/** Bakes images/noop (or `source`, a Python program serving HTTP on PORT) after WARMUP requests (with `runc`, another runc; `memory`, prebake-build's --memory). */
+export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?: string[]; runc?: string; memory?: MemoryRestore | 'auto' } = {}): Promise<BakedFunction> {
   const python = await pythonRootfs();
   const tmp = mkdtempSync(join(tmpdir(), 'prebake-baked-'));
   const app = join(tmp, 'app-layer');
@@ -67,6 +67,7 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
       outDir: join(b.rootfs, '.prebake'),
       prebakeVersion: 'test',
       ...(opts.runc ? { runc: opts.runc } : {}),
+      ...(opts.memory ? { memory: opts.memory } : {}),
       ...(receiver ? { consoleSocket: receiver.socket } : {}),
     }));
   } catch (e) {

@@ -42,6 +42,19 @@ export const STATE_FILES = {
   /** CRIU's config (`leave-stopped`: nothing restored runs before the verdict), when
    *  dist/criu.conf does not say so. */
   criuConf: 'criu.conf',
+  /** The pid of CRIU's lazy-pages daemon, for a checkpoint restored lazily. */
+  lazyPid: 'lazy-pages.pid',
+} as const;
+
+/**
+ * The files of an entry of the verified store (checkpoint/store.ts) besides the checkpoint, its
+ * manifest and signature.
+ */
+export const STORE_FILES = {
+  /** Written last: the entry is whole. Its first line is the signing key's id, which the shell checks is still trusted. */
+  ok: 'ok',
+  /** Empty; there when the manifest says the checkpoint is restored lazily (memory.restore). */
+  lazyPages: 'lazy-pages',
 } as const;
 
 /**

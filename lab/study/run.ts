@@ -59,8 +59,9 @@ type StartReplica = (mode: Mode) => Promise<Started & { parts?: StartupParts }>;
 async function bakedImage(name: FunctionName, progress: (l: string) => void): Promise<string> {
   const image = await functionImage(name);
   const key = keyIdOf(loadSigningKey(DEFAULT_KEY)).slice(0, 12);
-  // (h: with the manifest.json.sha256-<hex> hint the runtime's early restore looks for.)
-  const dir = join(CACHE, 'baked', `${image.split('/').pop()}-f${MANIFEST_FORMAT}h-${key}`);
+  // (h: with the manifest.json.sha256-<hex> hint the runtime's early restore looks for; m: with
+  // the manifest's memory, lazy for a big checkpoint.)
+  const dir = join(CACHE, 'baked', `${image.split('/').pop()}-f${MANIFEST_FORMAT}hm-${key}`);
   if (existsSync(join(dir, 'index.json'))) return dir;
   mkdirSync(join(CACHE, 'baked'), { recursive: true });
   return withLock(`${dir}.lock`, async () => {

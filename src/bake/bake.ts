@@ -8,7 +8,7 @@ import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFile
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
-import { CHECKPOINT_DIR, type CheckpointManifest } from '../checkpoint/manifest.ts';
+import { CHECKPOINT_DIR, type CheckpointManifest, type MemoryRestore } from '../checkpoint/manifest.ts';
 import { DEFAULT_KEY, loadSigningKey, signCheckpoint } from '../checkpoint/trust.ts';
 import { writeManifest } from '../checkpoint/write.ts';
 import { HOST_MOUNTS } from '../contract.ts';
@@ -38,6 +38,8 @@ interface BakeOptions {
    * there holds the terminal during the bake; CRIU dumps it as an external terminal.
    */
   consoleSocket?: string;
+  /** How restores bring the memory back (the manifest's memory.restore); default auto. */
+  memory?: MemoryRestore | 'auto';
   /** Signs the manifest (manifest.sig); default: this host's bake key. */
   signingKey?: KeyObject;
   /** Progress: a step starts, a step ends. */
@@ -224,6 +226,7 @@ export async function bake(opts: BakeOptions): Promise<BakeResult> {
       spec,
       runc,
       prebakeVersion: opts.prebakeVersion,
+      ...(opts.memory ? { memory: opts.memory } : {}),
       probe: probeText(opts.ready),
       ...(opts.baseImage ? { baseImage: opts.baseImage } : {}),
     });

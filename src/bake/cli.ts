@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { CHECKPOINT_ANNOTATION, CHECKPOINT_ENV, IMAGE_CHECKPOINT_PATH } from '../contract.ts';
-import type { CheckpointManifest } from '../checkpoint/manifest.ts';
+import { type CheckpointManifest, MEMORY_RESTORES, type MemoryRestore } from '../checkpoint/manifest.ts';
 import { DEFAULT_KEY, keyIdOf, loadSigningKey } from '../checkpoint/trust.ts';
 import type { KeyObject } from 'node:crypto';
 import { packLayer } from '../image/pack.ts';
@@ -66,6 +66,10 @@ and its auth file).
                            hosts restore it only if they trust its public key
   --tls-verify[=BOOL]      docker:// only: false talks to the registry over plain HTTP or
                            unverified HTTPS (default: HTTPS, or what registries.conf says)
+  --memory MODE            how restores bring the memory back: eager (every page copied in
+                           before the process runs), lazy (pages served on first touch while
+                           the rest are copied in behind), or auto (default: lazy from 32 MiB
+                           of lazily restorable pages)
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout
   --progress MODE          auto (tty on a terminal, else plain), plain (a line as each step
@@ -94,6 +98,7 @@ interface BuildOptions {
   env: string[];
   args?: string[];
   verify: boolean;
+  memory: MemoryRestore | 'auto';
   allowSecrets: boolean;
   json: boolean;
   quiet: boolean;
@@ -134,6 +139,7 @@ function parseBuildArgs(argv: string[]): BuildOptions {
         'pod-config': { type: 'string' },
         'container-config': { type: 'string' },
         'no-verify': { type: 'boolean' },
+        memory: { type: 'string' },
         'tls-verify': { type: 'string' },
         key: { type: 'string' },
         'allow-secrets': { type: 'boolean' },
@@ -178,6 +184,11 @@ function parseBuildArgs(argv: string[]): BuildOptions {
     readyTimeoutMs: int('ready-timeout', v['ready-timeout'], 1) ?? 30000,
     env: v.env ?? [],
     verify: !v['no-verify'],
+    memory: (() => {
+      const m = v.memory ?? 'auto';
+      if (m !== 'auto' && !(MEMORY_RESTORES as readonly string[]).includes(m)) throw new UsageError(`--memory ${m}: expected eager, lazy or auto`);
+      return m as MemoryRestore | 'auto';
+    })(),
     allowSecrets: v['allow-secrets'] ?? false,
     json: v.json ?? false,
     quiet: v.quiet ?? false,
@@ -397,6 +408,7 @@ async function build(opts: BuildOptions, report: Progress): Promise<BuildResult>
         outDir,
         prebakeVersion: VERSION,
         baseImage: image.configDigest,
+        memory: opts.memory,
         signingKey,
         onStart: (s) => report.begin(`${target}: ${s}`),
         onStep: (s, ms) => report.end(`${target}: ${s}`, ms),

@@ -27,9 +27,18 @@ export interface CheckpointManifest {
   spec: BakedSpec;
   /** How readiness was established before the checkpoint, e.g. "http:8080/". */
   probe?: string;
+  /**
+   * How a restore brings the memory back: `eager` (CRIU copies every page in before the tasks
+   * run) or `lazy` (CRIU's lazy-pages daemon serves the pages CRIU marked lazy, `lazyBytes` of
+   * them, on first touch and copies the rest in right after the restore). Absent: eager.
+   */
+  memory?: { restore: MemoryRestore; lazyBytes: number };
   /** Paths relative to checkpoint/, each with its size and sha256. */
   files: Record<string, FileDigest>;
 }
+
+export const MEMORY_RESTORES = ['eager', 'lazy'] as const;
+export type MemoryRestore = (typeof MEMORY_RESTORES)[number];
 
 function fail(what: string): never {
   throw new Error(`manifest: ${what}`);
@@ -67,6 +76,9 @@ export function parseManifest(text: string): CheckpointManifest {
   if (!isObject(r) || !(r.userns === null || typeof r.userns === 'string') || !isObject(r.mountOptions) || typeof r.devices !== 'string' || typeof r.sysctl !== 'string' || !(r.oomScoreAdj === null || typeof r.oomScoreAdj === 'number'))
     fail('spec.restored (userns, mountOptions, devices, sysctl, oomScoreAdj) is required');
   if (spec.network !== undefined && !['new', 'path', 'host'].includes(spec.network as string)) fail(`spec.network ${JSON.stringify(spec.network)} is not new, path or host`);
+  const mem = m.memory;
+  if (mem !== undefined && (!isObject(mem) || !(MEMORY_RESTORES as readonly unknown[]).includes(mem.restore) || typeof mem.lazyBytes !== 'number'))
+    fail(`memory ${JSON.stringify(mem)} is not {"restore": "eager" or "lazy", "lazyBytes": N}`);
   if (!isObject(m.files) || Object.keys(m.files).length === 0) fail('files must list the checkpoint files');
   for (const [name, d] of Object.entries(m.files)) {
     if (!isContainedRelativePath(name)) fail(`file ${JSON.stringify(name)} is outside the checkpoint directory`);

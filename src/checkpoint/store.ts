@@ -9,13 +9,11 @@ import { dirname, join } from 'node:path';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE } from './manifest.ts';
 import { SIGNATURE_FILE } from './trust.ts';
 import { openRegular } from './files.ts';
+import { STORE_FILES } from '../contract.ts';
 
 export const DEFAULT_STORE = '/var/lib/prebake/store';
-/**
- * Written last into an entry: its presence means every file was copied and matched. Two lines:
- * the signing key's id (bin/prebake reads it to check the key is still trusted) and the time.
- */
-const STORE_OK = 'ok';
+/** Written last into an entry (its presence means every file was copied and matched): the signing key's id and the time. */
+const STORE_OK = STORE_FILES.ok;
 /** Bounds on what an image may ask this host to copy and hash. */
 const MAX_FILES = 4096;
 const MAX_TOTAL_BYTES = 16 * 2 ** 30;
@@ -117,6 +115,7 @@ export function importCheckpoint(store: string, dir: string, manifest: Buffer, s
       }
       if (got !== m.files[name]!.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
     }
+    if (m.memory?.restore === 'lazy') writeFileSync(join(tmp, STORE_FILES.lazyPages), '', { mode: 0o600 });
     writeFileSync(join(tmp, STORE_OK), `${keyId}\n${new Date().toISOString()}\n`, { mode: 0o600 });
     try {
       renameSync(tmp, entry);

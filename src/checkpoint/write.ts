@@ -7,7 +7,8 @@ import { machine, release } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { cpuFlags, criuVersion, runcVersion } from '../lib/host.ts';
-import { CHECKPOINT_DIR, type CheckpointManifest, type FileDigest, MANIFEST_FILE, MANIFEST_FORMAT } from './manifest.ts';
+import { CHECKPOINT_DIR, type CheckpointManifest, type FileDigest, MANIFEST_FILE, MANIFEST_FORMAT, type MemoryRestore } from './manifest.ts';
+import { lazyPageBytes } from './pagemap.ts';
 import { bakedSpecOf } from './security.ts';
 import { HINT_PREFIX } from '../contract.ts';
 
@@ -34,10 +35,20 @@ export interface ManifestInput {
   prebakeVersion: string;
   probe?: string;
   baseImage?: string;
+  /** eager, lazy, or auto (the default): lazy when at least LAZY_AUTO_BYTES of pages can be. */
+  memory?: MemoryRestore | 'auto';
 }
+
+/**
+ * `--memory auto` restores lazily from this many bytes of lazily restorable pages: below it the
+ * lazy-pages daemon's start (~7 ms) costs more than copying the pages saves (docs/runtime.md).
+ */
+export const LAZY_AUTO_BYTES = 32 * 2 ** 20;
 
 /** `dir` holds checkpoint/; writes dir/manifest.json and returns it. */
 export function writeManifest(dir: string, input: ManifestInput): CheckpointManifest {
+  const lazyBytes = lazyPageBytes(join(dir, CHECKPOINT_DIR));
+  const memory = input.memory ?? 'auto';
   const manifest: CheckpointManifest = {
     format: MANIFEST_FORMAT,
     created: new Date().toISOString(),
@@ -47,6 +58,7 @@ export function writeManifest(dir: string, input: ManifestInput): CheckpointMani
     ...(input.baseImage ? { baseImage: input.baseImage } : {}),
     spec: bakedSpecOf(input.spec),
     ...(input.probe ? { probe: input.probe } : {}),
+    memory: { restore: memory === 'auto' ? (lazyBytes >= LAZY_AUTO_BYTES ? 'lazy' : 'eager') : memory, lazyBytes },
     files: digestTree(join(dir, CHECKPOINT_DIR)),
   };
   writeFileSync(join(dir, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);

@@ -4,7 +4,7 @@
 // once runc has restored it with its tasks stopped, accept them or refuse them. This program
 // never runs runc: a bad checkpoint costs time, never the start.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
@@ -185,7 +185,9 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
   const ms = early.t0 !== undefined ? Math.round(Number(end - early.t0) / 1e6) : null;
   // Logged now, not by the shell after it resumed the tasks: a shorter verdict for the shell to
   // read (it reads a byte at a time); should the resume fail, the shell logs the cold start after.
-  log.info({ id: plan.id, ms }, `restored ${plan.id} from ${plan.source}`);
+  // (memory: lazy when the shell started CRIU's lazy-pages daemon for it.)
+  const memory = existsSync(join(early.dir, STATE_FILES.lazyPid)) ? 'lazy' : 'eager';
+  log.info({ id: plan.id, ms, memory }, `restored ${plan.id} from ${plan.source}${memory === 'lazy' ? ' (memory restored lazily)' : ''}`);
   return {
     word: 'accept',
     lines: [plan.restoreSignal ? String(osConstants.signals[plan.restoreSignal]) : '', plan.netnsPath ? '' : '1', plan.hostname ?? '', start],

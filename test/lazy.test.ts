@@ -1,0 +1,135 @@
+// Lazy restore (prebake-build --memory lazy): CRIU restores the tasks without their anonymous
+// memory, and its lazy-pages daemon, which bin/prebake starts on the verified store's copy of the
+// pages, serves each page on first touch and copies in the rest right after. The function here
+// fills 48 MiB with a pattern at start and checks it on every request: a restored replica must
+// serve the baked process's token and see every byte, and the daemon must be gone once all pages
+// are in, or at once when the restore is refused.
+
+import test from 'ava';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NetnsClient } from '../src/lib/netns.ts';
+import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { PREBAKE } from '../lab/bundle.ts';
+import { LAZY_AUTO_BYTES } from '../src/checkpoint/write.ts';
+import { STATE_FILES } from '../src/contract.ts';
+import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+
+const SOURCE = `
+import hashlib, http.server, os
+token = os.urandom(8).hex()
+# 48 MiB of anonymous memory, a different page everywhere, and its digest.
+data = bytearray(48 << 20)
+for i in range(0, len(data), 4096):
+    data[i:i + 8] = i.to_bytes(8, 'little')
+digest = hashlib.sha256(data).hexdigest()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = hashlib.sha256(data).hexdigest() == digest
+        body = f'{token} {ok}'.encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('0.0.0.0', ${PORT}), H).serve_forever()
+`;
+
+let lazy: BakedFunction;
+/** The baked process's token, as the first restored replica serves it. */
+let bakeToken = '';
+
+test.before(async () => {
+  lazy = await bakeNoop({ source: SOURCE, memory: 'lazy' });
+});
+test.after.always(() => lazy?.cleanup());
+
+/** Live lazy-pages daemons of CRIU's whose work dir is under `dir`. */
+function daemonsUnder(dir: string): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('lazy-pages') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+async function until(f: () => boolean, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) if (f()) return true;
+  return f();
+}
+
+/** Creates and starts a replica; returns its first answer, the log, and the lazy-pages daemon's pid (read from the state while it runs). */
+async function replica(t: import('ava').ExecutionContext, prefix: string, dropCaps = false) {
+  const { b, rt, id } = testReplica(t, lazy.layers, prefix);
+  b.writeSpec(lazy.spec(b.netnsPath, (s) => {
+    if (dropCaps) s.process!.capabilities = { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] };
+  }));
+  const client = await NetnsClient.start(b.netns);
+  t.teardown(() => client.close());
+  const state = join(rt.state, id);
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, id]);
+  t.teardown(() => create.close());
+  t.is(create.code, 0, create.output);
+  const pidFile = join(state, STATE_FILES.lazyPid);
+  const daemon = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8')) : undefined;
+  t.is((await run(PREBAKE, ['--root', rt.root, 'start', id])).code, 0);
+  const first = await client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 });
+  return { first: first.body, log: rt.logLines(), daemon, state, rt, id };
+}
+
+test.serial('prebake-build --memory lazy says so in the signed manifest, with the bytes CRIU may restore lazily', (t) => {
+  t.is(lazy.manifest.memory?.restore, 'lazy');
+  t.true((lazy.manifest.memory?.lazyBytes ?? 0) >= 48 << 20, `lazyBytes ${lazy.manifest.memory?.lazyBytes}`);
+});
+
+test.serial('a lazy checkpoint restores with every byte of its memory, and the daemon leaves once all pages are in', async (t) => {
+  const r = await replica(t, 'lazy');
+  const restored = r.log.find((l) => /^restored /.test(l.msg));
+  t.truthy(restored, JSON.stringify(r.log));
+  t.is((restored as { memory?: string }).memory, 'lazy');
+  t.regex(restored!.msg, /memory restored lazily/);
+  const [token, ok] = r.first.split(' ');
+  t.is(ok, 'True', 'the 48 MiB read back as they were baked');
+  bakeToken = token!;
+  t.truthy(r.daemon, 'the state named the lazy-pages daemon');
+  t.true(await until(() => !existsSync(`/proc/${r.daemon}`) || readFileSync(`/proc/${r.daemon}/stat`, 'utf8').includes(') Z'), 10_000), 'the daemon exits once every page is in');
+  t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test.serial('a lazy checkpoint the checks refuse on the early path starts cold, its daemon killed with the restore', async (t) => {
+  lazy.importToStore();
+  const r = await replica(t, 'lazy-refused', true);
+  t.true(r.log.some((l) => l.level === 'debug' && /early restore refused before its tasks ran again/.test(l.msg)), JSON.stringify(r.log));
+  t.true(r.log.some((l) => l.level === 'warning' && /^cold start: .*capabilities/.test(l.msg)), JSON.stringify(r.log));
+  const [token, ok] = r.first.split(' ');
+  t.is(ok, 'True');
+  t.truthy(bakeToken, 'the accepted replica ran first');
+  t.not(token, bakeToken, 'the replica that serves is a cold one');
+  t.deepEqual(daemonsUnder(r.state), [], 'no lazy-pages daemon left');
+  t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test.serial('an accepted lazy checkpoint on the early path serves the baked token', async (t) => {
+  const r = await replica(t, 'lazy-early');
+  t.true(r.log.some((l) => /^restored .*memory restored lazily/.test(l.msg)), JSON.stringify(r.log));
+  const [token, ok] = r.first.split(' ');
+  t.is(ok, 'True');
+  t.truthy(bakeToken, 'the accepted replica ran first');
+  t.is(token, bakeToken);
+  t.true(await until(() => daemonsUnder(r.state).length === 0, 10_000), 'the daemon exits once every page is in');
+  t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test('--memory auto keeps a small checkpoint eager', async (t) => {
+  const small = await bakeNoop();
+  t.teardown(() => small.cleanup());
+  const m = small.manifest.memory!;
+  t.is(m.restore, 'eager');
+  t.true(m.lazyBytes > 0 && m.lazyBytes < LAZY_AUTO_BYTES, `lazyBytes ${m.lazyBytes}`);
+});
