@@ -135,16 +135,16 @@ runc_for() {
 }
 
 # For a checkpoint its store entry marks lazy (the signed manifest says so): starts CRIU's
-# lazy-pages daemon on the entry's images, listening in the restore's work dir, where the restore
-# finds its socket. It serves each lazy page on the first touch, copies in the rest as soon as the
-# restore is done, and exits when every page is in. Its pid and start time go to $lazy_pid and
+# lazy-pages daemon (of the CRIU runc is told to use) on the entry's images, listening in the
+# restore's work dir, where the restore finds its socket. It serves each lazy page on the first
+# touch, copies in the rest as soon as the restore is done, and exits when every page is in. Its pid and start time go to $lazy_pid and
 # $lazy_at, for clear_away; the OOM killer is to pass it by (the restored process would read
 # zeros where a page was still to come). Fails, for an eager restore, when the entry is not marked
 # or the daemon does not start.
 lazy_daemon() {
   lazy_pid=
   [ -e "${img%/*}/$s_lazy_pages" ] || return 1
-  CRIU_CONFIG_FILE=$criu_conf criu lazy-pages -D "$img" -W "$st/$f_criu_work" -d --pidfile "$st/$f_lazy_pid" \
+  CRIU_CONFIG_FILE=$criu_conf "${criu:-criu}" lazy-pages -D "$img" -W "$st/$f_criu_work" -d --pidfile "$st/$f_lazy_pid" \
     -o lazy-pages.log </dev/null >/dev/null 2>&1 5<&- 6<&- 8<&- 9>&- || return 1
   # (CRIU writes the pid without a newline: read fails at the end of the file, having read it.)
   { read -r lazy_pid < "$st/$f_lazy_pid" || [ -n "$lazy_pid" ]; } && started_at "$lazy_pid" || { lazy_pid=; rm -f "$st/$f_lazy_pid"; return 1; }

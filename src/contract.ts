@@ -127,7 +127,7 @@ export const GLOBAL_FLAGS: readonly FlagSpec[] = [
   { name: 'log', takesValue: true, shell: 'log' },
   { name: 'log-format', takesValue: true, shell: 'logfmt' },
   { name: 'root', takesValue: true, shell: 'root' },
-  { name: 'criu', takesValue: true },
+  { name: 'criu', takesValue: true, shell: 'criu' },
   { name: 'systemd-cgroup', takesValue: false },
   { name: 'rootless', takesValue: true },
   { name: 'help', takesValue: false, aliases: ['h'] },

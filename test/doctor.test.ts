@@ -1,4 +1,4 @@
-// `prebake doctor` reports this host's CRIU, runc, kernel, probe cache and cgroup layout.
+// `prebake doctor` reports this host's CRIU, runc, kernel, userfaultfd, probe cache, host mounts and cgroup layout.
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -7,7 +7,8 @@ import { PREBAKE } from '../lab/bundle.ts';
 test('doctor --json reports each check, with the versions found on this host', (t) => {
   const checks = JSON.parse(execFileSync(PREBAKE, ['doctor', '--json'], { encoding: 'utf8' })) as { name: string; ok: boolean; detail: string }[];
   const by = Object.fromEntries(checks.map((c) => [c.name, c]));
-  t.deepEqual(Object.keys(by), ['kernel', 'runc', 'criu', 'criu check', 'criu kernel probe cache', 'cgroups']);
+  t.deepEqual(Object.keys(by), ['kernel', 'runc', 'criu', 'criu check', 'lazy restore', 'criu kernel probe cache', 'host mounts', 'cgroups']);
+  t.true(by['lazy restore']!.ok, 'this kernel has userfaultfd: the lazy restore tests run on it');
   t.true(by.criu!.ok);
   t.is(by.criu!.detail, /Version:\s*(\S+)/.exec(execFileSync('criu', ['--version'], { encoding: 'utf8' }))![1]!);
   t.regex(by.runc!.detail, /1\.\d+\.\d+/);

@@ -75,6 +75,8 @@ export interface Started {
    * the next start frees the client again.
    */
   settle(): Promise<void>;
+  /** The resident memory (VmRSS, kB) of the container's processes now, where the runner can read it. */
+  residentKB?(): number | undefined;
 }
 
 export interface Engine {

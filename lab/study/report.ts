@@ -43,6 +43,8 @@ export interface ReplicaRecord {
   restored?: boolean;
   /** Where its startup went (bundle runs only). */
   parts?: StartupParts;
+  /** Its processes' resident memory after the first request of the function's work, kB (bundle runs only). */
+  residentKB?: number;
 }
 
 /** One replica's startup, split (ms): the runtime calls, and for a restore what runc and CRIU logged. */
@@ -342,6 +344,18 @@ function partMedian(f: FunctionResults, mode: 'cold' | 'prebaked', k: keyof Star
 }
 
 /** Where the startup time goes, medians per mode, for the replicas that recorded it. */
+/** The medians of the replicas' resident memory after their first request, cold and prebaked. */
+function residentLine(f: FunctionResults): string[] {
+  const of = (mode: 'cold' | 'prebaked') => (f.replicas ?? []).filter((r) => r.mode === mode && r.residentKB !== undefined).map((r) => r.residentKB!);
+  const cold = of('cold');
+  const prebaked = of('prebaked');
+  if (!cold.length || !prebaked.length) return [];
+  const mib = (kb: number) => (kb / 1024).toFixed(1);
+  const c = median(cold);
+  const p = median(prebaked);
+  return [`Resident memory after the first request (median VmRSS of the replica's processes): cold ${mib(c)} MiB, prebaked ${mib(p)} MiB (${fmtRatio(p / c)}×).`, ''];
+}
+
 function startupParts(f: FunctionResults): string[] {
   const of = (mode: 'cold' | 'prebaked', k: keyof StartupParts) => {
     const v = partMedian(f, mode, k);
@@ -397,12 +411,21 @@ export function markdownReport(results: StudyResults, options: ReportOptions = {
   out.push('');
 
   out.push('## Figure 1: startup time', '', `![Figure 1: startup time per function, cold vs prebaked](${files.startup})`, '');
+  // What a restore costs beyond the floor (runc and CRIU's fixed part): each function's prebaked
+  // startup against noop's, the function that restores the least.
+  const noop = results.functions.find((f) => f.name === 'noop');
+  const others = results.functions.filter((f) => f !== noop && f.startupMs.prebaked.length);
+  if (noop?.startupMs.prebaked.length && others.length) {
+    const floor = median(noop.startupMs.prebaked);
+    out.push(`Prebaked startup against noop's (median ${fmtMs(floor)} ms): ${others.map((f) => `${md(f.name)} ${fmtRatio(median(f.startupMs.prebaked) / floor)}×`).join(', ')}.`, '');
+  }
   out.push('## Per function', '');
   for (const f of results.functions) {
     out.push(`### ${md(f.name)}`, '');
     out.push(...comparisonTable('startup (ms)', compare(f.startupMs, options)), '');
     out.push(...comparisonTable('latency after startup (ms)', compare(f.latencyMs, options)), '');
     out.push(...startupParts(f));
+    out.push(...residentLine(f));
     const file = files.latency.get(f.name)!;
     out.push(`Figure 2 (${md(f.name)}): [${file}](${file})`, '', `![Figure 2 (${md(f.name)}): ECDF of request latency after startup](${file})`, '');
   }

@@ -5,7 +5,7 @@
 // started privately for the study (docker, containerd, podman: lab/engines/engine.ts).
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runcDefaultSpec } from '../../src/bake/spec.ts';
@@ -25,6 +25,7 @@ import { criuVersion, runcVersion } from '../../src/lib/host.ts';
 import { containerStateDir, loadRuntimeConfig } from '../../src/runtime/config.ts';
 import { NetnsClient } from '../../src/lib/netns.ts';
 import { prebakeBinPath } from '../../src/lib/paths.ts';
+import { tasksUnder } from '../../src/lib/proc.ts';
 import { spawnPiped } from '../../src/lib/pipe.ts';
 import type { FunctionResults, ReplicaRecord, StartupParts, StudyResults } from './report.ts';
 
@@ -128,12 +129,29 @@ function bundleReplicas(lower: string, config: object, work: string): StartRepli
         execFileSync('taskset', ['-a', '-pc', '0', String(c.pid)], { stdio: 'ignore' });
         execFileSync(prebake, ['--root', root, 'update', '--cpuset-cpus', `1-${cpus().length - 1}`, id]);
       };
-      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle, parts };
+      const residentKB = () => {
+        const { pid } = JSON.parse(execFileSync(prebake, ['--root', root, 'state', id], { encoding: 'utf8' })) as { pid: number };
+        return treeResidentKB(pid);
+      };
+      return { name: id, startupMs, first, request: (r) => c.request({ ...r, port: FUNCTION_PORT }), remove, settle, parts, residentKB };
     } catch (e) {
       await remove().catch(() => {});
       throw e;
     }
   };
+}
+
+/** The VmRSS (kB) of process `pid` and every process under it. */
+function treeResidentKB(pid: number): number {
+  let kb = 0;
+  for (const p of new Set(tasksUnder(pid).map((t) => t.pid))) {
+    try {
+      kb += Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0);
+    } catch {
+      /* gone */
+    }
+  }
+  return kb;
 }
 
 /** Untimed, after the first 200: the runc restore prebake logged and CRIU's restore.log, if it restored. */
@@ -161,10 +179,12 @@ async function measure(name: FunctionName, c: Started & { parts?: StartupParts }
     }
     await c.settle();
     const latencyMs: number[] = [];
+    let residentKB: number | undefined;
     for (let i = 0; i < requests; i++) {
       const res = await c.request({ method: r.warmup.method, path: r.warmup.path, ...('body' in r.warmup ? { body64: r.warmup.body.toString('base64') } : {}) });
       if (res.status !== 200) throw new Error(`${name} answered ${res.status} to ${r.warmup.method} ${r.warmup.path}`);
       latencyMs.push(res.ms);
+      if (i === 0) residentKB = c.residentKB?.();
     }
     const record: ReplicaRecord = {
       mode,
@@ -173,6 +193,7 @@ async function measure(name: FunctionName, c: Started & { parts?: StartupParts }
       ...(status.replica ? { replica: status.replica } : {}),
       ...(status.restored !== undefined ? { restored: status.restored } : {}),
       ...(c.parts ? { parts: c.parts } : {}),
+      ...(residentKB !== undefined ? { residentKB } : {}),
     };
     return { record, latencyMs };
   } finally {

@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { compareVersions, criuVersion, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
+import { HOST_MOUNTS } from '../contract.ts';
 
 
 interface Check {
@@ -15,9 +16,11 @@ interface Check {
   warnOnly?: boolean;
 }
 
+/** The type of what is mounted at `path` (the last mount there), with ":ro" when it is read-only. */
 function mountType(path: string): string | undefined {
   const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' '));
-  return mounts.findLast((m) => m[1] === path)?.[2];
+  const m = mounts.findLast((m) => m[1] === path);
+  return m && `${m[2]}${m[3]?.split(',').includes('ro') ? ':ro' : ''}`;
 }
 
 /** The checks, with `criu` the CRIU binary runc is told to use (its --criu flag, else `criu`). */
@@ -47,8 +50,15 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     const out = `${r.stdout}${r.stderr}`.trim().split('\n').filter((l) => !/kdat cache/.test(l));
     return { ok: r.status === 0, detail: out.at(-1) ?? `exit ${r.status}` };
   });
+  attempt('lazy restore', () => {
+    // A lazy checkpoint (prebake-build --memory) needs userfaultfd with fork and remap events.
+    const r = spawnSync(criu, ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
+    if (r.error) throw r.error;
+    const ok = r.status === 0;
+    return { ok, warnOnly: true, detail: ok ? 'userfaultfd (uffd-noncoop): lazy checkpoints restore lazily' : 'no userfaultfd (uffd-noncoop): lazy checkpoints are restored eagerly (every page copied in first)' };
+  });
   attempt('criu kernel probe cache', () => {
-    const tmpfs = mountType('/run') === 'tmpfs';
+    const tmpfs = mountType('/run')?.startsWith('tmpfs');
     const cached = existsSync('/run/criu.kdat');
     return {
       ok: tmpfs || cached,
@@ -60,8 +70,17 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
           : '/run is not a tmpfs: CRIU re-probes the kernel on every checkpoint and restore (~35 ms); scripts/criu-kdat.sh seeds /run/criu.kdat',
     };
   });
+  attempt('host mounts', () => {
+    // Read-only tmpfs a restore binds where runc mounted its own (contract HOST_MOUNTS).
+    const missing = Object.values(HOST_MOUNTS).filter((m) => mountType(m.path) !== 'tmpfs:ro').map((m) => m.path);
+    return {
+      ok: missing.length === 0,
+      warnOnly: true,
+      detail: missing.length ? `${missing.join(', ')} not mounted yet: the first restore mounts them (read-only tmpfs)` : `${Object.values(HOST_MOUNTS).map((m) => m.path).join(', ')}: read-only tmpfs`,
+    };
+  });
   attempt('cgroups', () => {
-    const root = mountType('/sys/fs/cgroup');
+    const root = mountType('/sys/fs/cgroup')?.split(':')[0];
     const detail = root === 'cgroup2' ? 'cgroup v2 (unified)' : existsSync('/sys/fs/cgroup/unified') ? 'cgroup v1 hybrid (cgroup2 at /sys/fs/cgroup/unified)' : 'cgroup v1';
     return { ok: true, detail };
   });
