@@ -5,7 +5,7 @@
 
 import test from 'ava';
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from '../lab/bundle.ts';
@@ -106,6 +106,39 @@ test.serial('an image baked for two targets carries both checkpoints; ctr restor
   t.true(get(await taskPid(id)).served > 1);
   const log = spawnSync('cat', [join(ctd.state, 'io.containerd.runtime.v2.task/default', id, 'log.json')], { encoding: 'utf8' }).stdout;
   t.regex(log, /"msg":"restored multi from \/\.prebake\/containerd /);
+});
+
+test.serial('a lazy bake restores under ctr: the shim starts prebake, CRIU serves the pages, and no daemon or zombie is left', async (t) => {
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--memory', 'lazy', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:lazy'], { env, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const id = 'lazy';
+  t.teardown(() => {
+    ctr(['task', 'kill', '-s', 'KILL', id]);
+    ctr(['task', 'delete', '-f', id]);
+    ctr(['container', 'delete', id]);
+  });
+  t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:lazy', id]).status, 0);
+  const pid = await taskPid(id);
+  t.true(get(pid).served > 1, 'a cold start would answer served 1');
+  t.true(taskLog(id).some((l) => /^restored lazy from \/\.prebake .*memory restored lazily/.test(l.msg)), JSON.stringify(taskLog(id)));
+  // The daemon outlives the create (its parent gone, the shim, a subreaper, adopts it) and exits
+  // once every page is in: none may remain, running or unreaped, under the shim.
+  const shim = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+  const lazyDaemons = () =>
+    readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('lazy-pages') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`/${id}/`);
+        } catch {
+          return false;
+        }
+      });
+  for (let i = 0; i < 250 && lazyDaemons().length; i++) await new Promise((res) => setTimeout(res, 20));
+  t.deepEqual(lazyDaemons(), [], 'the lazy-pages daemon is gone, reaped');
+  const kids = readFileSync(`/proc/${shim}/task/${shim}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  t.deepEqual(kids.filter((k) => readFileSync(`/proc/${k}/stat`, 'utf8').includes(') Z ')), [], 'no zombie under the shim');
+  t.true(get(pid).served > 2, 'still serving once the daemon is gone');
 });
 
 /** The runc shim's runc root for the default namespace (prebake's state mirrors it under /run/prebake). */
