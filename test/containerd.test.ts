@@ -5,13 +5,14 @@
 
 import test from 'ava';
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE, REPO, uniqueName } from '../lab/bundle.ts';
 import { argvRecorder, bakeNoopInto, type Containerd, footprintLeft, type Footprint, isMounted, processesInNetns, startContainerd } from './helpers/engines.ts';
 import { cniNetwork } from '../lab/engines/cni.ts';
 import { noopImage } from './helpers/images.ts';
+import { lazyPagesDaemons } from './helpers/bundle.ts';
 
 const IMAGE = 'docker.io/prebake/noop:baked';
 let ctd: Containerd;
@@ -124,16 +125,7 @@ test.serial('a lazy bake restores under ctr: the shim starts prebake, CRIU serve
   // The daemon outlives the create (its parent gone, the shim, a subreaper, adopts it) and exits
   // once every page is in: none may remain, running or unreaped, under the shim.
   const shim = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
-  const lazyDaemons = () =>
-    readdirSync('/proc')
-      .filter((p) => /^\d+$/.test(p))
-      .filter((p) => {
-        try {
-          return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('lazy-pages') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`/${id}/`);
-        } catch {
-          return false;
-        }
-      });
+  const lazyDaemons = () => lazyPagesDaemons(`/${id}/`);
   for (let i = 0; i < 250 && lazyDaemons().length; i++) await new Promise((res) => setTimeout(res, 20));
   t.deepEqual(lazyDaemons(), [], 'the lazy-pages daemon is gone, reaped');
   const kids = readFileSync(`/proc/${shim}/task/${shim}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);

@@ -6,14 +6,14 @@
 // are in, or at once when the restore is refused.
 
 import test from 'ava';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
 import { PREBAKE } from '../lab/bundle.ts';
 import { LAZY_AUTO_BYTES } from '../src/checkpoint/write.ts';
 import { STATE_FILES } from '../src/contract.ts';
-import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { killAndDelete, lazyPagesDaemons, run, testReplica } from './helpers/bundle.ts';
 
 const SOURCE = `
 import hashlib, http.server, os
@@ -44,20 +44,6 @@ test.before(async () => {
   lazy = await bakeNoop({ source: SOURCE, memory: 'lazy' });
 });
 test.after.always(() => lazy?.cleanup());
-
-/** Live lazy-pages daemons of CRIU's whose work dir is under `dir`. */
-function daemonsUnder(dir: string): number[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .filter((p) => {
-      try {
-        return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('lazy-pages') && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir);
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 async function until(f: () => boolean, ms: number): Promise<boolean> {
   for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) if (f()) return true;
@@ -111,7 +97,7 @@ test.serial('a lazy checkpoint the checks refuse on the early path starts cold, 
   t.is(ok, 'True');
   t.truthy(bakeToken, 'the accepted replica ran first');
   t.not(token, bakeToken, 'the replica that serves is a cold one');
-  t.deepEqual(daemonsUnder(r.state), [], 'no lazy-pages daemon left');
+  t.deepEqual(lazyPagesDaemons(r.state), [], 'no lazy-pages daemon left');
   t.is((await killAndDelete(r.rt, r.id)).code, 0);
 });
 
@@ -122,7 +108,7 @@ test.serial('an accepted lazy checkpoint on the early path serves the baked toke
   t.is(ok, 'True');
   t.truthy(bakeToken, 'the accepted replica ran first');
   t.is(token, bakeToken);
-  t.true(await until(() => daemonsUnder(r.state).length === 0, 10_000), 'the daemon exits once every page is in');
+  t.true(await until(() => lazyPagesDaemons(r.state).length === 0, 10_000), 'the daemon exits once every page is in');
   t.is((await killAndDelete(r.rt, r.id)).code, 0);
 });
 

@@ -4,7 +4,7 @@
 
 import type { ExecutionContext } from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../../lab/bundle.ts';
 
 export interface RunResult {
@@ -94,4 +94,19 @@ export function functionPids(netns: string): number[] {
       return false;
     }
   });
+}
+
+/** Live or unreaped lazy-pages daemons of CRIU's whose command line names `path` (their work dir is a container's state). */
+export function lazyPagesDaemons(path: string): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+        return argv.split('\0').includes('lazy-pages') && argv.includes(path);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }
