@@ -145,9 +145,10 @@ lazy_daemon() {
   lazy_pid=
   [ -e "${img%/*}/$s_lazy_pages" ] || return 1
   CRIU_CONFIG_FILE=$criu_conf "${criu:-criu}" lazy-pages -D "$img" -W "$st/$f_criu_work" -d --pidfile "$st/$f_lazy_pid" \
-    -o lazy-pages.log </dev/null >/dev/null 2>&1 5<&- 6<&- 8<&- 9>&- || return 1
+    -o lazy-pages.log </dev/null >/dev/null 2>&1 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9>&- || { kill_lazy "$st"; return 1; }
   # (CRIU writes the pid without a newline: read fails at the end of the file, having read it.)
-  { read -r lazy_pid < "$st/$f_lazy_pid" || [ -n "$lazy_pid" ]; } && started_at "$lazy_pid" || { lazy_pid=; rm -f "$st/$f_lazy_pid"; return 1; }
+  { read -r lazy_pid < "$st/$f_lazy_pid" || [ -n "$lazy_pid" ]; } && case $lazy_pid in ''|*[!0-9]*) false ;; esac &&
+    started_at "$lazy_pid" || { kill_lazy "$st"; lazy_pid=; return 1; }
   lazy_at=$at
   # (Lowering it takes CAP_SYS_RESOURCE, which a runtime in a container may lack.)
   echo -1000 > "/proc/$lazy_pid/oom_score_adj" || :
@@ -236,7 +237,7 @@ mount_host='
 start_restore() {
   if [ -z "$chan" ]; then
     st=$state/$id
-    [ -e "$st" ] && rm -rf "$st"
+    [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
   fi
   pid_file=${pidfile:-$st/$f_pid}
   criu_config
@@ -441,7 +442,7 @@ ask_node() {
 # The Node program's channel: the state dir with the two FIFOs (held open on fd 6, as a restore's).
 open_channel() {
   st=$state/$id
-  [ -e "$st" ] && rm -rf "$st"
+  [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
   if { mkdir -p -m 700 "$base" "$st" && mkfifo -m 600 "$st/$f_verdict" "$st/$f_go" && command exec 6<"$st"; } 2>/dev/null; then
     return 0
   fi

@@ -7,6 +7,7 @@ import { importCheckpoint, storeEntry } from '../src/checkpoint/store.ts';
 import { loadTrustStore, verifyManifestSignature } from '../src/checkpoint/trust.ts';
 import { readSigned } from '../src/checkpoint/verify.ts';
 import { loadRuntimeConfig } from '../src/runtime/config.ts';
+import { hostFacts } from '../src/lib/host.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
@@ -91,8 +92,9 @@ export async function bakeNoop(opts: { terminal?: boolean; source?: string; env?
     importToStore: () => {
       const dir = join(layer, '.prebake');
       const { manifest: bytes, signature } = readSigned(dir);
-      const keyId = verifyManifestSignature(bytes, signature, loadTrustStore(loadRuntimeConfig().trustDir));
-      importCheckpoint(loadRuntimeConfig().store, dir, bytes, signature, parseManifest(bytes.toString()), keyId);
+      const cfg = loadRuntimeConfig();
+      const keyId = verifyManifestSignature(bytes, signature, loadTrustStore(cfg.trustDir));
+      importCheckpoint(cfg.store, dir, bytes, signature, parseManifest(bytes.toString()), keyId, hostFacts('criu', cfg.stateBase).lazyPages === true);
     },
     cleanup: () => {
       // What a restore imported of this bake into the host's verified store goes with it.

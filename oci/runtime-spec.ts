@@ -53,7 +53,8 @@ export interface Linux {
   maskedPaths?: string[];
   readonlyPaths?: string[];
   mountLabel?: string;
-  resources?: unknown;
+  /** Only what prebake reads of it is typed. */
+  resources?: { memory?: { disableOOMKiller?: boolean; [key: string]: unknown }; [key: string]: unknown };
   cgroupsPath?: string;
   uidMappings?: unknown[];
   gidMappings?: unknown[];

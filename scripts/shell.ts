@@ -84,7 +84,7 @@ const BLOCKS: Record<string, () => string[]> = {
   "runc's global flags": globalArms,
   "runc create's flags": createArms,
   'the names of src/contract.ts': names,
-  'the marker of a restored container': () => [`f_restored=${STATE_FILES.restored}`],
+  'the state files bin/prebake reads': () => [`f_restored=${STATE_FILES.restored} f_lazy_pid=${STATE_FILES.lazyPid} f_criu_work=${STATE_FILES.criuWork}`],
 };
 
 /** `text` (one of GENERATED_SCRIPTS) with every generated block made anew from src/contract.ts. */

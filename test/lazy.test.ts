@@ -3,14 +3,18 @@
 // pages, serves each page on first touch and copies in the rest right after. The function here
 // fills 48 MiB with a pattern at start and checks it on every request: a restored replica must
 // serve the baked process's token and see every byte, and the daemon must be gone once all pages
-// are in, or at once when the restore is refused.
+// are in, or at once when the restore is refused; a daemon that cannot start leaves an eager
+// restore of the same pages.
 
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
-import { PREBAKE } from '../lab/bundle.ts';
+import { PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
+import type { Spec } from '../oci/runtime-spec.ts';
 import { LAZY_AUTO_BYTES } from '../src/checkpoint/write.ts';
 import { STATE_FILES } from '../src/contract.ts';
 import { killAndDelete, lazyPagesDaemons, run, testReplica } from './helpers/bundle.ts';
@@ -51,15 +55,16 @@ async function until(f: () => boolean, ms: number): Promise<boolean> {
 }
 
 /** Creates and starts a replica; returns its first answer, the log, and the lazy-pages daemon's pid (read from the state while it runs). */
-async function replica(t: import('ava').ExecutionContext, prefix: string, dropCaps = false) {
+async function replica(t: import('ava').ExecutionContext, prefix: string, dropCaps = false, criu?: string, change?: (s: Spec) => void) {
   const { b, rt, id } = testReplica(t, lazy.layers, prefix);
   b.writeSpec(lazy.spec(b.netnsPath, (s) => {
     if (dropCaps) s.process!.capabilities = { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] };
+    change?.(s);
   }));
   const client = await NetnsClient.start(b.netns);
   t.teardown(() => client.close());
   const state = join(rt.state, id);
-  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, id]);
+  const create = await run(PREBAKE, ['--root', rt.root, ...(criu ? ['--criu', criu] : []), '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, id]);
   t.teardown(() => create.close());
   t.is(create.code, 0, create.output);
   const pidFile = join(state, STATE_FILES.lazyPid);
@@ -110,6 +115,59 @@ test.serial('an accepted lazy checkpoint on the early path serves the baked toke
   t.is(token, bakeToken);
   t.true(await until(() => lazyPagesDaemons(r.state).length === 0, 10_000), 'the daemon exits once every page is in');
   t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test.serial('a lazy checkpoint whose daemon cannot start (no userfaultfd, say) is restored eagerly, every byte as baked', async (t) => {
+  // The CRIU runc is told to use (--criu), refusing the lazy-pages mode only.
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-nolazy-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const criu = join(dir, 'criu');
+  writeFileSync(criu, `#!/bin/sh\n[ "$1" = lazy-pages ] && { echo 'userfaultfd is not supported' >&2; exit 1; }\nexec criu "$@"\n`, { mode: 0o755 });
+  const r = await replica(t, 'lazy-nouffd', false, criu);
+  const restored = r.log.find((l) => /^restored /.test(l.msg));
+  t.is((restored as { memory?: string } | undefined)?.memory, 'eager', JSON.stringify(r.log));
+  const [token, ok] = r.first.split(' ');
+  t.is(ok, 'True');
+  t.truthy(bakeToken, 'the accepted replica ran first');
+  t.is(token, bakeToken);
+  t.deepEqual(lazyPagesDaemons(r.state), []);
+  t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test.serial('a spec that keeps the OOM killer from the container gets no lazy restore: cold, with the reason', async (t) => {
+  const r = await replica(t, 'lazy-nooom', false, undefined, (s) => {
+    s.linux!.resources = { ...(s.linux!.resources ?? {}), memory: { limit: 512 << 20, disableOOMKiller: true } };
+  });
+  t.true(r.log.some((l) => l.level === 'warning' && /^cold start: .*restored lazily and the spec disables the OOM killer/.test(l.msg)), JSON.stringify(r.log));
+  const [token, ok] = r.first.split(' ');
+  t.is(ok, 'True');
+  t.truthy(bakeToken, 'the accepted replica ran first');
+  t.not(token, bakeToken, 'the replica that serves is a cold one');
+  t.deepEqual(lazyPagesDaemons(r.state), []);
+  t.is((await killAndDelete(r.rt, r.id)).code, 0);
+});
+
+test.serial("delete kills the lazy-pages daemon a create that died left in the container's state, and only while it works there", async (t) => {
+  const rt = runtimeDirs();
+  t.teardown(() => rt.cleanup());
+  // Two containers' states: one whose pid file names a stand-in working in its CRIU dir (as the
+  // daemon does), one whose names a process working elsewhere (a pid reused).
+  const [daemonId, otherId] = [uniqueName('lazy-stale'), uniqueName('lazy-reused')];
+  for (const id of [daemonId, otherId]) mkdirSync(join(rt.state, id, STATE_FILES.criuWork), { recursive: true });
+  const daemon = spawn('sleep', ['60'], { cwd: join(rt.state, daemonId, STATE_FILES.criuWork), stdio: 'ignore' });
+  const other = spawn('sleep', ['60'], { cwd: tmpdir(), stdio: 'ignore' });
+  t.teardown(() => {
+    daemon.kill('SIGKILL');
+    other.kill('SIGKILL');
+  });
+  const daemonExit = new Promise<string | null>((res) => daemon.once('exit', (_code, sig) => res(sig)));
+  writeFileSync(join(rt.state, daemonId, STATE_FILES.lazyPid), String(daemon.pid));
+  writeFileSync(join(rt.state, otherId, STATE_FILES.lazyPid), String(other.pid));
+  await run(PREBAKE, ['--root', rt.root, 'delete', otherId]);
+  await run(PREBAKE, ['--root', rt.root, 'delete', daemonId]);
+  t.is(await daemonExit, 'SIGKILL');
+  t.true(existsSync(`/proc/${other.pid}`), 'a process outside the state dir is left alone');
+  t.false(existsSync(join(rt.state, daemonId)), "prebake's state goes with it");
 });
 
 test('--memory auto keeps a small checkpoint eager', async (t) => {

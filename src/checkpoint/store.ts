@@ -83,11 +83,12 @@ function listFiles(base: string): string[] {
 
 /**
  * Imports the checkpoint in `dir` (manifest.json's bytes `manifest`, already authenticated, and
- * parsed as `m`) into the store, unless it is there already; returns the entry. Every file is
+ * parsed as `m`) into the store, unless it is there already; returns the entry, marked for a lazy
+ * restore when the manifest asks for one and the host can (`lazyPages`). Every file is
  * copied and hashed in one pass; a file the manifest does not list, a missing or changed one, or
  * a checkpoint over the bounds is refused and nothing is kept.
  */
-export function importCheckpoint(store: string, dir: string, manifest: Buffer, signature: string | null, m: CheckpointManifest, keyId: string): string {
+export function importCheckpoint(store: string, dir: string, manifest: Buffer, signature: string | null, m: CheckpointManifest, keyId: string, lazyPages = false): string {
   const entry = storeEntry(store, manifest);
   if (readEntry(entry)) return entry;
   const names = Object.keys(m.files);
@@ -115,7 +116,8 @@ export function importCheckpoint(store: string, dir: string, manifest: Buffer, s
       }
       if (got !== m.files[name]!.sha256) throw new Error(`checkpoint file ${name} does not match its sha256 in the manifest`);
     }
-    if (m.memory?.restore === 'lazy') writeFileSync(join(tmp, STORE_FILES.lazyPages), '', { mode: 0o600 });
+    // (Restored lazily only where CRIU can: `lazyPages`, this host's userfaultfd; eager otherwise.)
+    if (m.memory?.restore === 'lazy' && lazyPages) writeFileSync(join(tmp, STORE_FILES.lazyPages), '', { mode: 0o600 });
     writeFileSync(join(tmp, STORE_OK), `${keyId}\n${new Date().toISOString()}\n`, { mode: 0o600 });
     try {
       renameSync(tmp, entry);

@@ -110,7 +110,7 @@ function admit(dir: string, spec: Spec, host: HostFacts, wanted: BakedSpec, poli
   const manifest = parseManifest(bytes.toString('utf8'));
   const why = incompatibility(manifest, spec, host, wanted);
   if (why) throw new Error(why);
-  const entry = importCheckpoint(policy.store, dir, bytes, signature, manifest, keyId);
+  const entry = importCheckpoint(policy.store, dir, bytes, signature, manifest, keyId, host.lazyPages === true);
   return { dir, manifest, entry, keyId };
 }
 

@@ -47,8 +47,13 @@ export const LAZY_AUTO_BYTES = 32 * 2 ** 20;
 
 /** `dir` holds checkpoint/; writes dir/manifest.json and returns it. */
 export function writeManifest(dir: string, input: ManifestInput): CheckpointManifest {
-  const lazyBytes = lazyPageBytes(join(dir, CHECKPOINT_DIR));
   const memory = input.memory ?? 'auto';
+  let lazyBytes = 0;
+  try {
+    lazyBytes = lazyPageBytes(join(dir, CHECKPOINT_DIR));
+  } catch {
+    // A pagemap this reader does not know (a newer CRIU's): counted as none, so auto is eager.
+  }
   const manifest: CheckpointManifest = {
     format: MANIFEST_FORMAT,
     created: new Date().toISOString(),

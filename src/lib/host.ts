@@ -1,7 +1,7 @@
 // Facts about this host that checkpoints are checked against: CRIU, runc and kernel versions,
 // architecture and CPU flags. The runtime reads them through a small cache under its state dir.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { machine, release } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,12 @@ export interface HostFacts {
   arch: string;
   criu: string;
   cpuFlags: string[];
+  /**
+   * CRIU can restore memory lazily here: userfaultfd with the fork, remap and unmap events
+   * (`criu check --feature uffd-noncoop`), without which a process forked after a lazy restore
+   * would miss pages.
+   */
+  lazyPages?: boolean;
 }
 
 /** `criu --version` prints "Version: 4.2.1"; returns "4.2.1". */
@@ -69,7 +75,8 @@ function resolveOnPath(bin: string): string {
 export function hostFacts(criu: string, cacheDir: string): HostFacts {
   const criuPath = resolveOnPath(criu);
   const st = statSync(criuPath);
-  const key = `${release()}|${criuPath}|${st.ino}|${st.mtimeMs}`;
+  // (v2: with lazyPages.)
+  const key = `v2|${release()}|${criuPath}|${st.ino}|${st.mtimeMs}`;
   const file = join(cacheDir, 'host.json');
   try {
     const cached = JSON.parse(readFileSync(file, 'utf8')) as { key: string; facts: HostFacts };
@@ -77,7 +84,8 @@ export function hostFacts(criu: string, cacheDir: string): HostFacts {
   } catch {
     /* no cache yet */
   }
-  const facts: HostFacts = { kernel: release(), arch: machine(), criu: criuVersion(criuPath), cpuFlags: cpuFlags() };
+  const lazyPages = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], { stdio: 'ignore' }).status === 0;
+  const facts: HostFacts = { kernel: release(), arch: machine(), criu: criuVersion(criuPath), cpuFlags: cpuFlags(), lazyPages };
   try {
     mkdirSync(cacheDir, { recursive: true });
     writeFileSync(`${file}.${process.pid}`, JSON.stringify({ key, facts }));

@@ -91,6 +91,7 @@ function restoredPid(pidFile: string): number | undefined {
  * than the spec grants). The reason is about the restored tasks, not the checkpoint's files.
  */
 function verdictOn(plan: RestorePlan): Failure | null {
+  if (plan.noLazy && restoredLazily(plan)) return { reason: `its memory is restored lazily and ${plan.noLazy}: a page CRIU's lazy-pages daemon could not charge to the container's memory cgroup would read as zeros` };
   const pid = restoredPid(plan.pidFile);
   if (pid === undefined) return { reason: 'runc wrote no pid for the restored process' };
   // One walk of the stopped tree: the tasks checked are the ones given the spec's oom_score_adj.
@@ -100,6 +101,9 @@ function verdictOn(plan: RestorePlan): Failure | null {
   const oom = applyOomScoreAdj(tasks, plan.expect);
   return oom === null ? null : { reason: oom };
 }
+
+/** Whether the shell started CRIU's lazy-pages daemon for this restore (its pid file is in the state). */
+const restoredLazily = (plan: RestorePlan) => existsSync(join(plan.stateDir, STATE_FILES.lazyPid));
 
 /**
  * Waits for a child of `parent` to exit, polling /proc (it stays a zombie until its parent reaps
@@ -185,8 +189,7 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
   const ms = early.t0 !== undefined ? Math.round(Number(end - early.t0) / 1e6) : null;
   // Logged now, not by the shell after it resumed the tasks: a shorter verdict for the shell to
   // read (it reads a byte at a time); should the resume fail, the shell logs the cold start after.
-  // (memory: lazy when the shell started CRIU's lazy-pages daemon for it.)
-  const memory = existsSync(join(early.dir, STATE_FILES.lazyPid)) ? 'lazy' : 'eager';
+  const memory = restoredLazily(plan) ? 'lazy' : 'eager';
   log.info({ id: plan.id, ms, memory }, `restored ${plan.id} from ${plan.source}${memory === 'lazy' ? ' (memory restored lazily)' : ''}`);
   return {
     word: 'accept',

@@ -16,11 +16,11 @@ interface Check {
   warnOnly?: boolean;
 }
 
-/** The type of what is mounted at `path` (the last mount there), with ":ro" when it is read-only. */
+/** The type of what is mounted at `path` (the last mount there); with ":ro" for a read-only tmpfs. */
 function mountType(path: string): string | undefined {
   const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' '));
   const m = mounts.findLast((m) => m[1] === path);
-  return m && `${m[2]}${m[3]?.split(',').includes('ro') ? ':ro' : ''}`;
+  return m && `${m[2]}${m[2] === 'tmpfs' && m[3]?.split(',').includes('ro') ? ':ro' : ''}`;
 }
 
 /** The checks, with `criu` the CRIU binary runc is told to use (its --criu flag, else `criu`). */
@@ -71,16 +71,18 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     };
   });
   attempt('host mounts', () => {
-    // Read-only tmpfs a restore binds where runc mounted its own (contract HOST_MOUNTS).
-    const missing = Object.values(HOST_MOUNTS).filter((m) => mountType(m.path) !== 'tmpfs:ro').map((m) => m.path);
+    // Read-only tmpfs a restore binds where runc mounted its own (contract HOST_MOUNTS; the
+    // cgroup one only under cgroup v1), at their default paths.
+    const wanted = Object.values(HOST_MOUNTS).filter((m) => m !== HOST_MOUNTS.cgroupV1 || mountType('/sys/fs/cgroup') !== 'cgroup2');
+    const missing = wanted.filter((m) => mountType(m.path) !== 'tmpfs:ro').map((m) => m.path);
     return {
       ok: missing.length === 0,
       warnOnly: true,
-      detail: missing.length ? `${missing.join(', ')} not mounted yet: the first restore mounts them (read-only tmpfs)` : `${Object.values(HOST_MOUNTS).map((m) => m.path).join(', ')}: read-only tmpfs`,
+      detail: missing.length ? `${missing.join(', ')} not mounted yet: the first restore mounts them (read-only tmpfs)` : `${wanted.map((m) => m.path).join(', ')}: read-only tmpfs`,
     };
   });
   attempt('cgroups', () => {
-    const root = mountType('/sys/fs/cgroup')?.split(':')[0];
+    const root = mountType('/sys/fs/cgroup');
     const detail = root === 'cgroup2' ? 'cgroup v2 (unified)' : existsSync('/sys/fs/cgroup/unified') ? 'cgroup v1 hybrid (cgroup2 at /sys/fs/cgroup/unified)' : 'cgroup v1';
     return { ok: true, detail };
   });

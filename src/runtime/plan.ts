@@ -36,6 +36,12 @@ export interface RestorePlan {
   restoreSignal?: NodeJS.Signals;
   /** The spec's hostname, set in the restored UTS namespace (CRIU restores the baked one). */
   hostname?: string;
+  /**
+   * Why the memory must not be restored lazily under this spec, if it must not: with the OOM
+   * killer kept from the container, a page the lazy-pages daemon cannot charge to its memory
+   * cgroup ends the daemon, and the pages still to come read as zeros.
+   */
+  noLazy?: string;
 }
 
 /** The signal named by the annotation or env (e.g. SIGUSR2 or USR2); an unknown name is an error. */
@@ -85,7 +91,9 @@ export function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: Runt
       ? spec.hostname
       : undefined;
   const stateDir = containerStateDir(cfg, flagValue(call.global, 'root'), id);
+  const noLazy = spec.linux?.resources?.memory?.disableOOMKiller ? 'the spec disables the OOM killer' : spec.process?.oomScoreAdj === -1000 ? 'the spec sets oom_score_adj -1000' : undefined;
   return {
+    ...(noLazy ? { noLazy } : {}),
     ...(hostname ? { hostname } : {}),
     ...(netnsPath ? { netnsPath } : {}),
     ...(restoreSignal ? { restoreSignal } : {}),
