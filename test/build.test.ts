@@ -472,6 +472,9 @@ test('--version and --help answer on stdout with exit 0, as the tools around it 
   const mode = call(['--progress', 'fancy', 'oci:/x:y', 'oci:/x:z']);
   t.is(mode.status, 2);
   t.regex(mode.stderr, /^prebake-build: --progress fancy: expected auto, plain, tty, quiet/);
+  const memory = call(['--memory', 'fast', 'oci:/x:y', 'oci:/x:z']);
+  t.is(memory.status, 2);
+  t.regex(memory.stderr, /^prebake-build: --memory fast: expected eager, lazy or auto/);
   const bad = call(['--bogus']);
   t.is(bad.status, 2);
   t.is(bad.stdout, '');
