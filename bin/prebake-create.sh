@@ -137,10 +137,10 @@ runc_for() {
 # For a checkpoint its store entry marks lazy (the signed manifest says so): starts CRIU's
 # lazy-pages daemon (of the CRIU runc is told to use) on the entry's images, listening in the
 # restore's work dir, where the restore finds its socket. It serves each lazy page on the first
-# touch, copies in the rest as soon as the restore is done, and exits when every page is in. Its pid and start time go to $lazy_pid and
-# $lazy_at, for clear_away; the OOM killer is to pass it by (the restored process would read
-# zeros where a page was still to come). Fails, for an eager restore, when the entry is not marked
-# or the daemon does not start.
+# touch, copies in the rest as soon as the restore is done, and exits when every page is in. Its
+# pid and start time go to $lazy_pid and $lazy_at, for clear_away; the OOM killer is to pass it
+# by (the restored process would read zeros where a page was still to come). Fails, for an eager
+# restore, when the entry is not marked or the daemon does not start.
 lazy_daemon() {
   lazy_pid=
   [ -e "${img%/*}/$s_lazy_pages" ] || return 1
