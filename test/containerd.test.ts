@@ -40,6 +40,13 @@ test.after.always(async (t) => {
 
 const ctr = (args: string[]) => spawnSync('ctr', args, { env, encoding: 'utf8' });
 
+/** Kills and removes a container's task and the container, whatever state they are in (a test's teardown). */
+function removeTask(id: string): void {
+  ctr(['task', 'kill', '-s', 'KILL', id]);
+  ctr(['task', 'delete', '-f', id]);
+  ctr(['container', 'delete', id]);
+}
+
 async function taskPid(id: string): Promise<number> {
   for (let i = 0; i < 100; i++) {
     const m = new RegExp(`^${id}\\s+(\\d+)\\s+RUNNING`, 'm').exec(ctr(['task', 'ls']).stdout);
@@ -58,11 +65,7 @@ function get(pid: number): { served: number } {
 
 test.serial('ctr run restores the baked function, with loopback up in its new network namespace', async (t) => {
   const id = 'restored';
-  t.teardown(() => {
-    ctr(['task', 'kill', '-s', 'KILL', id]);
-    ctr(['task', 'delete', '-f', id]);
-    ctr(['container', 'delete', id]);
-  });
+  t.teardown(() => removeTask(id));
   const run = ctr(['run', '-d', '--runc-binary', PREBAKE, IMAGE, id]);
   t.is(run.status, 0, run.stderr);
   const pid = await taskPid(id);
@@ -98,11 +101,7 @@ test.serial('an image baked for two targets carries both checkpoints; ctr restor
   const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'runc', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:multi'], { env, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
   const id = 'multi';
-  t.teardown(() => {
-    ctr(['task', 'kill', '-s', 'KILL', id]);
-    ctr(['task', 'delete', '-f', id]);
-    ctr(['container', 'delete', id]);
-  });
+  t.teardown(() => removeTask(id));
   t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:multi', id]).status, 0);
   t.true(get(await taskPid(id)).served > 1);
   const log = spawnSync('cat', [join(ctd.state, 'io.containerd.runtime.v2.task/default', id, 'log.json')], { encoding: 'utf8' }).stdout;
@@ -113,11 +112,7 @@ test.serial('a lazy bake restores under ctr: the shim starts prebake, CRIU serve
   const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--memory', 'lazy', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:lazy'], { env, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
   const id = 'lazy';
-  t.teardown(() => {
-    ctr(['task', 'kill', '-s', 'KILL', id]);
-    ctr(['task', 'delete', '-f', id]);
-    ctr(['container', 'delete', id]);
-  });
+  t.teardown(() => removeTask(id));
   t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:lazy', id]).status, 0);
   const pid = await taskPid(id);
   t.true(get(pid).served > 1, 'a cold start would answer served 1');
@@ -166,12 +161,6 @@ function attached(cmd: string, args: string[]): { child: ChildProcess; exited: P
     if (!re.test(out)) throw new Error(`output never matched ${re}: ${JSON.stringify(out)}`);
   };
   return { child, exited, waitFor };
-}
-
-function removeTask(id: string): void {
-  ctr(['task', 'kill', '-s', 'KILL', id]);
-  ctr(['task', 'delete', '-f', id]);
-  ctr(['container', 'delete', id]);
 }
 
 test.serial('ctr task exec, ps, pause and resume in a restored task; kill -s KILL ends ctr run with 137 and leaves nothing behind', async (t) => {
