@@ -16,6 +16,7 @@ import { readImage, type SourceImage } from '../image/read.ts';
 import { formatImageRef, type ImageRef, parseImageRef } from '../image/ref.ts';
 import { unpackLayers } from '../image/unpack.ts';
 import { writeImage } from '../image/write.ts';
+import { LAZY_AUTO_BYTES } from '../checkpoint/write.ts';
 import { compareVersions, criuVersion, MIN_CRIU } from '../lib/host.ts';
 import { attachNetns, deleteNetns, NetnsClient } from '../lib/netns.ts';
 import { prebakeBinPath } from '../lib/paths.ts';
@@ -68,7 +69,7 @@ and its auth file).
                            unverified HTTPS (default: HTTPS, or what registries.conf says)
   --memory MODE            how restores bring the memory back: eager (every page copied in
                            before the process runs), lazy (pages served on first touch while
-                           the rest are copied in behind), or auto (default: lazy from 32 MiB
+                           the rest are copied in behind), or auto (default: lazy from ${LAZY_AUTO_BYTES / 2 ** 20} MiB
                            of lazily restorable pages)
   --no-verify              do not restore the checkpoint once before writing DEST
   --json                   print one JSON summary on stdout

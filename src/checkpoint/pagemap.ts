@@ -5,8 +5,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 // criu/include/magic.h: the common magic, then the pagemap image's own.
-const IMG_COMMON_MAGIC = 0x54564319;
-const PAGEMAP_MAGIC = 0x56084025;
+export const IMG_COMMON_MAGIC = 0x54564319;
+export const PAGEMAP_MAGIC = 0x56084025;
 /** criu/include/pagemap.h: pages CRIU may restore lazily (anonymous, private, not a stack). */
 const PE_LAZY = 1 << 1;
 const PAGE_SIZE = 4096;

@@ -14,12 +14,19 @@ export interface HostFacts {
   arch: string;
   criu: string;
   cpuFlags: string[];
-  /**
-   * CRIU can restore memory lazily here: userfaultfd with the fork, remap and unmap events
-   * (`criu check --feature uffd-noncoop`), without which a process forked after a lazy restore
-   * would miss pages.
-   */
+  /** CRIU can restore memory lazily here (lazyRestoreCheck). */
   lazyPages?: boolean;
+}
+
+/**
+ * Whether `criu` can restore memory lazily on this host: `criu check --feature uffd-noncoop`
+ * (userfaultfd with the fork, remap and unmap events, without which a process forked after a
+ * lazy restore would miss pages); `detail`, CRIU's last line of output.
+ */
+export function lazyRestoreCheck(criu = 'criu'): { ok: boolean; detail: string } {
+  const r = spawnSync(criu, ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
+  if (r.error) throw r.error;
+  return { ok: r.status === 0, detail: `${r.stdout}${r.stderr}`.trim().split('\n').at(-1) ?? '' };
 }
 
 /** `criu --version` prints "Version: 4.2.1"; returns "4.2.1". */
@@ -84,8 +91,7 @@ export function hostFacts(criu: string, cacheDir: string): HostFacts {
   } catch {
     /* no cache yet */
   }
-  const lazyPages = spawnSync(criuPath, ['check', '--feature', 'uffd-noncoop'], { stdio: 'ignore' }).status === 0;
-  const facts: HostFacts = { kernel: release(), arch: machine(), criu: criuVersion(criuPath), cpuFlags: cpuFlags(), lazyPages };
+  const facts: HostFacts = { kernel: release(), arch: machine(), criu: criuVersion(criuPath), cpuFlags: cpuFlags(), lazyPages: lazyRestoreCheck(criuPath).ok };
   try {
     mkdirSync(cacheDir, { recursive: true });
     writeFileSync(`${file}.${process.pid}`, JSON.stringify({ key, facts }));

@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { compareVersions, criuVersion, MIN_CRIU, runcVersion } from '../lib/host.ts';
+import { compareVersions, criuVersion, lazyRestoreCheck, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
 import { HOST_MOUNTS } from '../contract.ts';
 
@@ -52,9 +52,7 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
   });
   attempt('lazy restore', () => {
     // A lazy checkpoint (prebake-build --memory) needs userfaultfd with fork and remap events.
-    const r = spawnSync(criu, ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
-    if (r.error) throw r.error;
-    const ok = r.status === 0;
+    const { ok } = lazyRestoreCheck(criu);
     return { ok, warnOnly: true, detail: ok ? 'userfaultfd (uffd-noncoop): lazy checkpoints restore lazily' : 'no userfaultfd (uffd-noncoop): lazy checkpoints are restored eagerly (every page copied in first)' };
   });
   attempt('criu kernel probe cache', () => {

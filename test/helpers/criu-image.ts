@@ -4,12 +4,12 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
 import protobuf from 'protobufjs';
+import { IMG_COMMON_MAGIC, PAGEMAP_MAGIC } from '../../src/checkpoint/pagemap.ts';
 
 /** CRIU's .proto definitions, installed by scripts/setup.sh with the CRIU it builds. */
 const PROTO_DIR = '/usr/local/share/prebake/criu-images';
 
 // criu/include/magic.h: every image but inventory.img starts with one of these, then its own magic.
-const IMG_COMMON_MAGIC = 0x54564319;
 const IMG_SERVICE_MAGIC = 0x55105940;
 const INVENTORY_MAGIC = 0x58313116;
 
@@ -35,7 +35,7 @@ const TYPES: Record<number, string> = {
   0x59383330: 'cgroup_entry', // cgroup.img
   0x51403912: 'fs_entry', // fs-<pid>.img
   0x57492820: 'mm_entry', // mm-<pid>.img
-  0x56084025: 'pagemap_entry', // pagemap-<pid>.img: the first entry is a pagemap_head
+  [PAGEMAP_MAGIC]: 'pagemap_entry', // pagemap-<pid>.img: the first entry is a pagemap_head
   0x53115007: 'ipc_var_entry', // ipcns-var-<ns>.img
   0x54473203: 'utsns_entry', // utsns-<ns>.img
   0x43114433: 'timens_entry', // timens-0.img
