@@ -21,6 +21,27 @@ import { startConsole } from './console.ts';
 export const PORT = 8080;
 export const WARMUP = 3;
 
+/**
+ * A Python program for bakeNoop's `source`: `setup` at start, then an HTTP server on PORT (one
+ * thread per request with `threads`) whose every GET answers 200 with str() of the Python
+ * expression `body`.
+ */
+export function pythonHttpFunction(setup: string, body: string, opts: { threads?: boolean } = {}): string {
+  return `${setup.trim()}
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(${body}).encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.${opts.threads ? 'ThreadingHTTPServer' : 'HTTPServer'}(('0.0.0.0', ${PORT}), H).serve_forever()
+`;
+}
+
 export interface BakedFunction {
   /** Layers, top first: the checkpoint layer, the app, Python. */
   layers: string[];

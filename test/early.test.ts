@@ -14,12 +14,13 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { bakeNoop, type BakedFunction, PORT, pythonHttpFunction } from '../lab/baked.ts';
 import { PREBAKE } from '../lab/bundle.ts';
 import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
 
-const SOURCE = `
-import http.server, os, threading, time
+const SOURCE = pythonHttpFunction(
+  `
+import os, threading, time
 token = os.urandom(8).hex()
 count = 0
 def tick():
@@ -30,17 +31,10 @@ def tick():
             f.write(f'{token} {count}\\n')
             time.sleep(0.002)
 threading.Thread(target=tick, daemon=True).start()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f'{token} {count}'.encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(('0.0.0.0', ${PORT}), H).serve_forever()
-`;
+`,
+  "f'{token} {count}'",
+  { threads: true },
+);
 
 let baked: BakedFunction;
 let bakeToken: string;

@@ -4,14 +4,14 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, PORT } from '../lab/baked.ts';
+import { bakeNoop, PORT, pythonHttpFunction } from '../lab/baked.ts';
 import { overlayBundle, PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
 import { run } from './helpers/bundle.ts';
 
 // Answers with its replica id and a random number; on SIGUSR2 it reseeds and takes a new id.
-const SOURCE = String.raw`
+const SOURCE = pythonHttpFunction(
+  String.raw`
 import os, random, signal, sys, uuid, json
-from http.server import BaseHTTPRequestHandler, HTTPServer
 state = {"replica": str(uuid.uuid4()), "renewed": False}
 random.seed(1234)
 def renew(*_):
@@ -20,13 +20,9 @@ def renew(*_):
     state["renewed"] = True
 signal.signal(signal.SIGUSR2, renew)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({**state, "random": random.random()}).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-HTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), H).serve_forever()
-`;
+`,
+  'json.dumps({**state, "random": random.random()})',
+);
 
 async function twoReplicas(t: import('ava').ExecutionContext, env: string[]) {
   const baked = await bakeNoop({ source: SOURCE, env });

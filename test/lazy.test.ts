@@ -7,42 +7,35 @@
 // restore of the same pages.
 
 import test, { type ExecutionContext } from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsClient } from '../src/lib/netns.ts';
-import { bakeNoop, type BakedFunction, PORT } from '../lab/baked.ts';
+import { bakeNoop, type BakedFunction, PORT, pythonHttpFunction } from '../lab/baked.ts';
 import { PREBAKE, runtimeDirs, uniqueName } from '../lab/bundle.ts';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { LAZY_AUTO_BYTES } from '../src/checkpoint/write.ts';
 import { STATE_FILES } from '../src/contract.ts';
+import { lazyRestoreCheck } from '../src/lib/host.ts';
 import { killAndDelete, lazyPagesDaemons, run, testReplica } from './helpers/bundle.ts';
 
-const SOURCE = `
-import hashlib, http.server, os
+const SOURCE = pythonHttpFunction(
+  `
+import hashlib, os
 token = os.urandom(8).hex()
 # 48 MiB of anonymous memory, a different page everywhere, and its digest.
 data = bytearray(48 << 20)
 for i in range(0, len(data), 4096):
     data[i:i + 8] = i.to_bytes(8, 'little')
 digest = hashlib.sha256(data).hexdigest()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ok = hashlib.sha256(data).hexdigest() == digest
-        body = f'{token} {ok}'.encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(('0.0.0.0', ${PORT}), H).serve_forever()
-`;
+`,
+  "f'{token} {hashlib.sha256(data).hexdigest() == digest}'",
+);
 
 /** The tests of a lazy restore need a kernel whose userfaultfd has the fork and remap events (as this project's machines do). */
-const uffd = spawnSync('criu', ['check', '--feature', 'uffd-noncoop'], { encoding: 'utf8' });
-const noLazy = uffd.status === 0 ? '' : `this kernel's userfaultfd lacks what a lazy restore needs (criu check --feature uffd-noncoop: ${(uffd.stdout + uffd.stderr).trim().split('\n').at(-1)})`;
+const uffd = lazyRestoreCheck();
+const noLazy = uffd.ok ? '' : `this kernel's userfaultfd lacks what a lazy restore needs (criu check --feature uffd-noncoop: ${uffd.detail})`;
 if (noLazy) console.log(`lazy.test.ts: the lazy restore tests skipped: ${noLazy}`);
 const lazyTest = (title: string, fn: (t: ExecutionContext) => Promise<void> | void) => (noLazy ? test.serial.skip(`${title} [skipped: ${noLazy}]`, () => {}) : test.serial(title, fn));
 
