@@ -158,10 +158,12 @@ test("bin/prebake's create asks Node exactly for the configs that name a checkpo
   }
 });
 
-test("bin/prebake's create starts runc restoring beside Node only in the shape it can check, and executes Node's verdict", async (t) => {
-  const { dir, bundle, call } = await standIns(t);
-  const config = { root: { path: 'rootfs' }, process: { env: [`${CHECKPOINT_ENV}=/.prebake`] } };
-  const b = bundle('early', JSON.stringify(config, null, 2));
+/**
+ * A bundle (`name`, its config `config`) whose checkpoint the host has verified: the image's
+ * manifest, the hint beside it, and the store entry it names, imported under a trusted key.
+ */
+function verifiedBundle(dir: string, bundle: (name: string, config: string) => string, name: string, config: object) {
+  const b = bundle(name, JSON.stringify(config, null, 2));
   mkdirSync(join(b, 'rootfs/.prebake/checkpoint'), { recursive: true });
   writeFileSync(join(b, 'rootfs/.prebake/manifest.json'), '{}');
   // The verified store's entry for that manifest (named by its sha256): the early restore reads
@@ -174,8 +176,15 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   writeFileSync(join(entry, 'manifest.json'), '{}');
   const kid = 'ab'.repeat(32);
   writeFileSync(join(entry, 'ok'), `${kid}\n2026-01-01T00:00:00Z\n`);
-  mkdirSync(join(dir, 'trust'));
+  mkdirSync(join(dir, 'trust'), { recursive: true });
   writeFileSync(join(dir, 'trust', `${kid}.pub`), '');
+  return { b, digest, entry, kid };
+}
+
+test("bin/prebake's create starts runc restoring beside Node only in the shape it can check, and executes Node's verdict", async (t) => {
+  const { dir, bundle, call } = await standIns(t);
+  const config = { root: { path: 'rootfs' }, process: { env: [`${CHECKPOINT_ENV}=/.prebake`] } };
+  const { b, digest, entry, kid } = verifiedBundle(dir, bundle, 'early', config);
   const state = join(dir, 'state', '/r', 'ctr');
   const restoreArgv = (pid: string, image = `${entry}/checkpoint`) => ['--root', '/r', '--systemd-cgroup', '--log', `${state}/runc-restore.log`, '--log-format', 'json', 'restore', '--detach',
     '--image-path', image, '--work-path', `${state}/criu`, '--bundle', b, '--pid-file', pid, 'ctr'];
@@ -274,4 +283,45 @@ test("bin/prebake's create starts runc restoring beside Node only in the shape i
   }
   writeFileSync(join(b, 'config.json'), JSON.stringify({ ...config, process: { env: [`${CHECKPOINT_ENV}=/../rootfs/.prebake`] } }));
   first(['create', '--bundle', b, 'ctr'], 'a path with ..');
+});
+
+test("bin/prebake's create starts CRIU's lazy-pages daemon for an entry marked lazy, unless the spec may keep the OOM killer away", async (t) => {
+  const { dir, bundle, call } = await standIns(t);
+  // The CRIU runc is told to use (--criu): its lazy-pages mode records its call and leaves a
+  // process of its own named in the pid file (the daemon, for the shell), killed at the end.
+  const criu = join(dir, 'criu');
+  writeFileSync(criu, `#!/bin/sh
+[ "$1" = lazy-pages ] || exit 1
+printf '%s\\n' "$@" > "${dir}/lazy.args"
+while [ $# -gt 0 ]; do [ "$1" = --pidfile ] && f=$2; shift; done
+sleep 30 </dev/null >/dev/null 2>&1 &
+echo $! > "$f"
+`, { mode: 0o755 });
+  const daemons: string[] = [];
+  t.teardown(() => daemons.forEach((p) => spawnSync('kill', [p])));
+  const config = { root: { path: 'rootfs' }, process: { env: [`${CHECKPOINT_ENV}=/.prebake`] } };
+  /** Whether a create of this spec gave runc --lazy-pages (and the daemon ran exactly then). */
+  const lazyStarted = (name: string, spec: object, compact = false) => {
+    const { b, entry } = verifiedBundle(dir, bundle, name, spec);
+    if (compact) writeFileSync(join(b, 'config.json'), JSON.stringify(spec));
+    writeFileSync(join(entry, 'lazy-pages'), '');
+    rmSync(join(dir, 'lazy.args'), { force: true });
+    const c = call(['--criu', criu, '--root', '/r', 'create', '--bundle', b, 'ctr']);
+    t.truthy(c.restore, `${name}: an early restore`);
+    const ran = existsSync(join(dir, 'lazy.args'));
+    const pidFile = join(dir, 'state', '/r', 'ctr', 'lazy-pages.pid');
+    if (ran && existsSync(pidFile)) daemons.push(readFileSync(pidFile, 'utf8').trim());
+    const lazy = c.restore?.includes('--lazy-pages') ?? false;
+    t.is(ran, lazy, `${name}: the daemon ran exactly when runc was given --lazy-pages`);
+    return lazy;
+  };
+  const memory = (m: object) => ({ ...config, linux: { resources: { memory: m } } });
+  const oom = (adj: number) => ({ ...config, process: { ...config.process, oomScoreAdj: adj } });
+  t.true(lazyStarted('lazy', config), 'a lazy entry: the daemon, and --lazy-pages');
+  t.false(lazyStarted('no-oom-killer', memory({ disableOOMKiller: true })), 'disableOOMKiller true');
+  t.false(lazyStarted('no-oom-killer-compact', memory({ disableOOMKiller: true }), true), 'disableOOMKiller true, compact JSON');
+  t.true(lazyStarted('oom-killer-kept', memory({ disableOOMKiller: false })), 'disableOOMKiller false');
+  t.false(lazyStarted('oom-score-min', oom(-1000)), 'oomScoreAdj -1000');
+  t.false(lazyStarted('oom-score-min-compact', oom(-1000), true), 'oomScoreAdj -1000 last in its object, compact JSON');
+  t.true(lazyStarted('oom-score-other', oom(-10000)), 'oomScoreAdj -10000 is another number');
 });
