@@ -73,7 +73,8 @@ fetch_pinned() { # URL SHA256 DEST
 # Built without GnuTLS (CRIU_MAKE), whether or not its headers are here: it serves only the TLS
 # of CRIU's page server, which prebake never uses, and loading it costs every start of CRIU
 # (two a restore) ~1.5 ms. A build of ours installed by an earlier setup with other flags (the
-# installed binary is the cached build, byte for byte) is built again and replaces it.
+# installed binary is the cached build, byte for byte) is built again and replaces it; without
+# the cache (/var/cache/prebake removed) it cannot be told from another CRIU and is kept.
 CRIU_VERSION=4.2.1
 CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 CRIU_URL=http://deb.debian.org/debian/pool/main/c/criu/criu_$CRIU_VERSION.orig.tar.xz
@@ -93,28 +94,42 @@ if ! criu_ok; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends criu >/dev/null || true ;;
   esac
 fi
-if ! criu_ok || [ -n "$rebuild_criu" ]; then
-  if ! criu_built; then
-    missing=""
-    for p in $CRIU_BUILD_PKGS; do
-      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
-    done
-    if [ -n "$missing" ]; then
-      apt_update
-      echo "setup: installing CRIU's build dependencies (this release's):$missing" >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
-        || { echo "setup: apt-get install failed for:$missing" >&2; exit 1; }
-    fi
-    fetch_pinned "$CRIU_URL" "$CRIU_SHA256" "$cache/criu_$CRIU_VERSION.orig.tar.xz" || exit 1
-    echo "setup: building CRIU $CRIU_VERSION in $criu_src (~30 s)" >&2
-    rm -rf "$criu_src" && mkdir -p "$cache" && tar -C "$cache" -xJf "$cache/criu_$CRIU_VERSION.orig.tar.xz" \
-      && make -C "$criu_src" -j"$(nproc)" $CRIU_MAKE criu >"$cache/criu-build.log" 2>&1 \
-      && echo "$CRIU_MAKE" > "$criu_stamp" \
-      || { echo "setup: building CRIU failed; see $cache/criu-build.log" >&2; exit 1; }
+# Builds CRIU into $criu_src (its build dependencies, this release's, installed first); fails
+# with the reason on stderr.
+build_criu() {
+  missing=""
+  for p in $CRIU_BUILD_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    apt_update
+    echo "setup: installing CRIU's build dependencies (this release's):$missing" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+      || { echo "setup: apt-get install failed for:$missing" >&2; return 1; }
   fi
+  fetch_pinned "$CRIU_URL" "$CRIU_SHA256" "$cache/criu_$CRIU_VERSION.orig.tar.xz" || return 1
+  echo "setup: building CRIU $CRIU_VERSION in $criu_src (~30 s)" >&2
+  rm -rf "$criu_src" && mkdir -p "$cache" && tar -C "$cache" -xJf "$cache/criu_$CRIU_VERSION.orig.tar.xz" \
+    && make -C "$criu_src" -j"$(nproc)" $CRIU_MAKE criu >"$cache/criu-build.log" 2>&1 \
+    && echo "$CRIU_MAKE" > "$criu_stamp" \
+    || { echo "setup: building CRIU failed; see $cache/criu-build.log" >&2; return 1; }
+}
+install_criu() {
   install -m 0755 "$criu_src/criu/criu" /usr/local/sbin/criu
   hash -r 2>/dev/null || true
+}
+if ! criu_ok; then
+  criu_built || build_criu || exit 1
+  install_criu
   criu_ok || { echo "setup: criu >= 4.2 passing 'criu check' on $(uname -r) is required, found: $(criu --version 2>&1 | head -1); $(criu check 2>&1 | tail -1)" >&2; exit 1; }
+elif [ -n "$rebuild_criu" ]; then
+  # The installed build works: one that cannot be made anew (offline, say) is kept.
+  if build_criu; then
+    install_criu
+    criu_ok || { echo "setup: the CRIU built anew fails 'criu check': $(criu check 2>&1 | tail -1)" >&2; exit 1; }
+  else
+    echo "setup: keeping the installed /usr/local/sbin/criu (built with other flags than $CRIU_MAKE)" >&2
+  fi
 fi
 # CRIU's image definitions, for the tests that read and edit checkpoint images.
 if [ ! -f /usr/local/share/prebake/criu-images/core.proto ]; then
