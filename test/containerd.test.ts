@@ -3,7 +3,7 @@
 // loopback up in its new network namespace; exec, ps, pause and resume work in it, its exit
 // status reaches ctr, two tasks of the image are independent, and a terminal run starts cold.
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -97,9 +97,14 @@ test.serial('an image that is not prebaked runs through prebake under ctr as und
   t.is(r.status, 3);
 });
 
-test.serial('an image baked for two targets carries both checkpoints; ctr restores the containerd one', async (t) => {
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'runc', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:multi'], { env, encoding: 'utf8' });
+/** Bakes the noop image into containerd as docker.io/prebake/noop:<tag> with prebake-build's `flags`. */
+async function bakeNoopTag(t: ExecutionContext, tag: string, flags: string[]): Promise<void> {
+  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', ...flags, `oci:${await noopImage()}:latest`, `containerd:prebake/noop:${tag}`], { env, encoding: 'utf8' });
   t.is(r.status, 0, r.stderr);
+}
+
+test.serial('an image baked for two targets carries both checkpoints; ctr restores the containerd one', async (t) => {
+  await bakeNoopTag(t, 'multi', ['--target', 'runc', '--target', 'containerd']);
   const id = 'multi';
   t.teardown(() => removeTask(id));
   t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:multi', id]).status, 0);
@@ -109,8 +114,7 @@ test.serial('an image baked for two targets carries both checkpoints; ctr restor
 });
 
 test.serial('a lazy bake restores under ctr: the shim starts prebake, CRIU serves the pages, and no daemon or zombie is left', async (t) => {
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--memory', 'lazy', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:lazy'], { env, encoding: 'utf8' });
-  t.is(r.status, 0, r.stderr);
+  await bakeNoopTag(t, 'lazy', ['--memory', 'lazy', '--target', 'containerd']);
   const id = 'lazy';
   t.teardown(() => removeTask(id));
   t.is(ctr(['run', '-d', '--runc-binary', PREBAKE, 'docker.io/prebake/noop:lazy', id]).status, 0);
@@ -284,8 +288,7 @@ test.serial('a task joining a network namespace by path (ctr --with-ns) is not r
 });
 
 test.serial('an image baked with --target containerd-netns restores into a CNI network namespace joined by path and answers on its CNI address; with --target containerd beside it, a plain ctr run restores too', async (t) => {
-  const r = spawnSync(join(REPO, 'bin/prebake-build'), ['--quiet', '--target', 'containerd-netns', '--target', 'containerd', `oci:${await noopImage()}:latest`, 'containerd:prebake/noop:cni'], { env, encoding: 'utf8' });
-  t.is(r.status, 0, r.stderr);
+  await bakeNoopTag(t, 'cni', ['--target', 'containerd-netns', '--target', 'containerd']);
   const net = cniNetwork('prebake-ctr0', '10.250.78');
   const [id, plain, netns] = [uniqueName('ctr-cni'), uniqueName('ctr-cni-plain'), uniqueName('pbcni')];
   t.teardown(() => {
