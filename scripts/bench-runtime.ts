@@ -23,7 +23,7 @@
 // are noisy: the header prints the load average, before and after.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
@@ -35,6 +35,7 @@ import { criuVersion, hostFacts, runcVersion } from '../src/lib/host.ts';
 import { NetnsClient } from '../src/lib/netns.ts';
 import { type PipedCommand, spawnPiped } from '../src/lib/pipe.ts';
 import { containerStateDir, loadRuntimeConfig } from '../src/runtime/config.ts';
+import { RESIDENT_FILES } from '../src/contract.ts';
 import { cleanupAll, cleanupOnSignal, onCleanup } from '../lab/cleanup.ts';
 import { textTable } from '../lab/study/report.ts';
 import { median, quantile, summary, type Summary as StudySummary } from '../lab/study/stats.ts';
@@ -140,6 +141,22 @@ function timedCall(cmd: string, args: string[]): { ms: number; code: number; std
  */
 const CPUACCT = '/sys/fs/cgroup/cpuacct';
 let cpuSeq = 0;
+
+/**
+ * The CPU time (ns) the resident verdict program (src/runtime/resident.ts) has used so far, every
+ * thread of it, and its pid: it answers a create outside the create's process tree, so its part
+ * is counted from the difference around the create. Undefined when none runs.
+ */
+function residentCpu(): { pid: string; ns: number } | undefined {
+  try {
+    const pid = readFileSync(join(loadRuntimeConfig().stateBase, RESIDENT_FILES.pid), 'utf8').split(' ')[0]!;
+    let ns = 0;
+    for (const t of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    return { pid, ns };
+  } catch {
+    return undefined;
+  }
+}
 function cpuGroup(): { wrap(cmd: string, args: string[]): [string, string[]]; ms(): Promise<number>; remove(): void } | null {
   if (!existsSync(join(CPUACCT, 'cpuacct.usage'))) return null;
   const dir = join(CPUACCT, `prebake-bench-${process.pid}-${++cpuSeq}`);
@@ -149,12 +166,19 @@ function cpuGroup(): { wrap(cmd: string, args: string[]): [string, string[]]; ms
     return null;
   }
   const procs = () => readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim();
+  let resident: ReturnType<typeof residentCpu>;
   return {
-    wrap: (cmd, args) => ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', dir, cmd, ...args]],
+    wrap: (cmd, args) => {
+      resident = residentCpu();
+      return ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', dir, cmd, ...args]];
+    },
     async ms() {
       // The Node program may still be exiting when create has returned.
       for (let i = 0; i < 400 && procs(); i++) await new Promise((r) => setTimeout(r, 1));
-      return Number(readFileSync(join(dir, 'cpuacct.usage'), 'utf8')) / 1e6;
+      // The resident program's part (not its start, when this create started it).
+      const after = residentCpu();
+      const residentMs = resident && after && after.pid === resident.pid ? (after.ns - resident.ns) / 1e6 : 0;
+      return Number(readFileSync(join(dir, 'cpuacct.usage'), 'utf8')) / 1e6 + residentMs;
     },
     remove() {
       try {

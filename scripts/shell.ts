@@ -6,7 +6,7 @@
 /** The scripts with generated blocks, relative to the repository. */
 export const GENERATED_SCRIPTS = ['bin/prebake', 'bin/prebake-create.sh'];
 
-import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, HOST_MOUNTS, STATE_FILES, STORE_FILES, VERDICT_LINES } from '../src/contract.ts';
+import { CREATE_FLAGS, EARLY_ENV, type FlagSpec, GLOBAL_FLAGS, HINT_PREFIX, HOST_MOUNTS, RESIDENT_FILES, STATE_FILES, STORE_FILES, VERDICT_LINES } from '../src/contract.ts';
 
 // dist/criu.conf's text, for the build.
 export { RESTORE_CRIU_CONF } from '../src/contract.ts';
@@ -65,7 +65,8 @@ function createArms(): string[] {
 const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 /**
- * bin/prebake-create.sh's names: f_<file> for the state's files, s_<file> for a store entry's, the hint's prefix, n_<word> for
+ * bin/prebake-create.sh's names: f_<file> for the state's files, s_<file> for a store entry's, r_<file> for the resident
+ * program's, the hint's prefix, n_<word> for
  * the lines a verdict takes (its word included), e_<name> for the environment the Node program
  * reads, k_<mount> and p_<mount> for the host mounts' keys and default paths.
  */
@@ -73,6 +74,7 @@ function names(): string[] {
   return [
     Object.entries(STATE_FILES).map(([k, v]) => `f_${snake(k)}=${v}`).join(' '),
     Object.entries(STORE_FILES).map(([k, v]) => `s_${snake(k)}=${v}`).join(' '),
+    Object.entries(RESIDENT_FILES).map(([k, v]) => `r_${snake(k)}=${v}`).join(' '),
     `hint=${HINT_PREFIX}`,
     Object.entries(VERDICT_LINES).map(([k, v]) => `n_${k}=${v + 1}`).join(' '),
     Object.entries(EARLY_ENV).map(([k, v]) => `e_${snake(k)}=${v}`).join(' '),

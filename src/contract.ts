@@ -44,6 +44,20 @@ export const STATE_FILES = {
   criuConf: 'criu.conf',
   /** The pid of CRIU's lazy-pages daemon, for a checkpoint restored lazily. */
   lazyPid: 'lazy-pages.pid',
+  /** A create handed to the resident verdict program: its working directory, environment and
+   *  argv, each ended by a NUL, the environment's end marked by an empty one. */
+  request: 'request',
+} as const;
+
+/**
+ * In the state base: the resident verdict program (runtime/resident.ts), which gives the verdicts
+ * of every create the shell hands it, so that a create pays no Node start. `fifo`: where the shell
+ * writes a request's state dir (a line); `pid`: "<pid> <start time>" of the program reading it,
+ * there only while it reads.
+ */
+export const RESIDENT_FILES = {
+  fifo: 'resident',
+  pid: 'resident.pid',
 } as const;
 
 /**
@@ -92,6 +106,11 @@ export const EARLY_ENV = {
   t0: 'PREBAKE_EARLY_T0',
   caller: 'PREBAKE_CALLER',
   go: 'PREBAKE_GO',
+  /** Why the resident verdict program passed this create on (its `pass` verdict), for the log. */
+  passed: 'PREBAKE_PASSED',
+  /** runc's exit status and the shell's pid, when the shell has reaped runc already (a create passed on late). */
+  status: 'PREBAKE_EARLY_STATUS',
+  shell: 'PREBAKE_EARLY_SHELL',
 } as const;
 
 /**
@@ -108,8 +127,10 @@ export const EARLY_ENV = {
  *   the next line, if any), then exec `runc create` with the caller's argv and descriptors.
  * - abandon: the engine has given up on the create (killed bin/prebake): clear away, log it,
  *   create nothing. The next line is as cold's.
+ * - pass: the resident verdict program does not answer this create (the next line says why):
+ *   ask a one-shot program, about the restore under way if there is one.
  */
-export const VERDICT_LINES = { accept: 4, restore: 1, cold: 1, abandon: 1 } as const;
+export const VERDICT_LINES = { accept: 4, restore: 1, cold: 1, abandon: 1, pass: 1 } as const;
 export type VerdictWord = keyof typeof VERDICT_LINES;
 
 export interface FlagSpec {

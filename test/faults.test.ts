@@ -146,7 +146,8 @@ function filesUnder(dir: string): string[] {
 function stateDisk(t: ExecutionContext, inodes = 256): { dir: string; env: NodeJS.ProcessEnv } {
   const dir = smallTmpfs(t, '1m', inodes);
   hostFacts('criu', dir);
-  return { dir, env: { ...process.env, PREBAKE_STATE_DIR: dir } };
+  // (One-shot verdicts: a resident program would keep its FIFO and pid file on the disk, and the disk busy.)
+  return { dir, env: { ...process.env, PREBAKE_STATE_DIR: dir, PREBAKE_RESIDENT: 'off' } };
 }
 
 /** A state disk filled by `fill`, and the files it holds then (what may stay after a create). */

@@ -2,7 +2,8 @@
 // and which checkpoints it trusts. From /etc/prebake/config.json (PREBAKE_CONFIG names another):
 // "runc" (else PREBAKE_RUNC, else PATH), "store", "trust" (a directory of public keys),
 // "restoreTimeout" (seconds, default 60) and "trustAnyCheckpoint" (development only). PREBAKE_STATE_DIR and PREBAKE_STORE_DIR move the
-// state and the store.
+// state and the store. ("resident": false, which turns the resident verdict program off, is
+// bin/prebake-create.sh's to read.)
 
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -36,9 +37,10 @@ export function loadRuntimeConfig(env: NodeJS.ProcessEnv = process.env): Runtime
   const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
   return {
     runc: env.PREBAKE_RUNC || str(conf.runc) || 'runc',
-    stateBase: env.PREBAKE_STATE_DIR ?? '/run/prebake',
-    store: env.PREBAKE_STORE_DIR || str(conf.store) || DEFAULT_STORE,
-    trustDir: str(conf.trust) ?? DEFAULT_TRUST_DIR,
+    // (Absolute: the resident program settles a restore after it has left the create's directory.)
+    stateBase: resolve(env.PREBAKE_STATE_DIR || '/run/prebake'),
+    store: resolve(env.PREBAKE_STORE_DIR || str(conf.store) || DEFAULT_STORE),
+    trustDir: resolve(str(conf.trust) ?? DEFAULT_TRUST_DIR),
     trustAny: conf.trustAnyCheckpoint === true,
     restoreTimeoutMs: (typeof conf.restoreTimeout === 'number' && conf.restoreTimeout > 0 ? conf.restoreTimeout : 60) * 1000,
   };

@@ -9,13 +9,13 @@ import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Spec } from '../../oci/runtime-spec.ts';
 import { shortId } from '../checkpoint/trust.ts';
-import { CREATE_FLAGS, STATE_FILES, VERDICT_LINES, type VerdictWord } from '../contract.ts';
+import { CREATE_FLAGS, EARLY_ENV, STATE_FILES, VERDICT_LINES, type VerdictWord } from '../contract.ts';
 import { nap, parentOf, procStat, tasksUnder } from '../lib/proc.ts';
-import { type ParsedArgs, type RuntimeCall, flagValue, parseFlags } from './argv.ts';
+import { type ParsedArgs, type RuntimeCall, flagIsSet, flagValue, parseFlags } from './argv.ts';
 import { captureSpec } from './capture.ts';
 import type { RuntimeConfig } from './config.ts';
 import { applyOomScoreAdj, restoredExcess } from './inspect.ts';
-import { type Logger, logFileError } from './log.ts';
+import { closeLogger, createLogger, type Logger, logFileError } from './log.ts';
 import { planRestore, type RestorePlan } from './plan.ts';
 
 /** A restore bin/prebake started before this program ran (src/contract.ts, EARLY_ENV). */
@@ -28,6 +28,8 @@ export interface EarlyRestore {
   runcPid: number;
   /** CLOCK_MONOTONIC (ns) when runc started, if the shell could read it. */
   t0?: bigint;
+  /** runc's exit status and the shell's pid, when the shell has reaped runc already. */
+  reaped?: { status: number; shell: number };
 }
 
 export type Verdict = { word: VerdictWord; lines: string[] };
@@ -106,16 +108,26 @@ function verdictOn(plan: RestorePlan): Failure | null {
 const restoredLazily = (plan: RestorePlan) => existsSync(join(plan.stateDir, STATE_FILES.lazyPid));
 
 /**
+ * How a verdict waits between its looks at /proc: a one-shot program sleeps (nap: no other work
+ * is waiting, and its looks come at 0.25 ms), the resident one yields to its other creates.
+ */
+export type Pause = (ms: number) => Promise<void>;
+export const napPause: Pause = (ms) => {
+  nap(ms);
+  return Promise.resolve();
+};
+
+/**
  * Waits for a child of `parent` to exit, polling /proc (it stays a zombie until its parent reaps
  * it): its exit status, 'timeout' after `timeoutMs`, 'abandoned' once `callerGone`, or undefined
  * if it is gone or no longer `parent`'s child. `onEach` runs at each look.
  */
-function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean, callerGone: () => boolean): number | 'timeout' | 'abandoned' | undefined {
+async function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => boolean, callerGone: () => boolean, pause: Pause): Promise<number | 'timeout' | 'abandoned' | undefined> {
   const deadline = performance.now() + timeoutMs;
   // A restore takes tens of ms: the first look comes after 10, then one a millisecond (each
   // look is CPU that runc and CRIU, at work beside this program, would have had); once `onEach`
   // has done its work (runc wrote the pid: it exits within a few ms), one every 0.25 ms.
-  nap(10);
+  await pause(10);
   let soon = false;
   for (;;) {
     const st = procStat(pid);
@@ -124,7 +136,7 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
     if (performance.now() > deadline) return 'timeout';
     if (callerGone()) return 'abandoned';
     if (onEach()) soon = true;
-    nap(soon ? 0.25 : 1);
+    await pause(soon ? 0.25 : 1);
   }
 }
 
@@ -133,10 +145,10 @@ function exitOf(pid: number, parent: number, timeoutMs: number, onEach: () => bo
  * "<runc pid> <start stamp>" on `input` (read to its end), checked and settled (settle); null if
  * the shell started none (it closed the channel without a line).
  */
-export function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConfig, log: Logger, caller: number | undefined): Verdict | null {
+export async function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConfig, log: Logger, caller: number | undefined, pause: Pause): Promise<Verdict | null> {
   const m = /^(\d+) (\d*)\n?$/.exec(input);
   if (!m) return null;
-  return settle(plan, { dir: plan.stateDir, image: plan.imagePath, runcPid: Number(m[1]), ...(m[2] ? { t0: BigInt(m[2]) } : {}) }, cfg, log, caller);
+  return settle(plan, { dir: plan.stateDir, image: plan.imagePath, runcPid: Number(m[1]), ...(m[2] ? { t0: BigInt(m[2]) } : {}) }, cfg, log, caller, pause);
 }
 
 /**
@@ -145,7 +157,7 @@ export function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConf
  * a few ms later), then accept, or say why not and go cold. `caller` is bin/prebake as the engine
  * started it: once it is gone (the engine gave up on the create), the create is abandoned.
  */
-function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log: Logger, caller: number | undefined): Verdict {
+async function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log: Logger, caller: number | undefined, pause: Pause): Promise<Verdict> {
   const cold = (f: Failure): Verdict => {
     log.warn(
       { id: plan.id },
@@ -154,10 +166,10 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
     return { word: 'cold', lines: [plan.netnsPath ?? ''] };
   };
   // runc is a child of bin/prebake's subshell, which is a child of the caller's bin/prebake.
-  const shell = parentOf(early.runcPid);
+  const shell = early.reaped?.shell ?? parentOf(early.runcPid);
   const callerGone = () => caller !== undefined && parentOf(shell) !== caller;
   let refused: Failure | null | undefined;
-  const status = exitOf(
+  const status = early.reaped ? (callerGone() ? 'abandoned' : early.reaped.status) : await exitOf(
     early.runcPid,
     shell,
     cfg.restoreTimeoutMs,
@@ -171,6 +183,7 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
       return true;
     },
     callerGone,
+    pause,
   );
   const end = process.hrtime.bigint();
   if (status === 'abandoned' || (status === 0 && callerGone())) {
@@ -201,9 +214,11 @@ function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig, log:
  * The verdict on a create. Without `early`, it is `restore` (from the store's copy of a checkpoint
  * that passed every check) or `cold`. With the restore bin/prebake started, the restore is
  * checked and settled (settle) if it is the planned one, else restarted from the planned image
- * (`restore`), or refused (`cold`: nothing restored ran again).
+ * (`restore`), or refused (`cold`: nothing restored ran again). Everything up to the first look
+ * at a restore under way runs before this returns its promise (the resident program relies on it:
+ * it gives each create its working directory and PATH for that part alone).
  */
-export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early?: EarlyRestore, caller?: number): Verdict & { plan?: RestorePlan } {
+export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger, early: EarlyRestore | undefined, caller: number | undefined, pause: Pause): Promise<Verdict & { plan?: RestorePlan }> | (Verdict & { plan?: RestorePlan }) {
   let createArgs: ParsedArgs | undefined;
   let plan: RestorePlan | null = null;
   let netns = '';
@@ -238,5 +253,55 @@ export function decideCreate(call: RuntimeCall, cfg: RuntimeConfig, log: Logger,
     log.debug({ id }, 'the early restore was not the planned one; restoring again');
     return { word: 'restore', lines: [plan.imagePath] };
   }
-  return settle(plan, early, cfg, log, caller);
+  return settle(plan, early, cfg, log, caller, pause);
 }
+
+/** Where a create's verdicts go, and where the shell's line after a `restore` verdict comes from. */
+export interface VerdictIo {
+  write(text: string): void;
+  readLine(): Promise<string>;
+  pause: Pause;
+  /** Who answers, when it is not a program of this create's own (logged at debug level). */
+  by?: string;
+  /** The create's stderr, when it is not this program's (undefined: none could be opened). */
+  stderr?: number | undefined;
+}
+
+/**
+ * The verdicts on one create (`call`), given the environment bin/prebake-create.sh set for it
+ * (EARLY_ENV): the first, and after `restore` on the channel, the one on the restore the shell
+ * started. Everything before the first look at a restore under way runs before the first await.
+ */
+export async function answerCreate(call: RuntimeCall, cfg: RuntimeConfig, env: Record<string, string | undefined>, io: VerdictIo): Promise<void> {
+  const log = createLogger({
+    file: flagValue(call.global, 'log'),
+    format: flagValue(call.global, 'log-format'),
+    debug: flagIsSet(call.global, 'debug'),
+    ...('stderr' in io ? { stderr: io.stderr } : {}),
+  });
+  try {
+    const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : undefined);
+    const runcPid = num(env[EARLY_ENV.runc]);
+    const t0 = env[EARLY_ENV.t0];
+    const early: EarlyRestore | undefined =
+      env[EARLY_ENV.state] && env[EARLY_ENV.image] && runcPid
+        ? { dir: resolve(env[EARLY_ENV.state]!), image: env[EARLY_ENV.image]!, runcPid, ...(t0 && /^\d+$/.test(t0) ? { t0: BigInt(t0) } : {}) }
+        : undefined;
+    const caller = num(env[EARLY_ENV.caller]);
+    const [status, shell] = [num(env[EARLY_ENV.status]), num(env[EARLY_ENV.shell])];
+    if (early && status !== undefined && shell !== undefined) early.reaped = { status, shell };
+    if (io.by) log.debug({ id: call.args.at(-1) }, `verdicts by ${io.by}`);
+    if (env[EARLY_ENV.passed]) log.debug({ id: call.args.at(-1) }, `the resident program passed this create on: ${env[EARLY_ENV.passed]}`);
+    const verdict = await decideCreate(call, cfg, log, early, caller, io.pause);
+    io.write(verdictText(verdict));
+    // On the channel, the restore the shell starts is this program's to check: one Node start
+    // for a checkpoint seen for the first time, not two.
+    if (env[EARLY_ENV.go] === '1' && verdict.word === 'restore' && verdict.plan) {
+      const second = await settleStarted(verdict.plan, await io.readLine(), cfg, log, caller, io.pause);
+      if (second) io.write(verdictText(second));
+    }
+  } finally {
+    closeLogger(log);
+  }
+}
+

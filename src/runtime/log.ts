@@ -3,7 +3,7 @@
 // A log file that cannot take a line (no space left) costs the line, never the call (as in runc):
 // the line goes to stderr instead.
 
-import { openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
@@ -29,9 +29,9 @@ function writeAll(fd: number, s: string): void {
   }
 }
 
-function toStderr(s: string): void {
+function toStderr(s: string, fd = 2): void {
   try {
-    writeAll(2, s);
+    writeAll(fd, s);
   } catch {
     /* nowhere left to say it */
   }
@@ -41,11 +41,14 @@ interface LogOptions {
   file?: string;
   format?: string;
   debug?: boolean;
+  /** Where stderr is (the resident program's creates: their caller's; undefined: nowhere). */
+  stderr?: number | undefined;
 }
 
-/** Per logger: why the --log file could not be opened. */
+/** Per logger: why the --log file could not be opened, or the descriptor it writes to. */
 interface Sink {
   openError?: Error;
+  fd?: number;
 }
 const sinks = new WeakMap<Logger, Sink>();
 
@@ -55,6 +58,18 @@ const sinks = new WeakMap<Logger, Sink>();
  */
 export function logFileError(log: Logger): Error | undefined {
   return sinks.get(log)?.openError;
+}
+
+/** Closes the --log file of a logger that will write no more (the resident program's, per create). */
+export function closeLogger(log: Logger): void {
+  const sink = sinks.get(log);
+  if (sink?.fd === undefined) return;
+  try {
+    closeSync(sink.fd);
+  } catch {
+    /* closed already */
+  }
+  delete sink.fd;
 }
 
 export function createLogger(opts: LogOptions): Logger {
@@ -69,14 +84,16 @@ export function createLogger(opts: LogOptions): Logger {
     }
   }
   const line = (s: string) => (opts.format === 'json' ? s : textLine(s));
-  const sink: Sink = openError ? { openError } : {};
+  const sink: Sink = openError ? { openError } : fd !== undefined ? { fd } : {};
   const stream = {
     write: (s: string) => {
-      if (fd === undefined) return toStderr(line(s));
+      // (Through the sink: once closeLogger has closed the file, lines go to stderr.)
+      const err = 'stderr' in opts ? opts.stderr : 2;
+      if (sink.fd === undefined) return err === undefined ? undefined : toStderr(line(s), err);
       try {
-        writeAll(fd, line(s));
+        writeAll(sink.fd, line(s));
       } catch {
-        toStderr(line(s));
+        if (err !== undefined) toStderr(line(s), err);
       }
     },
   };

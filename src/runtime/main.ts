@@ -8,8 +8,8 @@ import { EARLY_ENV } from '../contract.ts';
 import { nap } from '../lib/proc.ts';
 import { parseRuntimeCall, flagIsSet, flagValue } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
-import { decideCreate, settleStarted, verdictText } from './create.ts';
-import { createLogger } from './log.ts';
+import { answerCreate, napPause } from './create.ts';
+import { resident } from './resident.ts';
 
 declare const PREBAKE_VERSION: string | undefined;
 export const VERSION = typeof PREBAKE_VERSION === 'string' ? PREBAKE_VERSION : 'dev';
@@ -43,6 +43,8 @@ function readStdin(): string {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
+  // (Not a runc command: bin/prebake-create.sh starts the resident program so, detached.)
+  if (argv[0] === '--prebake-resident') return resident(argv[1], argv[2]);
   const cfg = loadRuntimeConfig();
   let call;
   try {
@@ -58,31 +60,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   switch (call.command) {
     case 'create': {
-      const log = createLogger({
-        file: flagValue(call.global, 'log'),
-        format: flagValue(call.global, 'log-format'),
-        debug: flagIsSet(call.global, 'debug'),
-      });
       // Set by bin/prebake-create.sh (src/contract.ts, EARLY_ENV), which reads the verdict on stdout.
-      const env = process.env;
-      const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : undefined);
-      const runcPid = num(env[EARLY_ENV.runc]);
-      const t0 = env[EARLY_ENV.t0];
-      const early =
-        env[EARLY_ENV.state] && env[EARLY_ENV.image] && runcPid
-          ? { dir: env[EARLY_ENV.state]!, image: env[EARLY_ENV.image]!, runcPid, ...(t0 && /^\d+$/.test(t0) ? { t0: BigInt(t0) } : {}) }
-          : undefined;
-      const caller = num(env[EARLY_ENV.caller]);
-      const channel = env[EARLY_ENV.go] === '1';
-      for (const k of Object.values(EARLY_ENV)) delete env[k];
-      const verdict = decideCreate(call, cfg, log, early, caller);
-      writeSync(1, verdictText(verdict));
-      // On the channel, the restore the shell starts is this program's to check: one Node start
-      // for a checkpoint seen for the first time, not two.
-      if (channel && verdict.word === 'restore' && verdict.plan) {
-        const second = settleStarted(verdict.plan, readStdin(), cfg, log, caller);
-        if (second) writeSync(1, verdictText(second));
-      }
+      const env = { ...process.env };
+      for (const k of Object.values(EARLY_ENV)) delete process.env[k];
+      await answerCreate(call, cfg, env, { write: (text) => writeSync(1, text), readLine: () => Promise.resolve(readStdin()), pause: napPause });
       return 0;
     }
     case 'doctor': {

@@ -103,7 +103,7 @@ export function planRestore(call: RuntimeCall, createArgs: ParsedArgs, cfg: Runt
     expect: expectationsOf(spec, bundle, { masked: chosen.manifest.spec.security.maskedPaths, readonly: chosen.manifest.spec.security.readonlyPaths }),
     imagePath: join(chosen.entry, CHECKPOINT_DIR),
     stateDir,
-    pidFile: flagValue(createArgs, 'pid-file') || join(stateDir, STATE_FILES.pid),
+    pidFile: resolve(flagValue(createArgs, 'pid-file') || join(stateDir, STATE_FILES.pid)),
     // Which of several named checkpoints was chosen, if there are several.
     source: `${req.path}${chosen.dir === root ? '' : `/${basename(chosen.dir)}`} (${req.source}; key ${chosen.keyId === 'none' ? 'none' : shortId(chosen.keyId)})`,
   };

@@ -1,0 +1,162 @@
+// The resident verdict program (src/runtime/resident.ts) on real restores: the first create
+// starts it, the next ones are answered by it (on the early path and at first sight), and every
+// create it cannot answer is answered by a one-shot program and still restored: after its code
+// changed (it then goes), after it was killed (a new one is started), and for a caller in another
+// mount namespace. On a copy of bin/ and dist/ with a state base of its own, so that the
+// resident the other tests share is not touched.
+
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RESIDENT_FILES } from '../src/contract.ts';
+import { bakeNoop, type BakedFunction } from '../lab/baked.ts';
+import { REPO } from '../lab/bundle.ts';
+import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+
+let baked: BakedFunction;
+let dir: string;
+let prebake: string;
+let stateBase: string;
+let env: NodeJS.ProcessEnv;
+test.before(async () => {
+  baked = await bakeNoop();
+  baked.importToStore();
+  dir = mkdtempSync(join(tmpdir(), 'prebake-resident-'));
+  cpSync(join(REPO, 'bin'), join(dir, 'bin'), { recursive: true });
+  cpSync(join(REPO, 'dist'), join(dir, 'dist'), { recursive: true });
+  prebake = join(dir, 'bin', 'prebake');
+  stateBase = join(dir, 'state');
+  env = { ...process.env, PREBAKE_STATE_DIR: stateBase };
+  delete env.PREBAKE_NODE;
+});
+test.after.always(() => {
+  const pid = residentPid();
+  if (pid) spawnSync('kill', ['-KILL', pid]);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  baked?.cleanup();
+});
+
+/** The pid the resident program's pid file names ('' if none). */
+function residentPid(): string {
+  try {
+    return readFileSync(join(stateBase, RESIDENT_FILES.pid), 'utf8').split(' ')[0]!;
+  } catch {
+    return '';
+  }
+}
+
+/** Per create (its prefix): the debug line saying why the resident program passed it on, if it did. */
+const passed = new Map<string, string>();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const isResident = (pid: string) => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('--prebake-resident');
+  } catch {
+    return false;
+  }
+};
+
+/** Waits (up to 10 s) until a resident program other than `not` runs; its pid. */
+async function residentStarted(not = ''): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const pid = residentPid();
+    if (pid && pid !== not && isResident(pid)) return pid;
+    await sleep(50);
+  }
+  return '';
+}
+
+/**
+ * A create of the baked function through the copy (`wrap`: a command it runs under; `sent`: told
+ * once the create has handed its request to a resident program); who gave its verdicts.
+ */
+async function create(t: import('ava').ExecutionContext, prefix: string, opts: { wrap?: string[]; store?: string; sent?: () => void } = {}) {
+  const { b, rt, id } = testReplica(t, baked.layers, prefix, env);
+  b.writeSpec(baked.spec(b.netnsPath));
+  const args = ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, id];
+  const [cmd, argv] = opts.wrap ? [opts.wrap[0]!, [...opts.wrap.slice(1), prebake, ...args]] : [prebake, args];
+  const running = run(cmd, argv, opts.store ? { ...env, PREBAKE_STORE_DIR: opts.store } : env);
+  if (opts.sent) {
+    const request = join(stateBase, rt.root, id, 'request');
+    for (let i = 0; i < 400 && !existsSync(request); i++) await sleep(25);
+    opts.sent();
+  }
+  const c = await running;
+  t.teardown(() => c.close());
+  t.is(c.code, 0, c.output);
+  const log = rt.logLines();
+  t.true(log.some((l) => l.level === 'info' && /^restored /.test(l.msg)), `${prefix}: ${JSON.stringify(log)}`);
+  const by = log.find((l) => /^verdicts by the resident program/.test(l.msg))?.msg.match(/pid (\d+)/)?.[1] ?? '';
+  passed.set(prefix, log.find((l) => /^the resident program passed this create on: /.test(l.msg))?.msg ?? '');
+  const state = JSON.parse((await run(prebake, ['--root', rt.root, 'state', id], env)).output) as { status: string };
+  t.is(state.status, 'running');
+  t.is((await killAndDelete({ root: rt.root }, id)).code, 0);
+  return by;
+}
+
+test.serial('the first create starts the resident program, the next ones are answered by it, early and at first sight', async (t) => {
+  t.is(await create(t, 'res-first'), '', 'no resident program yet: a one-shot one answers');
+  const pid = await residentStarted();
+  t.truthy(pid, 'the first create started a resident program');
+  t.is(await create(t, 'res-second'), pid, 'the resident program answers the next create');
+  const store = mkdtempSync(join(tmpdir(), 'prebake-resident-store-'));
+  t.teardown(() => rmSync(store, { recursive: true, force: true }));
+  t.is(await create(t, 'res-first-sight', { store }), pid, 'and a checkpoint seen for the first time (both verdicts)');
+  t.true(existsSync(join(store, readdirNames(store)[0] ?? 'none', 'ok')), 'which it imported into the store');
+});
+
+test.serial('a create in another mount namespace is answered by a one-shot program', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  t.is(await create(t, 'res-mntns', { wrap: ['unshare', '--mount', '--propagation', 'unchanged'] }), '');
+  t.is(await create(t, 'res-same-ns'), pid, 'the same resident program answers a caller of its own namespaces');
+});
+
+test.serial('once its code has changed, the resident program leaves the create to a one-shot program and goes; the next create starts a new one', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  appendFileSync(join(dir, 'dist', 'prebake.cjs'), '\n');
+  t.is(await create(t, 'res-stale'), '', 'a one-shot program of the new code answers');
+  for (let i = 0; i < 100 && isResident(pid); i++) await sleep(100);
+  t.false(isResident(pid), 'the old resident program is gone');
+  t.is(await create(t, 'res-after-stale'), '');
+  const next = await residentStarted(pid);
+  t.truthy(next, 'a new one was started');
+  t.is(await create(t, 'res-new'), next);
+});
+
+test.serial('a resident program killed with its pid file left: the create is answered by a one-shot program, which starts a new one', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  spawnSync('kill', ['-KILL', pid]);
+  for (let i = 0; i < 100 && isResident(pid); i++) await sleep(20);
+  t.is(residentPid(), pid, 'its pid file is left');
+  t.is(await create(t, 'res-killed'), '');
+  const next = await residentStarted(pid);
+  t.truthy(next);
+  t.is(await create(t, 'res-restarted'), next);
+});
+
+test.serial('a create whose resident program is killed before it answers is passed on by the next resident program, and restored', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  // Stopped, it takes no request; killed once this create has sent its own, it never answers it.
+  spawnSync('kill', ['-STOP', pid]);
+  let second: Promise<string> | undefined;
+  const first = create(t, 'res-orphan', {
+    sent: () => {
+      spawnSync('kill', ['-KILL', pid]);
+      // The next create finds no resident program, is answered one-shot, and starts a new one,
+      // which tells the waiting create to ask a one-shot program too.
+      second = create(t, 'res-orphan-next');
+    },
+  });
+  t.is(await first, '');
+  t.is(await second, '');
+  t.regex(passed.get('res-orphan') ?? '', /went before it answered/);
+  t.truthy(await residentStarted(pid));
+});
+
+const readdirNames = (d: string) => readdirSync(d).filter((n) => /^[0-9a-f]{64}$/.test(n));
