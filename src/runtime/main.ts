@@ -63,7 +63,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       // Set by bin/prebake-create.sh (src/contract.ts, EARLY_ENV), which reads the verdict on stdout.
       const env = { ...process.env };
       for (const k of Object.values(EARLY_ENV)) delete process.env[k];
-      await answerCreate(call, cfg, env, { write: (text) => writeSync(1, text), readLine: () => Promise.resolve(readStdin()), pause: napPause });
+      await answerCreate(call, cfg, env, { write: (text) => writeSync(1, text), readLine: () => Promise.resolve(readStdin()), waits: { pause: napPause } });
       return 0;
     }
     case 'doctor': {

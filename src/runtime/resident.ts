@@ -294,7 +294,7 @@ export async function resident(baseArg: string | undefined, dist: string | undef
           for (let off = 0; off < buf.length; ) off += writeSync(out, buf, off);
         },
         readLine: () => (gfd === undefined ? Promise.resolve('') : lineFrom(gfd, GO_MS).finally(() => (gfd = undefined))),
-        pause,
+        waits: { pause, watch: true },
         by: `the resident program (pid ${process.pid})`,
       };
       // Up to the first look at a restore under way, the create runs in its caller's directory
