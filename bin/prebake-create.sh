@@ -512,11 +512,13 @@ read_conf() {
 resident_alive() {
   resident= start_it=
   [ -z "$no_resident" ] && [ "${PREBAKE_RESIDENT:-}" != off ] && [ -z "${PREBAKE_NODE:-}" ] || return 0
-  rp= rs=
-  { read -r rp rs < "$base/$r_pid"; } 2>/dev/null
-  # (A zombie, killed and not yet reaped, keeps its start time: not alive.)
+  rp= rs= rd=
+  { read -r rp rs rd < "$base/$r_pid"; } 2>/dev/null
+  # (A zombie, killed and not yet reaped, keeps its start time: not alive. One of another
+  # install's dist is left alone, and none is started beside it.)
   case $rp in ''|*[!0-9]*) ;; *) started_at "$rp" && [ "$at" = "$rs" ] && ! state_in "$rp" Z X && [ -p "$base/$r_fifo" ] && resident=1 ;; esac
   [ -n "$resident" ] || start_it=1
+  [ -z "$resident" ] || [ "$rd" = "$dist" ] || resident=
 }
 
 # Hands this create to the resident program: its directory, the environment the Node program

@@ -52,8 +52,8 @@ export const STATE_FILES = {
 /**
  * In the state base: the resident verdict program (runtime/resident.ts), which gives the verdicts
  * of every create the shell hands it, so that a create pays no Node start. `fifo`: where the shell
- * writes a request's state dir (a line); `pid`: "<pid> <start time>" of the program reading it,
- * there only while it reads.
+ * writes a request's state dir (a line); `pid`: "<pid> <start time> <dist dir>" of the program
+ * reading it, there only while it reads (a shell uses it only if that dist dir is its own).
  */
 export const RESIDENT_FILES = {
   fifo: 'resident',

@@ -6,7 +6,7 @@
 // resident the other tests share is not touched.
 
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -157,6 +157,21 @@ test.serial('a create whose resident program is killed before it answers is pass
   t.is(await second, '');
   t.regex(passed.get('res-orphan') ?? '', /went before it answered/);
   t.truthy(await residentStarted(pid));
+});
+
+test.serial("another install's resident program, on the same state base, is not used: a one-shot program answers, and none is started beside it", async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  spawnSync('kill', ['-TERM', pid]);
+  for (let i = 0; i < 100 && isResident(pid); i++) await sleep(50);
+  // The repository's own dist, for the copy's state base.
+  const other = spawn(process.execPath, [join(REPO, 'dist', 'prebake.cjs'), '--prebake-resident', stateBase, join(REPO, 'dist')], { stdio: 'ignore', detached: true, env: { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' } });
+  t.teardown(() => other.kill('SIGKILL'));
+  const otherPid = await residentStarted(pid);
+  t.is(otherPid, String(other.pid));
+  t.is(await create(t, 'res-other-install'), '', 'answered by a one-shot program');
+  await sleep(1000);
+  t.is(residentPid(), otherPid, 'no resident program of the copy was started beside it');
 });
 
 const readdirNames = (d: string) => readdirSync(d).filter((n) => /^[0-9a-f]{64}$/.test(n));

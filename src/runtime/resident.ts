@@ -42,7 +42,7 @@ function identity(path: string): string {
   }
 }
 
-/** Whether "<pid> <start time>" names a live process (a zombie is not). */
+/** Whether "<pid> <start time> ..." names a live process (a zombie is not). */
 function alive(who: string): boolean {
   const [pid, start] = who.trim().split(' ');
   const st = pid && /^\d+$/.test(pid) ? procStat(Number(pid)) : undefined;
@@ -170,7 +170,8 @@ export async function resident(baseArg: string | undefined, dist: string | undef
   process.umask(0o022);
   const code = () => ['prebake.cjs', 'prebake.blob'].map((f) => identity(join(dist, f))).join('|');
   const codeAtStart = code();
-  const me = `${process.pid} ${procStat(process.pid)?.startTime}`;
+  // (With the dist dir as the shell names it: a shell of another install does not use it.)
+  const me = `${process.pid} ${procStat(process.pid)?.startTime} ${dist}`;
   const fifo = join(base, RESIDENT_FILES.fifo);
   const pidFile = join(base, RESIDENT_FILES.pid);
 
