@@ -22,7 +22,7 @@ s_ok=ok s_lazy_pages=lazy-pages
 r_fifo=resident r_pid=resident.pid
 hint=manifest.json.sha256-
 n_accept=5 n_restore=2 n_cold=2 n_abandon=2 n_pass=2
-e_state=PREBAKE_EARLY e_image=PREBAKE_EARLY_IMAGE e_runc=PREBAKE_EARLY_RUNC e_t0=PREBAKE_EARLY_T0 e_caller=PREBAKE_CALLER e_go=PREBAKE_GO e_passed=PREBAKE_PASSED e_status=PREBAKE_EARLY_STATUS e_shell=PREBAKE_EARLY_SHELL
+e_state=PREBAKE_EARLY e_image=PREBAKE_EARLY_IMAGE e_runc=PREBAKE_EARLY_RUNC e_t0=PREBAKE_EARLY_T0 e_caller=PREBAKE_CALLER e_caller_start=PREBAKE_CALLER_START e_go=PREBAKE_GO e_passed=PREBAKE_PASSED e_status=PREBAKE_EARLY_STATUS e_shell=PREBAKE_EARLY_SHELL
 k_mask=prebake-mask p_mask=/run/prebake/mask k_cgroup_v1=prebake-cgroup-v1 p_cgroup_v1=/run/prebake/cgroup-v1
 # <<<
 
@@ -526,15 +526,26 @@ resident_alive() {
 # (opened read-write: it never blocks). Fails if it could not (a one-shot program is asked).
 send_request() {
   [ -n "$resident" ] && [ ${#st} -lt 4000 ] || return 1
+  # (A state dir spelled as under the base, plainly; and the program still there, now: a shell
+  # held up since it looked must not write to a FIFO no one reads any more.)
+  case $st in "$base"/*) ;; *) return 1 ;; esac
+  case $st in */./*|*/../*|*//*|*/.|*/..) return 1 ;; esac
+  resident_alive
+  [ -n "$resident" ] || return 1
   {
     {
       printf '%s\0' "$PWD" "PATH=$PATH"
-      for k in PREBAKE_CONFIG PREBAKE_RUNC PREBAKE_STATE_DIR PREBAKE_STORE_DIR "$e_state" "$e_image" "$e_runc" "$e_t0" "$e_caller" "$e_go"; do
+      for k in PREBAKE_CONFIG PREBAKE_RUNC PREBAKE_STATE_DIR PREBAKE_STORE_DIR "$e_state" "$e_image" "$e_runc" "$e_t0" "$e_caller" "$e_caller_start" "$e_go"; do
         eval "[ -z \"\${$k+x}\" ] || printf '%s\\0' \"$k=\$$k\""
       done
       printf '\0'
       printf '%s\0' "$@"
-    } > "$st/$f_request" && printf '%s\n' "$st" 1<>"$base/$r_fifo"
+    } > "$st/$f_request" || return 1
+    # (Only into the FIFO: opened read-write, a path gone meanwhile would be made a file. Not
+    # sent: the request is emptied, which no resident program answers.)
+    { [ -p /proc/self/fd/7 ] && printf '%s\n' "$st" >&7; } 7<>"$base/$r_fifo" && return 0
+    true > "$st/$f_request"
+    return 1
   } 2>/dev/null
 }
 
@@ -571,7 +582,8 @@ create_prebaked() {
   case $bundle in /*) bdir=$bundle ;; *) bdir=$PWD/$bundle ;; esac
   conf=${PREBAKE_CONFIG:-/etc/prebake/config.json}
   base=${PREBAKE_STATE_DIR:-/run/prebake}
-  export "$e_caller=$$"
+  started_at "$$"
+  export "$e_caller=$$" "$e_caller_start=$at"
   runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan=
   # A container id runc would refuse, or one in use: the Node program says why; no restore starts.
   case $id in ''|.|..|*[!A-Za-z0-9_.+-]*) refuse=1 ;; esac
@@ -645,6 +657,8 @@ create_prebaked() {
             export "$e_passed=$f1"
             while IFS= read -r l <&8; do :; done
           fi
+          # (Emptied: a resident program started later does not take it for one never answered.)
+          { true > "$st/$f_request"; } 2>/dev/null
           resident= chan=
           exec 8<&- 9>&-
           ask_node "$@"

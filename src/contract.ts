@@ -105,6 +105,8 @@ export const EARLY_ENV = {
   runc: 'PREBAKE_EARLY_RUNC',
   t0: 'PREBAKE_EARLY_T0',
   caller: 'PREBAKE_CALLER',
+  /** The caller's start time (/proc/<pid>/stat): the resident program acts for it only while its pid names it. */
+  callerStart: 'PREBAKE_CALLER_START',
   go: 'PREBAKE_GO',
   /** Why the resident verdict program passed this create on (its `pass` verdict), for the log. */
   passed: 'PREBAKE_PASSED',

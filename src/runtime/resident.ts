@@ -9,10 +9,10 @@
 // one-shot program) once its own code in dist/ has changed, and then goes. It goes after IDLE_MS
 // without a create, and when its FIFO or its pid file is no longer its own.
 
-import { spawnSync } from 'node:child_process';
-import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
-import { join, normalize, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { EARLY_ENV, RESIDENT_FILES, STATE_FILES } from '../contract.ts';
 import { procStat } from '../lib/proc.ts';
 import { parseRuntimeCall } from './argv.ts';
@@ -30,6 +30,9 @@ const GO_MS = 60_000;
 /** A request file larger than this is no create's. */
 const REQUEST_MAX = 1 << 20;
 
+/** Set for the resident program its starter started (see leaveCallersBehind). */
+const RESPAWNED = 'PREBAKE_RESIDENT_RESPAWNED';
+
 const pause: Pause = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A file's identity: device, inode, size and mtime ('' if it is not there). */
@@ -39,6 +42,50 @@ function identity(path: string): string {
     return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
   } catch {
     return '';
+  }
+}
+
+/**
+ * What the resident program must not keep of the create that started it: descriptors it
+ * inherited (a pipe or socket of the engine's) and the create's cgroup (a pod's or a container's
+ * scope, whose end would end it). Node marks the descriptors it inherits close-on-exec, so the
+ * program the shell started starts the resident one anew, detached, with nothing but /dev/null
+ * (respawn), which closes any it still has that are not close-on-exec (beyond Node's reach) and
+ * moves to the root of each cgroup hierarchy (its mount point from mountinfo).
+ */
+function leaveCallersBehind(): void {
+  for (const n of readdirSync('/proc/self/fd')) {
+    const fd = Number(n);
+    if (fd <= 2) continue;
+    try {
+      const flags = /^flags:\s*(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+      if (flags !== undefined && (parseInt(flags, 8) & 0o2000000) === 0) closeSync(fd);
+    } catch {
+      /* closed meanwhile (the directory's own) */
+    }
+  }
+  try {
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => {
+        const [pre, post] = l.split(' - ');
+        const [type, , opts] = (post ?? '').split(' ');
+        return { point: pre?.split(' ')[4] ?? '', type, opts: (opts ?? '').split(',') };
+      });
+    for (const line of readFileSync('/proc/self/cgroup', 'utf8').trim().split('\n')) {
+      const controllers = line.split(':')[1] ?? '';
+      const m = controllers
+        ? mounts.find((x) => x.type === 'cgroup' && controllers.split(',').every((c) => x.opts.includes(c)))
+        : mounts.find((x) => x.type === 'cgroup2');
+      try {
+        // (r+: never made where it is not a cgroup's file.)
+        if (m) writeFileSync(join(m.point, 'cgroup.procs'), String(process.pid), { flag: 'r+' });
+      } catch {
+        /* not this one */
+      }
+    }
+  } catch {
+    /* no cgroups */
   }
 }
 
@@ -64,7 +111,9 @@ function releaseOrphans(base: string, since: number, depth = 0): void {
   }
   if (names.includes(STATE_FILES.request) && names.includes(STATE_FILES.verdict)) {
     try {
-      if (lstatSync(join(base, STATE_FILES.request)).mtimeMs < since) {
+      const st = lstatSync(join(base, STATE_FILES.request));
+      // (A request the shell emptied was passed on already: a one-shot program answers it.)
+      if (st.mtimeMs < since && st.size > 0) {
         const fd = openSync(join(base, STATE_FILES.verdict), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
         try {
           if (fstatSync(fd).isFIFO()) writeSync(fd, 'pass\nthe resident program that took it went before it answered\n');
@@ -102,6 +151,7 @@ function sameWorld(pid: number): boolean {
 }
 
 interface Request {
+  /** The shell's $PWD (its directory is taken from /proc/<caller>/cwd). */
   cwd: string;
   env: Record<string, string>;
   argv: string[];
@@ -165,6 +215,16 @@ function lineFrom(fd: number, ms: number): Promise<string> {
 
 export async function resident(baseArg: string | undefined, dist: string | undefined): Promise<number> {
   if (process.getuid?.() !== 0 || !baseArg || !dist) return 2;
+  if (process.env[RESPAWNED] !== '1') {
+    spawn(process.execPath, [join(dist, 'prebake.cjs'), '--prebake-resident', baseArg, dist], {
+      detached: true,
+      stdio: 'ignore',
+      cwd: '/',
+      env: { ...process.env, [RESPAWNED]: '1' },
+    }).unref();
+    return 0;
+  }
+  delete process.env[RESPAWNED];
   const base = resolve(baseArg);
   process.chdir('/');
   process.umask(0o022);
@@ -175,27 +235,12 @@ export async function resident(baseArg: string | undefined, dist: string | undef
   const fifo = join(base, RESIDENT_FILES.fifo);
   const pidFile = join(base, RESIDENT_FILES.pid);
 
-  // The FIFO (made by mkfifo(1): Node cannot), root's and no one else's, held open for reading
-  // and writing: no EOF when a shell closes it, no block for a shell that opens it.
   mkdirSync(base, { recursive: true, mode: 0o700 });
-  const isOurs = (p: string) => {
-    try {
-      const st = lstatSync(p);
-      return st.isFIFO() && st.uid === 0 && (st.mode & 0o077) === 0;
-    } catch {
-      return false;
-    }
-  };
-  if (!isOurs(fifo)) {
-    rmSync(fifo, { force: true });
-    spawnSync('mkfifo', ['-m', '600', fifo], { stdio: 'ignore' });
-    if (!isOurs(fifo)) return 1;
-  }
-  const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
-  const fifoId = `${fstatSync(fd).dev}:${fstatSync(fd).ino}`;
+  const realBase = realpathSync(base);
+  leaveCallersBehind();
 
   // Announced by the pid file, made by link(2) so that of two starting at once one stays; a
-  // pid file of a process that is gone is replaced.
+  // pid file of a process that is gone is replaced. The FIFO only after: the loser never touches it.
   const tmp = `${pidFile}.${process.pid}`;
   writeFileSync(tmp, `${me}\n`, { mode: 0o600 });
   let announced = false;
@@ -218,6 +263,27 @@ export async function resident(baseArg: string | undefined, dist: string | undef
   }
   rmSync(tmp, { force: true });
   if (!announced) return 0;
+
+  // The FIFO (made by mkfifo(1): Node cannot), root's and no one else's, made anew under another
+  // name and renamed into place (until then a shell finds none and asks a one-shot program: a
+  // line written into an old one would be read by no one). Held open for reading and writing:
+  // no EOF when a shell closes it, no block for a shell that opens it.
+  const fresh = `${fifo}.${process.pid}`;
+  rmSync(fifo, { force: true });
+  rmSync(fresh, { force: true });
+  spawnSync('mkfifo', ['-m', '600', fresh], { stdio: 'ignore' });
+  let fd: number;
+  try {
+    const st = lstatSync(fresh);
+    if (!st.isFIFO() || st.uid !== 0 || (st.mode & 0o077) !== 0) throw new Error('not our FIFO');
+    fd = openSync(fresh, constants.O_RDWR | constants.O_NONBLOCK);
+    renameSync(fresh, fifo);
+  } catch {
+    rmSync(fresh, { force: true });
+    rmSync(pidFile, { force: true });
+    return 1;
+  }
+  const fifoId = `${fstatSync(fd).dev}:${fstatSync(fd).ino}`;
   releaseOrphans(base, since);
 
   let inFlight = 0;
@@ -235,7 +301,15 @@ export async function resident(baseArg: string | undefined, dist: string | undef
   const retire = () => {
     if (retiring) return;
     retiring = true;
+    // Found no more (pid file and FIFO gone, if still its own); the lines already written into
+    // the FIFO are still read and answered until the end.
     if (announcedStill()) rmSync(pidFile, { force: true });
+    try {
+      const st = lstatSync(fifo);
+      if (`${st.dev}:${st.ino}` === fifoId) rmSync(fifo, { force: true });
+    } catch {
+      /* gone */
+    }
     const end = () => (inFlight === 0 ? exit(0) : setTimeout(end, 100));
     setTimeout(end, GRACE_MS);
   };
@@ -263,7 +337,6 @@ export async function resident(baseArg: string | undefined, dist: string | undef
     let efd: number | undefined;
     let wrote = false;
     try {
-      if (!dir.startsWith(`${base}/`) || normalize(dir) !== dir) return;
       const stale = code() !== codeAtStart;
       if (stale) retire();
       vfd = await openWriter(join(dir, STATE_FILES.verdict), join(dir, STATE_FILES.request));
@@ -272,18 +345,38 @@ export async function resident(baseArg: string | undefined, dist: string | undef
       // Not answered here: the shell asks a one-shot program, which logs why (at debug level).
       const pass = (why: string) => writeSync(out, `pass\n${why.replace(/\n/g, ' ')}\n`);
       if (stale) return pass('its code in dist/ has changed since it started');
-      const req = readRequest(join(dir, STATE_FILES.request));
+      let real = '';
+      try {
+        real = realpathSync(dir);
+      } catch {
+        /* gone */
+      }
+      if (!real.startsWith(`${realBase}/`)) return pass(`the state dir ${dir} is not in its state base ${base}`);
+      const request = join(dir, STATE_FILES.request);
+      // Missing or empty: taken by another resident program, or passed on already and answered
+      // by a one-shot program (which this one must not write into): nothing to say.
+      if (!(statSync(request, { throwIfNoEntry: false })?.size ?? 0)) return;
+      const req = readRequest(request);
+      // Taken: a successor does not pass it on (releaseOrphans).
+      rmSync(request, { force: true });
       if (!req) return pass('no request it could read');
+      // bin/prebake as the engine started it: its pid and start time, which the shell read.
       const caller = Number(req.env[EARLY_ENV.caller]);
-      if (!Number.isInteger(caller) || !sameWorld(caller)) return pass('the caller is in another mount, pid or user namespace or root');
+      const callerIs = () => Number.isInteger(caller) && procStat(caller)?.startTime === req.env[EARLY_ENV.callerStart];
+      if (!callerIs() || !sameWorld(caller)) return pass('its caller is gone, or in another mount, pid or user namespace or root');
       if (req.env[EARLY_ENV.go] === '1') {
         gfd = openSync(join(dir, STATE_FILES.go), constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
         if (!fstatSync(gfd).isFIFO()) return pass('its channel is not a FIFO');
       }
       // The create's stderr is its caller's (bin/prebake's, which the engine reads): lines the
-      // --log file cannot take go there, as a one-shot program's would.
+      // --log file cannot take go there, as a one-shot program's would. Only while the caller is
+      // still that process (a pid taken anew could name any file).
       try {
-        efd = openSync(`/proc/${caller}/fd/2`, constants.O_WRONLY | constants.O_APPEND | constants.O_NONBLOCK);
+        efd = openSync(`/proc/${caller}/fd/2`, constants.O_WRONLY | constants.O_APPEND | constants.O_NONBLOCK | constants.O_NOCTTY);
+        if (!callerIs()) {
+          closeSync(efd);
+          efd = undefined;
+        }
       } catch {
         /* a socket, say: those lines are lost */
       }
@@ -303,7 +396,8 @@ export async function resident(baseArg: string | undefined, dist: string | undef
       let answered: Promise<void>;
       const path = process.env.PATH;
       try {
-        process.chdir(req.cwd);
+        // (The caller's directory itself, not its path, which may have been replaced since.)
+        process.chdir(`/proc/${caller}/cwd`);
         process.env.PATH = req.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin';
         const call = parseRuntimeCall(req.argv);
         if (call.command !== 'create') return pass('not a create');
