@@ -1,7 +1,7 @@
 // Processes from /proc: their state, parent and children, and the tree under one (every thread
 // of each).
 
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 
 let napBuffer: Int32Array | undefined; // made on first use: a V8 startup snapshot cannot hold one
 export const nap = (ms: number) => Atomics.wait((napBuffer ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, ms);
@@ -19,6 +19,15 @@ export function procStat(pid: number): { state: string; ppid: number; startTime:
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What a path names, as "<device>:<inode>" (a namespace file of /proc, a process's root, a FIFO):
+ * two paths name the same thing when these are equal. Throws if it is not there.
+ */
+export function fileId(path: string): string {
+  const st = statSync(path);
+  return `${st.dev}:${st.ino}`;
 }
 
 /** The parent of a process (-1: gone). */

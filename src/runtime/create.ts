@@ -107,10 +107,7 @@ function verdictOn(plan: RestorePlan): Failure | null {
 /** Whether the shell started CRIU's lazy-pages daemon for this restore (its pid file is in the state). */
 const restoredLazily = (plan: RestorePlan) => existsSync(join(plan.stateDir, STATE_FILES.lazyPid));
 
-/**
- * How a verdict waits between its looks at /proc: a one-shot program sleeps (nap: no other work
- * is waiting, and its looks come at 0.25 ms), the resident one yields to its other creates.
- */
+/** A wait between two looks at /proc (see Waits). */
 export type Pause = (ms: number) => Promise<void>;
 export const napPause: Pause = (ms) => {
   nap(ms);

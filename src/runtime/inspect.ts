@@ -2,11 +2,12 @@
 // CRIU has left them stopped: capabilities, ids, no_new_privs, seccomp, namespaces and mounts
 // must be within what the new spec grants, whatever the checkpoint's images or manifest claimed.
 
-import { existsSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Mount, Spec } from '../../oci/runtime-spec.ts';
 import { mountShape } from '../checkpoint/security.ts';
 import { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
+import { fileId } from '../lib/proc.ts';
 
 export { type MountInfo, mountInfo } from '../lib/mountinfo.ts';
 
@@ -33,11 +34,6 @@ export const capList = (mask: bigint) => CAP_NAMES.filter((_, i) => (mask >> Big
 
 
 const NS_FILES: Record<string, string> = { network: 'net', mount: 'mnt', pid: 'pid', ipc: 'ipc', uts: 'uts', user: 'user', cgroup: 'cgroup' };
-
-const nsId = (path: string) => {
-  const st = statSync(path);
-  return `${st.dev}:${st.ino}`;
-};
 
 /**
  * Where a host path lives, as a bind mount of it shows in mountinfo: the device (major:minor) of
@@ -146,8 +142,8 @@ export function expectationsOf(spec: Spec, bundle: string, baked: Restrictions):
   for (const [type, file] of Object.entries(NS_FILES)) {
     const ns = spaces.find((n) => n.type === type);
     try {
-      hostNs.set(file, nsId(`/proc/self/ns/${file}`));
-      nsWanted.set(file, !ns ? hostNs.get(file)! : ns.path ? nsId(ns.path) : null);
+      hostNs.set(file, fileId(`/proc/self/ns/${file}`));
+      nsWanted.set(file, !ns ? hostNs.get(file)! : ns.path ? fileId(ns.path) : null);
     } catch {
       /* this kernel has no such namespace, or the path is gone: runc would have failed */
     }
@@ -310,7 +306,7 @@ export function restoredExcess(initPid: number, x: Expectations, tasks: readonly
     for (const [file, want] of x.nsWanted) {
       let got: string;
       try {
-        got = nsId(`/proc/${pid}/task/${tid}/ns/${file}`);
+        got = fileId(`/proc/${pid}/task/${tid}/ns/${file}`);
       } catch {
         continue;
       }

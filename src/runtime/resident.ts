@@ -14,7 +14,7 @@ import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdir
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { EARLY_ENV, RESIDENT_FILES, STATE_FILES } from '../contract.ts';
-import { procStat } from '../lib/proc.ts';
+import { fileId, procStat } from '../lib/proc.ts';
 import { parseRuntimeCall } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
 import { answerCreate, type Pause, type VerdictIo } from './create.ts';
@@ -139,12 +139,7 @@ function releaseOrphans(base: string, since: number, depth = 0): void {
 /** Whether process `pid` sees the files and processes this one sees: the same mount, pid and user namespaces, and root. */
 function sameWorld(pid: number): boolean {
   try {
-    for (const p of ['ns/mnt', 'ns/pid', 'ns/user', 'root']) {
-      const theirs = statSync(`/proc/${pid}/${p}`);
-      const mine = statSync(`/proc/self/${p}`);
-      if (theirs.dev !== mine.dev || theirs.ino !== mine.ino) return false;
-    }
-    return true;
+    return ['ns/mnt', 'ns/pid', 'ns/user', 'root'].every((p) => fileId(`/proc/${pid}/${p}`) === fileId(`/proc/self/${p}`));
   } catch {
     return false;
   }
@@ -283,7 +278,15 @@ export async function resident(baseArg: string | undefined, dist: string | undef
     rmSync(pidFile, { force: true });
     return 1;
   }
-  const fifoId = `${fstatSync(fd).dev}:${fstatSync(fd).ino}`;
+  const fifoId = fileId(`/proc/self/fd/${fd}`);
+  /** Whether the FIFO at its path is still the one it reads. */
+  const fifoIsOurs = () => {
+    try {
+      return fileId(fifo) === fifoId;
+    } catch {
+      return false;
+    }
+  };
   releaseOrphans(base, since);
 
   let inFlight = 0;
@@ -304,25 +307,12 @@ export async function resident(baseArg: string | undefined, dist: string | undef
     // Found no more (pid file and FIFO gone, if still its own); the lines already written into
     // the FIFO are still read and answered until the end.
     if (announcedStill()) rmSync(pidFile, { force: true });
-    try {
-      const st = lstatSync(fifo);
-      if (`${st.dev}:${st.ino}` === fifoId) rmSync(fifo, { force: true });
-    } catch {
-      /* gone */
-    }
+    if (fifoIsOurs()) rmSync(fifo, { force: true });
     const end = () => (inFlight === 0 ? exit(0) : setTimeout(end, 100));
     setTimeout(end, GRACE_MS);
   };
   const check = setInterval(() => {
-    const fifoNow = (() => {
-      try {
-        const st = lstatSync(fifo);
-        return `${st.dev}:${st.ino}`;
-      } catch {
-        return '';
-      }
-    })();
-    if (fifoNow !== fifoId || !announcedStill() || code() !== codeAtStart || (inFlight === 0 && performance.now() - last > IDLE_MS)) retire();
+    if (!fifoIsOurs() || !announcedStill() || code() !== codeAtStart || (inFlight === 0 && performance.now() - last > IDLE_MS)) retire();
   }, 5000);
   check.unref();
   process.on('uncaughtException', retire);
