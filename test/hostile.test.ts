@@ -220,7 +220,7 @@ test('a spec carrying org.criu.config (a CRIU config file runc would hand to CRI
 
 test('the honest checkpoint restores (what the refusals above are measured against)', async (t) => {
   const r = await replica(t, noop.baked.layers, 'honest');
-  t.is(r.served, WARMUP + 2);
+  t.is(r.served, WARMUP + 2, JSON.stringify(r.log));
   t.true(r.log.some((l) => l.level === 'info' && /^restored .* key [0-9a-f]{16}\)$/.test(l.msg)), JSON.stringify(r.log));
 });
 
@@ -272,7 +272,7 @@ for (const [what, make] of [
 test('a create with the id of a running restored container fails as runc create does and leaves that container alone', async (t) => {
   noop.baked.importToStore();
   const first = await replica(t, noop.baked.layers, 'same');
-  t.is(first.served, WARMUP + 2);
+  t.is(first.served, WARMUP + 2, JSON.stringify(first.log));
   const other = testReplica(t, noop.baked.layers, 'other');
   other.b.writeSpec(noop.baked.spec(other.b.netnsPath));
   const c = await run(PREBAKE, ['--root', first.root, 'create', '--bundle', other.b.dir, first.id]);
