@@ -93,8 +93,11 @@ store_checkpoint() {
   case $kid in ''|*[!0-9a-f]*) return 0 ;; esac
   [ -f "$trust/$kid.pub" ] || return 0
   # The hint is the image's word: the entry must hold this very manifest, or an image could have
-  # another image's checkpoint restored against its own rootfs and spec.
-  cmp -s -- "$dir/manifest.json" "$store/$digest/manifest.json" || return 0
+  # another image's checkpoint restored against its own rootfs and spec. Compared in the
+  # background, while start_restore makes the state (two CPUs: ~1.5 ms sooner), which waits for
+  # it before runc starts: $cmp_pid.
+  cmp -s -- "$dir/manifest.json" "$store/$digest/manifest.json" &
+  cmp_pid=$!
   img=$store/$digest/checkpoint
 }
 
@@ -237,7 +240,14 @@ start_restore() {
   pid_file=${pidfile:-$st/$f_pid}
   criu_config
   [ -n "$mount_why" ] && log_line warning "the host mounts $mask_dir${cg:+ and $cg} (read-only tmpfs a checkpoint's masked directories${cg:+ and /sys/fs/cgroup} are bound from) could not be made: $mount_why; a checkpoint baked with them starts cold"
-  if ! make_state 2>/dev/null; then
+  make_state 2>/dev/null
+  made=$?
+  # (The store entry's manifest compared beside it: not this image's, no restore of it.)
+  if [ -n "$cmp_pid" ]; then
+    wait "$cmp_pid" || { img=; cmp_pid=; why=; [ -n "$chan" ] || { rm -rf "$st"; st=; }; return 1; }
+    cmp_pid=
+  fi
+  if [ $made != 0 ]; then
     # Again, for the message (only now: a command substitution is a fork).
     why=$(make_state 2>&1 >/dev/null); why=${why##*: }
     why="cannot write prebake's state in $st: ${why:-failed}"
@@ -584,7 +594,7 @@ create_prebaked() {
   base=${PREBAKE_STATE_DIR:-/run/prebake}
   started_at "$$"
   export "$e_caller=$$" "$e_caller_start=$at"
-  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan=
+  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan= cmp_pid=
   # A container id runc would refuse, or one in use: the Node program says why; no restore starts.
   case $id in ''|.|..|*[!A-Za-z0-9_.+-]*) refuse=1 ;; esac
   [ -e "$root/$id" ] && refuse=1
