@@ -7,10 +7,11 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RESIDENT_FILES } from '../src/contract.ts';
+import { ERR_FILE, noteError } from '../src/runtime/resident.ts';
 import { bakeNoop, type BakedFunction } from '../lab/baked.ts';
 import { REPO } from '../lab/bundle.ts';
 import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
@@ -172,6 +173,23 @@ test.serial("another install's resident program, on the same state base, is not 
   t.is(await create(t, 'res-other-install'), '', 'answered by a one-shot program');
   await sleep(1000);
   t.is(residentPid(), otherPid, 'no resident program of the copy was started beside it');
+});
+
+test('an error no create caught is written to <base>/resident.err before the program goes, the file kept under 64 KiB', (t) => {
+  const base = mkdtempSync(join(tmpdir(), 'prebake-resident-err-'));
+  t.teardown(() => rmSync(base, { recursive: true, force: true }));
+  const file = join(base, ERR_FILE);
+  noteError(base, new Error('first'));
+  noteError(base, 'second, not an Error');
+  const lines = readFileSync(file, 'utf8');
+  t.regex(lines, new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z resident program ${process.pid}: Error: first\\n    at `));
+  t.regex(lines, /: second, not an Error\n$/);
+  t.is(statSync(file).mode & 0o777, 0o600);
+  writeFileSync(file, 'x'.repeat(64 * 1024 - 10));
+  noteError(base, new Error('third'));
+  t.regex(readFileSync(file, 'utf8'), /^\S+ resident program \d+: Error: third\n/, 'begun anew rather than grown past 64 KiB');
+  noteError(join(base, 'missing'), new Error('nowhere'));
+  t.false(existsSync(join(base, 'missing')), 'a state base that is gone: the error is lost, nothing is made');
 });
 
 const readdirNames = (d: string) => readdirSync(d).filter((n) => /^[0-9a-f]{64}$/.test(n));

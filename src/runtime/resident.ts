@@ -7,10 +7,11 @@
 // program answers on its stdout and stdin. It answers only a create whose caller shares its
 // mount, pid and user namespaces and its root; it leaves a create unanswered (the shell asks a
 // one-shot program) once its own code in dist/ has changed, and then goes. It goes after IDLE_MS
-// without a create, and when its FIFO or its pid file is no longer its own.
+// without a create, and when its FIFO or its pid file is no longer its own; and on an error no
+// create caught, which it first writes to <base>/resident.err (its stderr is /dev/null).
 
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { EARLY_ENV, RESIDENT_FILES, STATE_FILES } from '../contract.ts';
@@ -29,6 +30,21 @@ const OPEN_MS = 120_000;
 const GO_MS = 60_000;
 /** A request file larger than this is no create's. */
 const REQUEST_MAX = 1 << 20;
+/** Where its uncaught errors go, in its state base, kept under ERR_MAX bytes (begun anew above). */
+export const ERR_FILE = 'resident.err';
+const ERR_MAX = 64 * 1024;
+
+/** Writes an error no create caught to <base>/resident.err: when, which program, the stack. */
+export function noteError(base: string, e: unknown): void {
+  const file = join(base, ERR_FILE);
+  const line = `${new Date().toISOString()} resident program ${process.pid}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`;
+  try {
+    if ((statSync(file, { throwIfNoEntry: false })?.size ?? 0) + line.length > ERR_MAX) writeFileSync(file, line, { mode: 0o600 });
+    else appendFileSync(file, line, { mode: 0o600 });
+  } catch {
+    /* no room: the error is lost, the program goes all the same */
+  }
+}
 
 /** Set for the resident program its starter started (see leaveCallersBehind). */
 const RESPAWNED = 'PREBAKE_RESIDENT_RESPAWNED';
@@ -315,7 +331,13 @@ export async function resident(baseArg: string | undefined, dist: string | undef
     if (!fifoIsOurs() || !announcedStill() || code() !== codeAtStart || (inFlight === 0 && performance.now() - last > IDLE_MS)) retire();
   }, 5000);
   check.unref();
-  process.on('uncaughtException', retire);
+  process.on('uncaughtException', (e) => {
+    noteError(base, e);
+    retire();
+    // (A create the error left unanswered would hold it for ever: it goes all the same, and the
+    // shells at the end of their verdict FIFOs ask one-shot programs.)
+    setTimeout(() => exit(1), GRACE_MS + 1000);
+  });
   // (Stopped by hand, or by `npm test` at its end: as when idle.)
   process.on('SIGTERM', retire);
 
