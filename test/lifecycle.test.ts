@@ -138,7 +138,7 @@ test('pass-through commands print what runc prints and exit as runc exits', asyn
   // --help: runc's help unchanged, then prebake's own commands.
   const help = execFileSync(PREBAKE, ['--help'], { encoding: 'utf8' });
   t.true(help.startsWith(execFileSync('runc', ['--help'], { encoding: 'utf8' })));
-  for (const c of ['doctor', 'install', 'key', 'trust']) t.regex(help, new RegExp(`\\n   ${c} +\\S`), c);
+  for (const c of ['doctor', 'install', 'key', 'trust', 'store']) t.regex(help, new RegExp(`\\n   ${c} +\\S`), c);
   t.is(execFileSync(PREBAKE, ['-v'], { encoding: 'utf8' }), version);
 });
 

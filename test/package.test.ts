@@ -201,7 +201,7 @@ if (whySkip) {
     t.is(version.stdout, `${runcVersion}prebake version ${VERSION}\n`);
     t.is((await must(inRoot(['prebake-build', '--version']))).stdout.trim(), `prebake-build version ${VERSION}`);
     const help = await must(inRoot(['prebake', '--help']));
-    for (const c of ['doctor', 'install', 'key', 'trust']) t.regex(help.stdout, new RegExp(`^ +${c} +\\S`, 'm'), help.stdout);
+    for (const c of ['doctor', 'install', 'key', 'trust', 'store']) t.regex(help.stdout, new RegExp(`^ +${c} +\\S`, 'm'), help.stdout);
     t.regex((await run(inRoot(['prebake-build', '--help']))).stdout, /usage: prebake-build/);
     // doctor runs from the installed dist/ and reports what the root lacks: no CRIU at all.
     const doctor = await run(inRoot(['prebake', 'doctor']));

@@ -1,10 +1,10 @@
 // Units of provenance: signatures over the manifest, the trust store, the verified store's
-// import (hashed as copied, bounded, nothing unlisted), and the parts of the spec CRIU restores
+// import (hashed as copied, bounded, nothing unlisted) and its pruning, and the parts of the spec CRIU restores
 // from the images (user namespace, mount options, devices, sysctls; oomScoreAdj is set instead).
 
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
@@ -95,6 +95,60 @@ test('prebake key generate, trust add|list|remove: the commands a host is set up
     }
   })();
   t.regex(bad, /usage: prebake key generate/);
+});
+
+test('each create that uses a store entry notes it; prebake store list shows the entries, least recently used first; prune removes those unused for N days', (t) => {
+  const { key, keyId } = keyPair(t);
+  const dir = tmp(t, 'store-cli');
+  const conf = join(dir, 'config.json');
+  const store = join(dir, 'store');
+  writeFileSync(conf, JSON.stringify({ trust: join(dir, 'trust'), store }));
+  // (The config's store: PREBAKE_STORE_DIR, which the test run sets, would name another.)
+  const env = { ...process.env, PREBAKE_CONFIG: conf, PREBAKE_STORE_DIR: '' };
+  const sh = (...args: string[]) => execFileSync(PREBAKE, ['store', ...args], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const status = (...args: string[]) => {
+    try {
+      sh(...args);
+      return 0;
+    } catch (e) {
+      return (e as { status: number }).status;
+    }
+  };
+  // Two checkpoints (the second's pages changed, its manifest written anew: another entry).
+  const a = checkpoint(t, key);
+  const b = checkpoint(t, key);
+  writeFileSync(join(b, 'checkpoint/core-1.img'), 'core, another');
+  writeManifest(b, { spec: spec(), runc: 'runc', prebakeVersion: 'test' });
+  signCheckpoint(b, key);
+  const imp = (d: string) => {
+    const bytes = readFileSync(join(d, 'manifest.json'));
+    return importCheckpoint(store, d, bytes, readFileSync(join(d, 'manifest.sig'), 'utf8'), JSON.parse(bytes.toString()), keyId);
+  };
+  const ea = imp(a);
+  const eb = imp(b);
+  t.not(ea, eb);
+  const daysAgo = (entry: string, days: number) => utimesSync(entry, new Date(Date.now() - days * 86_400_000), new Date(Date.now() - days * 86_400_000));
+  daysAgo(ea, 40);
+  daysAgo(eb, 10);
+  // What a create does with an entry it finds (src/checkpoint/verify.ts, admit): it is used now.
+  t.is(imp(a), ea);
+  t.true(Date.now() - statSync(ea).mtimeMs < 60_000, 'the entry a create used is marked used');
+  daysAgo(ea, 40);
+
+  const list = sh('list').trim().split('\n');
+  t.is(list.length, 3, list.join('\n'));
+  t.true(list[0]!.startsWith(ea.slice(-64, -48)) && list[1]!.startsWith(eb.slice(-64, -48)), 'least recently used first');
+  t.regex(list[0]!, new RegExp(`key ${keyId.slice(0, 16)} .* eager  imported \\d{4}-\\d\\d-\\d\\d .*  used \\d{4}`));
+  t.regex(list[2]!, /^2 verified checkpoint\(s\), 0\.0 MiB, in /);
+
+  const pruned = sh('prune');
+  t.regex(pruned, new RegExp(`^removed ${ea.slice(-64, -48)} `));
+  t.regex(pruned, /\n1 verified checkpoint\(s\) unused for 30 day\(s\) removed, /);
+  t.false(existsSync(ea));
+  t.true(existsSync(join(eb, 'ok')), 'one used 10 days ago stays');
+  t.regex(sh('prune', '--unused-days', '5'), /^removed /);
+  t.deepEqual(readdirSync(store), []);
+  for (const bad of [['prune', '--unused-days', '-1'], ['prune', '--unused-days', 'soon'], ['list', '--unused-days', '3'], ['frob'], []]) t.is(status(...bad), 2, bad.join(' '));
 });
 
 test('the store imports a checkpoint by copying and hashing each file; a changed, unlisted or linked file is refused and nothing is kept', (t) => {

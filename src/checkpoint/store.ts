@@ -2,9 +2,10 @@
 // directory per manifest (named by the sha256 of its bytes). CRIU restores only from here: the
 // copy is hashed while it is written, so what CRIU reads is what the signed manifest lists,
 // whatever happens to the image's files afterwards. An entry is whole once its `ok` file exists.
+// Its directory's mtime is when a create last used it (markUsed): what `prebake store prune` goes by.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE } from './manifest.ts';
 import { SIGNATURE_FILE } from './trust.ts';
@@ -90,7 +91,10 @@ function listFiles(base: string): string[] {
  */
 export function importCheckpoint(store: string, dir: string, manifest: Buffer, signature: string | null, m: CheckpointManifest, keyId: string, lazyPages = false): string {
   const entry = storeEntry(store, manifest);
-  if (readEntry(entry)) return entry;
+  if (readEntry(entry)) {
+    markUsed(entry);
+    return entry;
+  }
   const names = Object.keys(m.files);
   if (names.length > MAX_FILES) throw new Error(`the checkpoint lists ${names.length} files, more than the ${MAX_FILES} allowed`);
   const total = names.reduce((n, f) => n + m.files[f]!.size, 0);
@@ -129,6 +133,88 @@ export function importCheckpoint(store: string, dir: string, manifest: Buffer, s
     rmSync(tmp, { recursive: true, force: true });
   }
   return entry;
+}
+
+/** Notes that a create uses the entry now (its directory's mtime; a store that cannot be written costs nothing). */
+function markUsed(entry: string): void {
+  try {
+    const now = new Date();
+    utimesSync(entry, now, now);
+  } catch {
+    /* read-only: prune then goes by the import */
+  }
+}
+
+/** An entry as `prebake store list` shows it. */
+export interface StoreListing {
+  digest: string;
+  keyId: string;
+  imported: string;
+  /** When a create last used it (ms since the epoch). */
+  usedMs: number;
+  /** The bytes of its checkpoint files. */
+  bytes: number;
+  lazy: boolean;
+}
+
+const ENTRY_NAME = /^[0-9a-f]{64}$/;
+
+function bytesUnder(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) n += bytesUnder(p);
+    else if (e.isFile()) n += lstatSync(p).size;
+  }
+  return n;
+}
+
+/** The whole entries of the store, least recently used first. */
+export function listEntries(store: string): StoreListing[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(store).filter((n) => ENTRY_NAME.test(n));
+  } catch {
+    return [];
+  }
+  const out: StoreListing[] = [];
+  for (const digest of names) {
+    const entry = join(store, digest);
+    const rec = readEntry(entry);
+    const st = lstatSync(entry, { throwIfNoEntry: false });
+    if (!rec || !st?.isDirectory()) continue;
+    let bytes = 0;
+    try {
+      bytes = bytesUnder(join(entry, CHECKPOINT_DIR));
+    } catch {
+      /* removed meanwhile */
+    }
+    out.push({ digest, keyId: rec.keyId, imported: rec.imported, usedMs: st.mtimeMs, bytes, lazy: lstatSync(join(entry, STORE_FILES.lazyPages), { throwIfNoEntry: false }) !== undefined });
+  }
+  return out.sort((a, b) => a.usedMs - b.usedMs);
+}
+
+/**
+ * Removes the entries no create has used for `unusedMs` (a later create of their image verifies
+ * and imports it again), and imports left half-done for as long; returns the entries removed. A
+ * restore reading an entry as it goes fails, and its container starts cold.
+ */
+export function pruneEntries(store: string, unusedMs: number, now = Date.now()): StoreListing[] {
+  const gone = listEntries(store).filter((e) => now - e.usedMs >= unusedMs);
+  for (const e of gone) {
+    // The record first: a half-removed entry must not look whole.
+    rmSync(join(store, e.digest, STORE_OK), { force: true });
+    rmSync(join(store, e.digest), { recursive: true, force: true });
+  }
+  try {
+    for (const name of readdirSync(store).filter((n) => n.startsWith('.import-'))) {
+      const st = lstatSync(join(store, name), { throwIfNoEntry: false });
+      if (st && now - st.mtimeMs >= Math.max(unusedMs, 3600_000)) rmSync(join(store, name), { recursive: true, force: true });
+    }
+  } catch {
+    /* no store */
+  }
+  return gone;
 }
 
 /** Removes the store entries imported under any of the given key ids; returns how many. */

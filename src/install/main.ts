@@ -1,12 +1,12 @@
 // prebake's own commands, none on an engine's hot path: `prebake install|uninstall ENGINE…`
 // registers the runtime with docker, containerd (CRI handler "prebake", what a RuntimeClass and
 // nerdctl use) and podman; `prebake key generate` makes a bake key; `prebake trust add|list|remove`
-// edits the host's trust store.
+// edits the host's trust store; `prebake store list|prune` shows and prunes its verified store.
 
 import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { dropEntries } from '../checkpoint/store.ts';
+import { dropEntries, listEntries, pruneEntries, type StoreListing } from '../checkpoint/store.ts';
 import { DEFAULT_KEY, generateKey, loadTrustStore, publicFileOf, shortId, trustAdd, trustRemove } from '../checkpoint/trust.ts';
 import { prebakeBinPath } from '../lib/paths.ts';
 import { loadRuntimeConfig } from '../runtime/config.ts';
@@ -25,6 +25,61 @@ usage: prebake trust add PUBFILE | list | remove KEYID
   the keys whose signed checkpoints this host restores (the "trust" directory of the runtime's
   config, default /etc/prebake/trust)
 `;
+
+const STORE_USAGE = `usage: prebake store list | prune [--unused-days N]
+  the verified store (the "store" directory of the runtime's config, default
+  /var/lib/prebake/store): the checkpoints this host has authenticated and restores from
+  list    each entry: its manifest's sha256, signing key, size, import and last use
+  prune   removes the entries no create has used for N days (default 30); a later create
+          of their image verifies and imports its checkpoint again
+`;
+const DEFAULT_UNUSED_DAYS = 30;
+
+const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+const day = (ms: number) => new Date(ms).toISOString().slice(0, 19).replace('T', ' ');
+const entryLine = (e: StoreListing) => `${e.digest.slice(0, 16)}  key ${e.keyId.slice(0, 16).padEnd(16)}  ${mb(e.bytes).padStart(10)}  ${e.lazy ? 'lazy ' : 'eager'}  imported ${e.imported.slice(0, 19).replace('T', ' ') || '?'}  used ${day(e.usedMs)}`;
+
+function storeCommand(rest: string[]): number {
+  const cfg = loadRuntimeConfig();
+  const fail = (msg: string) => {
+    process.stderr.write(`prebake store: ${msg}\n${STORE_USAGE}`);
+    return 2;
+  };
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, allowPositionals: true, options: { 'unused-days': { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+  if (parsed.values.help) {
+    process.stdout.write(STORE_USAGE);
+    return 0;
+  }
+  const [verb, ...extra] = parsed.positionals;
+  if (extra.length) return fail(`unexpected ${extra.join(' ')}`);
+  const daysText = parsed.values['unused-days'];
+  if (verb === 'list' && daysText === undefined) {
+    const entries = listEntries(cfg.store);
+    for (const e of entries) process.stdout.write(`${entryLine(e)}\n`);
+    process.stdout.write(`${entries.length} verified checkpoint(s), ${mb(entries.reduce((n, e) => n + e.bytes, 0))}, in ${cfg.store}\n`);
+    return 0;
+  }
+  if (verb === 'prune') {
+    const days = daysText === undefined ? DEFAULT_UNUSED_DAYS : Number(daysText);
+    if (!/^\d+(\.\d+)?$/.test(daysText ?? '0') || !Number.isFinite(days)) return fail(`--unused-days takes a number of days, not ${JSON.stringify(daysText)}`);
+    try {
+      const gone = pruneEntries(cfg.store, days * 86_400_000);
+      for (const e of gone) process.stdout.write(`removed ${entryLine(e)}\n`);
+      process.stdout.write(`${gone.length} verified checkpoint(s) unused for ${days} day(s) removed, ${mb(gone.reduce((n, e) => n + e.bytes, 0))} freed, from ${cfg.store}\n`);
+      return 0;
+    } catch (e) {
+      process.stderr.write(`prebake store prune: ${(e as Error).message}\n`);
+      return 1;
+    }
+  }
+  if (verb === 'list') return fail('--unused-days goes with prune');
+  return fail(verb ? `unknown: ${verb}` : 'what to do?');
+}
 
 /** The host's bake key, made and trusted on first use: local bakes then restore on this host. */
 function ensureHostKey(): { keyId: string; created: boolean } {
@@ -107,6 +162,7 @@ function unsafeRuntime(path: string): string | null {
 function main(argv: string[]): number {
   const [command, ...rest] = argv;
   if (command === 'key' || command === 'trust') return keyOrTrust(command, rest);
+  if (command === 'store') return storeCommand(rest);
   let parsed;
   try {
     parsed = parseArgs({ args: rest, allowPositionals: true, options: { config: { type: 'string' }, path: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
