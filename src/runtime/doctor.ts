@@ -3,9 +3,13 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
+import { join } from 'node:path';
+import { listEntries } from '../checkpoint/store.ts';
+import { procStat } from '../lib/proc.ts';
 import { compareVersions, criuVersion, lazyRestoreCheck, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
-import { HOST_MOUNTS } from '../contract.ts';
+import { HOST_MOUNTS, RESIDENT_FILES } from '../contract.ts';
+import { ERR_FILE } from './resident.ts';
 
 
 interface Check {
@@ -77,6 +81,41 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
       ok: missing.length === 0,
       warnOnly: true,
       detail: missing.length ? `${missing.join(', ')} not mounted yet: the first restore mounts them (read-only tmpfs)` : `${wanted.map((m) => m.path).join(', ')}: read-only tmpfs`,
+    };
+  });
+  attempt('verified store', () => {
+    const entries = listEntries(cfg.store);
+    const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+    const old = entries.filter((e) => Date.now() - e.usedMs >= 30 * 86_400_000);
+    const total = entries.reduce((n, e) => n + e.bytes, 0);
+    return {
+      ok: old.length === 0,
+      warnOnly: true,
+      detail: `${entries.length} checkpoint(s), ${mib(total)} in ${cfg.store}${old.length ? `; ${old.length} (${mib(old.reduce((n, e) => n + e.bytes, 0))}) unused for 30 days: prebake store prune` : ''}`,
+    };
+  });
+  attempt('resident program', () => {
+    // (Its pid file: "pid start-time dist"; see src/runtime/resident.ts.)
+    let pid = '';
+    let start = '';
+    let dist: string[] = [];
+    try {
+      [pid = '', start = '', ...dist] = readFileSync(join(cfg.stateBase, RESIDENT_FILES.pid), 'utf8').trim().split(' ');
+    } catch {
+      /* none */
+    }
+    const live = /^\d+$/.test(pid) && procStat(Number(pid))?.startTime === start;
+    let lastError = '';
+    try {
+      const lines = readFileSync(join(cfg.stateBase, ERR_FILE), 'utf8').split('\n').filter((l) => /^\d{4}-/.test(l));
+      lastError = lines.at(-1) ?? '';
+    } catch {
+      /* none */
+    }
+    return {
+      ok: lastError === '',
+      warnOnly: true,
+      detail: `${live ? `pid ${pid} answers the creates (of ${dist.join(' ')})` : 'none running: the next prebaked create starts one'}${lastError ? `; it went on an error, the last in ${join(cfg.stateBase, ERR_FILE)}: ${lastError.slice(0, 200)}` : ''}`,
     };
   });
   attempt('cgroups', () => {
