@@ -3,7 +3,7 @@
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PREBAKE } from '../lab/bundle.ts';
@@ -44,12 +44,18 @@ test('doctor reports the verified store and the resident program, and warns of t
   t.is(by['resident program']!.detail, 'none running: the next prebaked create starts one');
   spawnSync('mkdir', ['-p', join(dir, 'state')]);
   writeFileSync(join(dir, 'state', 'resident.pid'), `${process.pid} 0 /somewhere/dist\n`);
-  writeFileSync(join(dir, 'state', 'resident.err'), '2026-12-08T00:00:00.000Z resident program 1: Error: older\n    at x\n2026-12-08T01:00:00.000Z resident program 2: Error: the last\n    at y\n');
+  const hoursAgo = (h: number) => new Date(Date.now() - h * 3600_000);
+  writeFileSync(join(dir, 'state', 'resident.err'), `${hoursAgo(2).toISOString()} resident program 1: Error: older\n    at x\n${hoursAgo(1).toISOString()} resident program 2: Error: the last\n    at y\n`);
   by = doctor();
   t.false(by['resident program']!.ok, 'a warning');
-  t.regex(by['resident program']!.detail, /^none running: .*; it went on an error, the last in .*resident\.err: 2026-12-08T01:00:00\.000Z resident program 2: Error: the last$/, 'a pid file whose start time is not the process\'s names none');
+  t.regex(by['resident program']!.detail, /^none running: .*; it went on an error, the last in .*resident\.err: \S+Z resident program 2: Error: the last$/, 'a pid file whose start time is not the process\'s names none');
   const start = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ')[19];
   writeFileSync(join(dir, 'state', 'resident.pid'), `${process.pid} ${start} /somewhere/dist\n`);
+  // A program started after the last error: that error is history, no warning.
+  by = doctor();
+  t.regex(by['resident program']!.detail, new RegExp(`^pid ${process.pid} answers the creates \\(of /somewhere/dist\\); one before it went on an error`));
+  t.true(by['resident program']!.ok);
+  utimesSync(join(dir, 'state', 'resident.pid'), hoursAgo(1.5), hoursAgo(1.5));
   t.regex(doctor()['resident program']!.detail, new RegExp(`^pid ${process.pid} answers the creates \\(of /somewhere/dist\\); it went on an error`));
   t.is(spawnSync(PREBAKE, ['doctor'], { env }).status, 0, 'warnings only: the host is fit');
 });

@@ -7,7 +7,7 @@
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RESIDENT_FILES } from '../src/contract.ts';
@@ -188,6 +188,18 @@ test('an error no create caught is written to <base>/resident.err before the pro
   writeFileSync(file, 'x'.repeat(64 * 1024 - 10));
   noteError(base, new Error('third'));
   t.regex(readFileSync(file, 'utf8'), /^\S+ resident program \d+: Error: third\n/, 'begun anew rather than grown past 64 KiB');
+  // Control characters escaped, and no line of the stack taken for an entry of its own.
+  noteError(base, new Error('evil\u001b[2J\n2099-01-01T00:00:00.000Z resident program 1: forged'));
+  const last = readFileSync(file, 'utf8').split('\n').filter((l) => /^\d{4}-/.test(l)).at(-1)!;
+  t.regex(last, /: Error: evil\\x1b\[2J$/);
+  t.false(readFileSync(file, 'utf8').includes('\n2099-'));
+  // Never through a symlink.
+  rmSync(file);
+  const target = join(base, 'target');
+  writeFileSync(target, 'kept\n');
+  symlinkSync(target, file);
+  noteError(base, new Error('not followed'));
+  t.is(readFileSync(target, 'utf8'), 'kept\n');
   noteError(join(base, 'missing'), new Error('nowhere'));
   t.false(existsSync(join(base, 'missing')), 'a state base that is gone: the error is lost, nothing is made');
 });

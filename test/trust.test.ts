@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Spec } from '../oci/runtime-spec.ts';
 import { bakedSpecOf, criuAnnotations, restoredMismatch } from '../src/checkpoint/security.ts';
-import { dropEntries, importCheckpoint, readEntry, storeEntry } from '../src/checkpoint/store.ts';
+import { dropEntries, importCheckpoint, pruneEntries, readEntry, storeEntry } from '../src/checkpoint/store.ts';
 import { generateKey, keyIdOf, loadSigningKey, loadTrustStore, publicFileOf, signCheckpoint, trustAdd, trustRemove, verifyManifestSignature } from '../src/checkpoint/trust.ts';
 import { chooseCheckpoint } from '../src/checkpoint/verify.ts';
 import { writeManifest } from '../src/checkpoint/write.ts';
@@ -68,7 +68,9 @@ test('a signature by a trusted key verifies; none, an unknown key or a changed m
   t.deepEqual(trustRemove(trust, keyId.slice(0, 12)), [keyId]);
   t.is(loadTrustStore(trust).size, 0);
   t.is(dropEntries(store, [keyId]), 1);
-  t.deepEqual(readdirSync(store), []);
+  // Renamed out of the store at once (no create finds it), deleted an hour later.
+  t.deepEqual(readdirSync(store).filter((n) => !n.startsWith('.trash-')), []);
+  t.is(readdirSync(store).filter((n) => n.startsWith('.trash-')).length, 1);
 });
 
 test('prebake key generate, trust add|list|remove: the commands a host is set up with', (t) => {
@@ -147,7 +149,24 @@ test('each create that uses a store entry notes it; prebake store list shows the
   t.false(existsSync(ea));
   t.true(existsSync(join(eb, 'ok')), 'one used 10 days ago stays');
   t.regex(sh('prune', '--unused-days', '5'), /^removed /);
+  const trash = readdirSync(store);
+  t.is(trash.length, 2, 'both renamed out of the store, kept an hour for the restores reading them');
+  t.true(trash.every((n) => n.startsWith('.trash-')));
+  // An hour on: a later prune deletes them.
+  pruneEntries(store, 30 * 86_400_000, Date.now() + 3600_000);
   t.deepEqual(readdirSync(store), []);
+  // A removal cut short (the entry's directory left without `ok`) does not block its image:
+  // the next import replaces it.
+  const half = imp(a);
+  rmSync(join(half, 'ok'));
+  t.is(sh('list').trim(), `0 verified checkpoint(s), 0.0 MiB, in ${store}`, 'not listed: not whole');
+  t.is(imp(a), half);
+  t.truthy(readEntry(half), 'imported again, whole');
+  // And an import cut short whose program is gone goes after an hour; a live one's stays.
+  mkdirSync(join(store, '.import-999999999-dead'));
+  mkdirSync(join(store, `.import-${process.pid}-live`));
+  pruneEntries(store, 30 * 86_400_000, Date.now() + 3600_000);
+  t.deepEqual(readdirSync(store).filter((n) => n.startsWith('.import-')), [`.import-${process.pid}-live`]);
   for (const bad of [['prune', '--unused-days', '-1'], ['prune', '--unused-days', 'soon'], ['list', '--unused-days', '3'], ['frob'], []]) t.is(status(...bad), 2, bad.join(' '));
 });
 

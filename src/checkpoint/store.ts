@@ -5,8 +5,8 @@
 // Its directory's mtime is when a create last used it (markUsed): what `prebake store prune` goes by.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { CHECKPOINT_DIR, type CheckpointManifest, MANIFEST_FILE } from './manifest.ts';
 import { SIGNATURE_FILE } from './trust.ts';
 import { openRegular } from './files.ts';
@@ -126,8 +126,13 @@ export function importCheckpoint(store: string, dir: string, manifest: Buffer, s
     try {
       renameSync(tmp, entry);
     } catch (e) {
-      // Another create imported the same checkpoint first: theirs is as good.
-      if (!readEntry(entry)) throw e;
+      // Another create imported the same checkpoint first: theirs is as good. A directory there
+      // without `ok` is never whole (an entry arrives whole, by this rename): one whose removal
+      // was cut short goes, once.
+      if (readEntry(entry)) return entry;
+      if (!lstatSync(entry, { throwIfNoEntry: false })?.isDirectory()) throw e;
+      retire(store, basename(entry));
+      renameSync(tmp, entry);
     }
   } finally {
     rmSync(tmp, { recursive: true, force: true });
@@ -174,8 +179,10 @@ export function listEntries(store: string): StoreListing[] {
   let names: string[] = [];
   try {
     names = readdirSync(store).filter((n) => ENTRY_NAME.test(n));
-  } catch {
-    return [];
+  } catch (e) {
+    // (No store yet is an empty one; one this user cannot read is an error, not empty.)
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
   }
   const out: StoreListing[] = [];
   for (const digest of names) {
@@ -194,26 +201,60 @@ export function listEntries(store: string): StoreListing[] {
   return out.sort((a, b) => a.usedMs - b.usedMs);
 }
 
+const TRASH = '.trash-';
+/** How long a removed entry stays, renamed, before it is deleted: a restore started from it reads on. */
+const TRASH_MS = 3600_000;
+
+/**
+ * Takes an entry out of the store at once (renamed: no create finds it any more), deleting it only
+ * later (sweep): CRIU opens an image file it cannot find as an empty one, so a restore under way
+ * from the entry must find every file until it is done.
+ */
+function retire(store: string, name: string): void {
+  try {
+    renameSync(join(store, name), join(store, `${TRASH}${Date.now()}-${name}-${randomBytes(4).toString('hex')}`));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+}
+
+/** Deletes removed entries older than TRASH_MS, and imports cut short (their program gone) as old. */
+function sweep(store: string, now: number): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(store);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const trashed = name.startsWith(TRASH) ? Number(name.slice(TRASH.length).split('-')[0]) : NaN;
+    if (Number.isFinite(trashed) && now - trashed >= TRASH_MS) rmSync(join(store, name), { recursive: true, force: true });
+    // A whole-looking name without `ok`: a removal cut short (entries arrive whole, renamed).
+    else if (ENTRY_NAME.test(name) && !readEntry(join(store, name))) retire(store, name);
+    else if (name.startsWith('.import-')) {
+      const pid = Number(name.split('-')[1]);
+      const st = lstatSync(join(store, name), { throwIfNoEntry: false });
+      if (st && now - st.mtimeMs >= TRASH_MS && !(Number.isInteger(pid) && existsSync(`/proc/${pid}`))) rmSync(join(store, name), { recursive: true, force: true });
+    }
+  }
+}
+
 /**
  * Removes the entries no create has used for `unusedMs` (a later create of their image verifies
- * and imports it again), and imports left half-done for as long; returns the entries removed. A
- * restore reading an entry as it goes fails, and its container starts cold.
+ * and imports it again); returns them. Each is renamed out of the store at once and deleted an
+ * hour later, by a later prune or removal.
  */
 export function pruneEntries(store: string, unusedMs: number, now = Date.now()): StoreListing[] {
-  const gone = listEntries(store).filter((e) => now - e.usedMs >= unusedMs);
-  for (const e of gone) {
-    // The record first: a half-removed entry must not look whole.
-    rmSync(join(store, e.digest, STORE_OK), { force: true });
-    rmSync(join(store, e.digest), { recursive: true, force: true });
+  const gone: StoreListing[] = [];
+  for (const e of listEntries(store)) {
+    if (now - e.usedMs < unusedMs) continue;
+    // (Used since it was listed: it stays.)
+    const st = lstatSync(join(store, e.digest), { throwIfNoEntry: false });
+    if (!st || st.mtimeMs !== e.usedMs) continue;
+    retire(store, e.digest);
+    gone.push(e);
   }
-  try {
-    for (const name of readdirSync(store).filter((n) => n.startsWith('.import-'))) {
-      const st = lstatSync(join(store, name), { throwIfNoEntry: false });
-      if (st && now - st.mtimeMs >= Math.max(unusedMs, 3600_000)) rmSync(join(store, name), { recursive: true, force: true });
-    }
-  } catch {
-    /* no store */
-  }
+  sweep(store, now);
   return gone;
 }
 
@@ -229,11 +270,10 @@ export function dropEntries(store: string, keyIds: readonly string[]): number {
   for (const name of names) {
     const rec = readEntry(join(store, name));
     if (rec && keyIds.includes(rec.keyId)) {
-      // The record first: a half-removed entry must not look whole.
-      rmSync(join(store, name, STORE_OK), { force: true });
-      rmSync(join(store, name), { recursive: true, force: true });
+      retire(store, name);
       n++;
     }
   }
+  sweep(store, Date.now());
   return n;
 }

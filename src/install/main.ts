@@ -59,10 +59,15 @@ function storeCommand(rest: string[]): number {
   if (extra.length) return fail(`unexpected ${extra.join(' ')}`);
   const daysText = parsed.values['unused-days'];
   if (verb === 'list' && daysText === undefined) {
-    const entries = listEntries(cfg.store);
-    for (const e of entries) process.stdout.write(`${entryLine(e)}\n`);
-    process.stdout.write(`${entries.length} verified checkpoint(s), ${mb(entries.reduce((n, e) => n + e.bytes, 0))}, in ${cfg.store}\n`);
-    return 0;
+    try {
+      const entries = listEntries(cfg.store);
+      for (const e of entries) process.stdout.write(`${entryLine(e)}\n`);
+      process.stdout.write(`${entries.length} verified checkpoint(s), ${mb(entries.reduce((n, e) => n + e.bytes, 0))}, in ${cfg.store}\n`);
+      return 0;
+    } catch (e) {
+      process.stderr.write(`prebake store list: ${(e as Error).message}\n`);
+      return 1;
+    }
   }
   if (verb === 'prune') {
     const days = daysText === undefined ? DEFAULT_UNUSED_DAYS : Number(daysText);

@@ -1,7 +1,7 @@
 // `prebake doctor`: what this host has and lacks for checkpoint/restore, one line per check.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { listEntries } from '../checkpoint/store.ts';
@@ -84,7 +84,12 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     };
   });
   attempt('verified store', () => {
-    const entries = listEntries(cfg.store);
+    let entries;
+    try {
+      entries = listEntries(cfg.store);
+    } catch (e) {
+      return { ok: false, warnOnly: true, detail: `${cfg.store} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): run doctor as root` };
+    }
     const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
     const old = entries.filter((e) => Date.now() - e.usedMs >= 30 * 86_400_000);
     const total = entries.reduce((n, e) => n + e.bytes, 0);
@@ -108,14 +113,19 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     let lastError = '';
     try {
       const lines = readFileSync(join(cfg.stateBase, ERR_FILE), 'utf8').split('\n').filter((l) => /^\d{4}-/.test(l));
-      lastError = lines.at(-1) ?? '';
+      lastError = (lines.at(-1) ?? '').replace(/[\x00-\x1f\x7f]/g, '?').slice(0, 200);
     } catch {
       /* none */
     }
+    // (An error before the running program started is history: no warning.)
+    const errorAt = Date.parse(lastError.split(' ')[0] ?? '');
+    const startedAt = live ? statSync(join(cfg.stateBase, RESIDENT_FILES.pid), { throwIfNoEntry: false })?.mtimeMs : undefined;
+    const current = lastError !== '' && !(startedAt !== undefined && errorAt < startedAt);
+    const where = join(cfg.stateBase, ERR_FILE);
     return {
-      ok: lastError === '',
+      ok: !current,
       warnOnly: true,
-      detail: `${live ? `pid ${pid} answers the creates (of ${dist.join(' ')})` : 'none running: the next prebaked create starts one'}${lastError ? `; it went on an error, the last in ${join(cfg.stateBase, ERR_FILE)}: ${lastError.slice(0, 200)}` : ''}`,
+      detail: `${live ? `pid ${pid} answers the creates (of ${dist.join(' ')})` : 'none running: the next prebaked create starts one'}${lastError ? `; ${current ? 'it went on an error' : 'one before it went on an error'}, the last in ${where}: ${lastError}` : ''}`,
     };
   });
   attempt('cgroups', () => {

@@ -11,7 +11,7 @@
 // create caught, which it first writes to <base>/resident.err (its stderr is /dev/null).
 
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { EARLY_ENV, RESIDENT_FILES, STATE_FILES } from '../contract.ts';
@@ -34,15 +34,24 @@ const REQUEST_MAX = 1 << 20;
 export const ERR_FILE = 'resident.err';
 const ERR_MAX = 64 * 1024;
 
-/** Writes an error no create caught to <base>/resident.err: when, which program, the stack. */
+/**
+ * Writes an error no create caught to <base>/resident.err: when, which program, the stack (its
+ * control characters but the newline escaped, at most ERR_MAX / 4 bytes). Never through a
+ * symlink; begun anew once it would pass ERR_MAX.
+ */
 export function noteError(base: string, e: unknown): void {
   const file = join(base, ERR_FILE);
-  const line = `${new Date().toISOString()} resident program ${process.pid}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`;
+  const text = (e instanceof Error ? (e.stack ?? e.message) : String(e)).slice(0, ERR_MAX / 4).replace(/[\x00-\x09\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  const line = `${new Date().toISOString()} resident program ${process.pid}: ${text.replace(/\n(?=\d{4}-)/g, '\n ')}\n`;
+  let fd: number | undefined;
   try {
-    if ((statSync(file, { throwIfNoEntry: false })?.size ?? 0) + line.length > ERR_MAX) writeFileSync(file, line, { mode: 0o600 });
-    else appendFileSync(file, line, { mode: 0o600 });
+    const anew = (lstatSync(file, { throwIfNoEntry: false })?.size ?? 0) + Buffer.byteLength(line) > ERR_MAX;
+    fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | (anew ? constants.O_TRUNC : constants.O_APPEND), 0o600);
+    writeSync(fd, line);
   } catch {
     /* no room: the error is lost, the program goes all the same */
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
@@ -335,8 +344,13 @@ export async function resident(baseArg: string | undefined, dist: string | undef
     noteError(base, e);
     retire();
     // (A create the error left unanswered would hold it for ever: it goes all the same, and the
-    // shells at the end of their verdict FIFOs ask one-shot programs.)
-    setTimeout(() => exit(1), GRACE_MS + 1000);
+    // shells at the end of their verdict FIFOs ask one-shot programs; those whose requests it
+    // has not taken yet, sent before it went, are told to.)
+    const wentAt = Date.now();
+    setTimeout(() => {
+      releaseOrphans(base, wentAt);
+      exit(1);
+    }, GRACE_MS + 1000);
   });
   // (Stopped by hand, or by `npm test` at its end: as when idle.)
   process.on('SIGTERM', retire);
