@@ -59,11 +59,15 @@ const isResident = (pid: string) => {
   }
 };
 
-/** Waits (up to 10 s) until a resident program other than `not` runs; its pid. */
+/**
+ * Waits (up to 10 s) until a resident program other than `not` runs and reads its FIFO (made
+ * after it has won the pid file: a shell finds it only then); its pid.
+ */
 async function residentStarted(not = ''): Promise<string> {
+  const reads = () => statSync(join(stateBase, RESIDENT_FILES.fifo), { throwIfNoEntry: false })?.isFIFO() === true;
   for (let i = 0; i < 200; i++) {
     const pid = residentPid();
-    if (pid && pid !== not && isResident(pid)) return pid;
+    if (pid && pid !== not && isResident(pid) && reads()) return pid;
     await sleep(50);
   }
   return '';
