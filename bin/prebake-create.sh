@@ -94,7 +94,7 @@ store_checkpoint() {
   [ -f "$trust/$kid.pub" ] || return 0
   # The hint is the image's word: the entry must hold this very manifest, or an image could have
   # another image's checkpoint restored against its own rootfs and spec. Compared in the
-  # background, while start_restore makes the state (two CPUs: ~1.5 ms sooner), which waits for
+  # background, while start_restore makes the state (two CPUs: ~1 ms sooner), which waits for
   # it before runc starts: $cmp_pid.
   cmp -s -- "$dir/manifest.json" "$store/$digest/manifest.json" &
   cmp_pid=$!

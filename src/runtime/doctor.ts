@@ -5,11 +5,10 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { listEntries } from '../checkpoint/store.ts';
-import { procStat } from '../lib/proc.ts';
 import { compareVersions, criuVersion, lazyRestoreCheck, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
 import { HOST_MOUNTS, RESIDENT_FILES } from '../contract.ts';
-import { ERR_FILE } from './resident.ts';
+import { alive, ERR_FILE } from './resident.ts';
 
 
 interface Check {
@@ -101,15 +100,14 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
   });
   attempt('resident program', () => {
     // (Its pid file: "pid start-time dist"; see src/runtime/resident.ts.)
-    let pid = '';
-    let start = '';
-    let dist: string[] = [];
+    let who = '';
     try {
-      [pid = '', start = '', ...dist] = readFileSync(join(cfg.stateBase, RESIDENT_FILES.pid), 'utf8').trim().split(' ');
+      who = readFileSync(join(cfg.stateBase, RESIDENT_FILES.pid), 'utf8').trim();
     } catch {
       /* none */
     }
-    const live = /^\d+$/.test(pid) && procStat(Number(pid))?.startTime === start;
+    const [pid, , ...dist] = who.split(' ');
+    const live = alive(who);
     let lastError = '';
     try {
       const lines = readFileSync(join(cfg.stateBase, ERR_FILE), 'utf8').split('\n').filter((l) => /^\d{4}-/.test(l));

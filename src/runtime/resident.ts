@@ -15,6 +15,7 @@ import { closeSync, constants, existsSync, fstatSync, linkSync, lstatSync, mkdir
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { EARLY_ENV, RESIDENT_FILES, STATE_FILES } from '../contract.ts';
+import { mountInfo } from '../lib/mountinfo.ts';
 import { fileId, procStat } from '../lib/proc.ts';
 import { parseRuntimeCall } from './argv.ts';
 import { loadRuntimeConfig } from './config.ts';
@@ -90,21 +91,15 @@ function leaveCallersBehind(): void {
     }
   }
   try {
-    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
-      .split('\n')
-      .map((l) => {
-        const [pre, post] = l.split(' - ');
-        const [type, , opts] = (post ?? '').split(' ');
-        return { point: pre?.split(' ')[4] ?? '', type, opts: (opts ?? '').split(',') };
-      });
+    const mounts = mountInfo();
     for (const line of readFileSync('/proc/self/cgroup', 'utf8').trim().split('\n')) {
       const controllers = line.split(':')[1] ?? '';
       const m = controllers
-        ? mounts.find((x) => x.type === 'cgroup' && controllers.split(',').every((c) => x.opts.includes(c)))
-        : mounts.find((x) => x.type === 'cgroup2');
+        ? mounts.find((x) => x.fsType === 'cgroup' && controllers.split(',').every((c) => x.superOpts.includes(c)))
+        : mounts.find((x) => x.fsType === 'cgroup2');
       try {
         // (r+: never made where it is not a cgroup's file.)
-        if (m) writeFileSync(join(m.point, 'cgroup.procs'), String(process.pid), { flag: 'r+' });
+        if (m) writeFileSync(join(m.mountPoint, 'cgroup.procs'), String(process.pid), { flag: 'r+' });
       } catch {
         /* not this one */
       }
@@ -114,8 +109,8 @@ function leaveCallersBehind(): void {
   }
 }
 
-/** Whether "<pid> <start time> ..." names a live process (a zombie is not). */
-function alive(who: string): boolean {
+/** Whether "<pid> <start time> ..." (a pid file's) names a live process (a zombie is not). */
+export function alive(who: string): boolean {
   const [pid, start] = who.trim().split(' ');
   const st = pid && /^\d+$/.test(pid) ? procStat(Number(pid)) : undefined;
   return st !== undefined && st.startTime === start && st.state !== 'Z' && st.state !== 'X';
