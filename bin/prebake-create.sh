@@ -410,10 +410,14 @@ caller_waits() {
 ask_node() {
   word= verdict= rc=0 node_pid= asked=
   unset "$e_status" "$e_shell"
+  fifo=
   if [ -n "$runc_pid" ]; then
     export "$e_state=$st" "$e_image=$img" "$e_runc=$runc_pid" "$e_t0=$t0"
-    # runc reaped already (by this shell's wait for another child, while a resident program that
-    # then went had the create): its status and this shell's pid, for the Node program.
+    # (The FIFO the resident program passed the create on is used again.)
+    { [ -p "$st/$f_verdict" ] || mkfifo -m 600 "$st/$f_verdict"; } 2>/dev/null && fifo=1
+    # runc reaped already, by this shell's wait for another child (mkfifo's just now, should runc
+    # have exited meanwhile; or one while a resident program that then went had the create): its
+    # status and this shell's pid, for the Node program. No fork waited for comes after this.
     if [ -z "$runc_status" ] && ! stat_of "$runc_pid"; then
       wait "$runc_pid"
       runc_status=$?
@@ -427,9 +431,7 @@ ask_node() {
     unset "$e_state" "$e_image" "$e_runc" "$e_t0"
   fi
   unset "$e_go"
-  # (The FIFO the resident program passed the create on is used again: no fork, whose wait
-  # could reap runc, whose exit the Node program must see.)
-  if [ -n "$runc_pid" ] && { [ -p "$st/$f_verdict" ] || mkfifo -m 600 "$st/$f_verdict"; } 2>/dev/null; then
+  if [ -n "$fifo" ]; then
     if send_request "$@"; then
       asked=resident
     else
@@ -460,6 +462,7 @@ ask_node() {
     fi
     chan=1
   else
+    # (Beside a restore under way, this wait reaps runc: the Node program then starts cold.)
     verdict=$(node_program "$@" 5<&- 6<&-)
     rc=$?
     parse_verdict
@@ -545,7 +548,7 @@ send_request() {
   {
     {
       printf '%s\0' "$PWD" "PATH=$PATH"
-      for k in PREBAKE_CONFIG PREBAKE_RUNC PREBAKE_STATE_DIR PREBAKE_STORE_DIR "$e_state" "$e_image" "$e_runc" "$e_t0" "$e_caller" "$e_caller_start" "$e_go"; do
+      for k in PREBAKE_CONFIG PREBAKE_RUNC PREBAKE_STATE_DIR PREBAKE_STORE_DIR "$e_state" "$e_image" "$e_runc" "$e_t0" "$e_status" "$e_shell" "$e_caller" "$e_caller_start" "$e_go"; do
         eval "[ -z \"\${$k+x}\" ] || printf '%s\\0' \"$k=\$$k\""
       done
       printf '\0'

@@ -17,6 +17,7 @@ import { NetnsClient } from '../src/lib/netns.ts';
 import { bakeNoop, type BakedFunction, PORT, pythonHttpFunction } from '../lab/baked.ts';
 import { PREBAKE } from '../lab/bundle.ts';
 import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { slowMkfifo } from './helpers/slow.ts';
 
 const SOURCE = pythonHttpFunction(
   `
@@ -155,4 +156,22 @@ test('bin/prebake killed before the Node program settles: the Node program clear
   t.false(existsSync(join(rt.state, id)), 'no prebake state left');
   t.is(ticksIn(b.upper).bake, 0, 'the restored process never ran');
   t.is(ticksIn(b.upper).other, 0, 'no cold one either');
+});
+
+test('runc exits while the shell waits for a child of its own (a slow mkfifo reaps it): the restore is still accepted', async (t) => {
+  // The verdict FIFO is made after runc has started; a shell waiting for mkfifo reaps any child
+  // that exits meanwhile, runc too. Here mkfifo takes 0.5 s, long after runc has finished. (A
+  // one-shot program: test/resident.test.ts has the resident program's case.)
+  const env = { ...process.env, PATH: `${slowMkfifo(t)}:${process.env.PATH}`, PREBAKE_RESIDENT: 'off' };
+  const { b, rt, id } = testReplica(t, baked.layers, 'slow-mkfifo', env);
+  b.writeSpec(baked.spec(b.netnsPath));
+  const create = await run(PREBAKE, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], env);
+  t.teardown(() => create.close());
+  t.is(create.code, 0, create.output);
+  t.true(rt.logLines().some((l) => l.level === 'info' && /^restored /.test(l.msg)), JSON.stringify(rt.logLines()));
+  t.is((await run(PREBAKE, ['--root', rt.root, 'start', id])).code, 0);
+  const client = await NetnsClient.start(b.netns);
+  t.teardown(() => client.close());
+  t.is((await client.waitHttp({ port: PORT, path: '/', timeoutMs: 20_000 })).body.split(' ')[0], bakeToken, 'the replica that serves is the restored one');
+  t.is((await killAndDelete(rt, id)).code, 0);
 });

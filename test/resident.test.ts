@@ -15,6 +15,7 @@ import { ERR_FILE, noteError } from '../src/runtime/resident.ts';
 import { bakeNoop, type BakedFunction } from '../lab/baked.ts';
 import { REPO } from '../lab/bundle.ts';
 import { killAndDelete, run, testReplica } from './helpers/bundle.ts';
+import { slowMkfifo } from './helpers/slow.ts';
 
 let baked: BakedFunction;
 let dir: string;
@@ -110,6 +111,12 @@ test.serial('the first create starts the resident program, the next ones are ans
   t.teardown(() => rmSync(store, { recursive: true, force: true }));
   t.is(await create(t, 'res-first-sight', { store }), pid, 'and a checkpoint seen for the first time (both verdicts)');
   t.true(existsSync(join(store, readdirNames(store)[0] ?? 'none', 'ok')), 'which it imported into the store');
+});
+
+test.serial('runc exits while the shell waits for a child of its own (a slow mkfifo reaps it): the resident program still accepts the restore', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  t.is(await create(t, 'res-slow-mkfifo', { wrap: ['env', `PATH=${slowMkfifo(t)}:${process.env.PATH}`] }), pid);
 });
 
 test.serial('a create in another mount namespace is answered by a one-shot program', async (t) => {
