@@ -2,6 +2,7 @@
 // read-only layers (as engines mount images), a spec, a network namespace, and runc --root and log
 // dirs of their own for the prebake runtime.
 
+import { randomInt } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -13,7 +14,9 @@ import { RESTORE_CRIU_CONF } from '../src/contract.ts';
 export const REPO = resolve(import.meta.dirname, '..');
 export const PREBAKE = join(REPO, 'bin/prebake');
 
-let counter = 0;
+// (From a random start: a name left behind by an earlier run whose pid this one has again, a
+// netns say, is not taken for this run's.)
+let counter = randomInt(1, 1_000_000) * 100;
 export function uniqueName(prefix: string): string {
   return `${prefix}-${process.pid}-${++counter}`;
 }
