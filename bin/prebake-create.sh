@@ -159,12 +159,20 @@ started_at() {
   [ $# -ge 20 ] && shift 19 && at=$1
 }
 
+# Whether the state dir made at the create's start (mk_pid) is there, waited for (once).
+premade() {
+  [ -n "$mk_pid" ] || return 1
+  wait "$mk_pid"
+  r=$? mk_pid=
+  [ $r = 0 ]
+}
+
 # Makes the container's state with every file a restore writes there (CRIU's work dir and log,
 # runc's log, the `restored` marker, CRIU's config ($conf_text) if dist/criu.conf is not as it
 # must be or names a host mount that is not there), so that a state dir with no room left is a
 # cold start, not a half-made container.
 make_state() {
-  mkdir -p -m 700 "$base" "$st/$f_criu_work" && true > "$st/$f_criu_log" && true > "$st/$f_runc_log" &&
+  { [ -n "$fresh" ] || mkdir -p -m 700 "$base" "$st/$f_criu_work"; } && true > "$st/$f_criu_log" && true > "$st/$f_runc_log" &&
     true > "$st/$f_restored" && { [ "$criu_conf" = "$dist/criu.conf" ] || printf '%s' "$conf_text" > "$criu_conf"; }
   # (Regular builtins only: a failed redirection of a special one, such as ":", would end this shell.)
 }
@@ -233,9 +241,11 @@ mount_host='
 # channel made before). Fails with the reason in $why if the state cannot be written (nothing
 # started, nothing left).
 start_restore() {
+  fresh=
   if [ -z "$chan" ]; then
     st=$state/$id
-    [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
+    premade && fresh=1
+    [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
   fi
   pid_file=${pidfile:-$st/$f_pid}
   criu_config
@@ -410,6 +420,12 @@ caller_waits() {
 ask_node() {
   word= verdict= rc=0 node_pid= asked=
   unset "$e_status" "$e_shell"
+  # bin/prebake's start time, for the Node program to know it by (looked up only now: a restore
+  # under way is not kept waiting for it).
+  if [ -z "$caller_at" ]; then
+    started_at "$$" && caller_at=$at
+    export "$e_caller_start=$caller_at"
+  fi
   fifo=
   if [ -n "$runc_pid" ]; then
     export "$e_state=$st" "$e_image=$img" "$e_runc=$runc_pid" "$e_t0=$t0"
@@ -473,9 +489,10 @@ ask_node() {
 
 # The Node program's channel: the state dir with the two FIFOs (held open on fd 6, as a restore's).
 open_channel() {
-  st=$state/$id
-  [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
-  if { mkdir -p -m 700 "$base" "$st" && mkfifo -m 600 "$st/$f_verdict" "$st/$f_go" && command exec 6<"$st"; } 2>/dev/null; then
+  st=$state/$id fresh=
+  premade && fresh=1
+  [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
+  if { { [ -n "$fresh" ] || mkdir -p -m 700 "$base" "$st"; } && mkfifo -m 600 "$st/$f_verdict" "$st/$f_go" && command exec 6<"$st"; } 2>/dev/null; then
     return 0
   fi
   rm -rf "$st"
@@ -523,7 +540,7 @@ read_conf() {
 # the config's "resident": false or PREBAKE_RESIDENT=off; not used with PREBAKE_NODE set either
 # (the Node named runs every verdict then, one-shot).
 resident_alive() {
-  resident= start_it=
+  resident= start_it= looked=1
   [ -z "$no_resident" ] && [ "${PREBAKE_RESIDENT:-}" != off ] && [ -z "${PREBAKE_NODE:-}" ] || return 0
   rp= rs= rd=
   { read -r rp rs rd < "$base/$r_pid"; } 2>/dev/null
@@ -538,7 +555,7 @@ resident_alive() {
 # reads and its argv into the state's request file, then the state dir on the program's FIFO
 # (opened read-write: it never blocks). Fails if it could not (a one-shot program is asked).
 send_request() {
-  [ -n "$resident" ] && [ ${#st} -lt 4000 ] || return 1
+  [ -n "$try_resident" ] && [ ${#st} -lt 4000 ] || return 1
   # (A state dir spelled as under the base, plainly; and the program still there, now: a shell
   # held up since it looked must not write to a FIFO no one reads any more.)
   case $st in "$base"/*) ;; *) return 1 ;; esac
@@ -565,6 +582,7 @@ send_request() {
 # Starts the resident program for the creates after this one: detached, with none of the
 # caller's descriptors (the engine waits for the end of the pipes it gave this create).
 start_resident() {
+  [ -n "$looked" ] || resident_alive
   [ -n "$start_it" ] && command -v setsid >/dev/null 2>&1 || return 0
   unset NODE_OPTIONS NODE_EXTRA_CA_CERTS
   setsid -f node "$dist/prebake.cjs" --prebake-resident "$base" "$dist" </dev/null >/dev/null 2>&1 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-
@@ -595,15 +613,20 @@ create_prebaked() {
   case $bundle in /*) bdir=$bundle ;; *) bdir=$PWD/$bundle ;; esac
   conf=${PREBAKE_CONFIG:-/etc/prebake/config.json}
   base=${PREBAKE_STATE_DIR:-/run/prebake}
-  started_at "$$"
-  export "$e_caller=$$" "$e_caller_start=$at"
-  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan= cmp_pid=
+  export "$e_caller=$$"
+  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan= cmp_pid= caller_at= looked= try_resident=1
   # A container id runc would refuse, or one in use: the Node program says why; no restore starts.
   case $id in ''|.|..|*[!A-Za-z0-9_.+-]*) refuse=1 ;; esac
   [ -e "$root/$id" ] && refuse=1
   case $state in /nonexistent/*) refuse=1 ;; esac
+  # The state dir, made beside the work up to runc's start (a fork and exec of its own, ~1 ms):
+  # taken by start_restore or open_channel (premade), for a state not there before.
+  mk_pid=
+  if [ -z "$refuse$late$capture$multi" ] && [ -n "$ckpt" ] && [ ! -e "$state/$id" ]; then
+    mkdir -p -m 700 "$base" "$state/$id/$f_criu_work" 2>/dev/null &
+    mk_pid=$!
+  fi
   read_conf
-  resident_alive
   trap start_resident EXIT
   [ -z "$refuse$late$capture$multi" ] && store_checkpoint
   [ -n "$img" ] && { start_restore "$@" || img=; }
@@ -672,7 +695,7 @@ create_prebaked() {
           fi
           # (Emptied: a resident program started later does not take it for one never answered.)
           { true > "$st/$f_request"; } 2>/dev/null
-          resident= chan=
+          try_resident= chan=
           exec 8<&- 9>&-
           ask_node "$@"
           continue
