@@ -159,7 +159,7 @@ started_at() {
   [ $# -ge 20 ] && shift 19 && at=$1
 }
 
-# Whether the state dir made at the create's start (mk_pid) is there, waited for (once).
+# Whether this create made the state dir at its start (mk_pid), waited for (once).
 premade() {
   [ -n "$mk_pid" ] || return 1
   wait "$mk_pid"
@@ -421,9 +421,11 @@ ask_node() {
   word= verdict= rc=0 node_pid= asked=
   unset "$e_status" "$e_shell"
   # bin/prebake's start time, for the Node program to know it by (looked up only now: a restore
-  # under way is not kept waiting for it).
+  # under way is not kept waiting for it), while it is still this subshell's parent; else 0,
+  # which no process has (the resident program then leaves the create to a one-shot program).
   if [ -z "$caller_at" ]; then
-    started_at "$$" && caller_at=$at
+    caller_at=0
+    caller_waits && started_at "$$" && caller_at=$at
     export "$e_caller_start=$caller_at"
   fi
   fifo=
@@ -431,9 +433,10 @@ ask_node() {
     export "$e_state=$st" "$e_image=$img" "$e_runc=$runc_pid" "$e_t0=$t0"
     # (The FIFO the resident program passed the create on is used again.)
     { [ -p "$st/$f_verdict" ] || mkfifo -m 600 "$st/$f_verdict"; } 2>/dev/null && fifo=1
-    # runc reaped already, by this shell's wait for another child (mkfifo's just now, should runc
-    # have exited meanwhile; or one while a resident program that then went had the create): its
-    # status and this shell's pid, for the Node program. No fork waited for comes after this.
+    # runc reaped already (dash reaps any child that has exited once a command ends: mkfifo's
+    # just now, or one while a resident program that then went had the create): its status and
+    # this shell's pid, for the Node program. (Reaped later, the Node program finds runc gone
+    # and leaves its status to the `accept` below, which waits for it.)
     if [ -z "$runc_status" ] && ! stat_of "$runc_pid"; then
       wait "$runc_pid"
       runc_status=$?
@@ -478,7 +481,6 @@ ask_node() {
     fi
     chan=1
   else
-    # (Beside a restore under way, this wait reaps runc: the Node program then starts cold.)
     verdict=$(node_program "$@" 5<&- 6<&-)
     rc=$?
     parse_verdict
@@ -620,10 +622,11 @@ create_prebaked() {
   [ -e "$root/$id" ] && refuse=1
   case $state in /nonexistent/*) refuse=1 ;; esac
   # The state dir, made beside the work up to runc's start (a fork and exec of its own, ~1 ms):
-  # taken by start_restore or open_channel (premade), for a state not there before.
+  # taken by start_restore or open_channel (premade). Without -p: made by this create or not at
+  # all (then, as for the first create under a root, the state is made as before).
   mk_pid=
   if [ -z "$refuse$late$capture$multi" ] && [ -n "$ckpt" ] && [ ! -e "$state/$id" ]; then
-    mkdir -p -m 700 "$base" "$state/$id/$f_criu_work" 2>/dev/null &
+    mkdir -m 700 "$state/$id" "$state/$id/$f_criu_work" 2>/dev/null &
     mk_pid=$!
   fi
   read_conf

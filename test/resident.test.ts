@@ -78,7 +78,7 @@ async function residentStarted(not = ''): Promise<string> {
  * A create of the baked function through the copy (`wrap`: a command it runs under; `sent`: told
  * once the create has handed its request to a resident program); who gave its verdicts.
  */
-async function create(t: import('ava').ExecutionContext, prefix: string, opts: { wrap?: string[]; store?: string; sent?: () => void } = {}) {
+async function create(t: import('ava').ExecutionContext, prefix: string, opts: { wrap?: string[]; store?: string; sent?: (state: string) => void | Promise<void> } = {}) {
   const { b, rt, id } = testReplica(t, baked.layers, prefix, env);
   b.writeSpec(baked.spec(b.netnsPath));
   const args = ['--root', rt.root, '--log', rt.log, '--log-format', 'json', '--debug', 'create', '--bundle', b.dir, id];
@@ -87,7 +87,7 @@ async function create(t: import('ava').ExecutionContext, prefix: string, opts: {
   if (opts.sent) {
     const request = join(stateBase, rt.root, id, 'request');
     for (let i = 0; i < 400 && !existsSync(request); i++) await sleep(25);
-    opts.sent();
+    await opts.sent(join(stateBase, rt.root, id));
   }
   const c = await running;
   t.teardown(() => c.close());
@@ -117,6 +117,23 @@ test.serial('runc exits while the shell waits for a child of its own (a slow mkf
   const pid = await residentStarted();
   t.truthy(pid);
   t.is(await create(t, 'res-slow-mkfifo', { wrap: ['env', `PATH=${slowMkfifo(t)}:${process.env.PATH}`] }), pid);
+});
+
+test.serial('runc reaped by the shell before the resident program looks at it (the program held up): the restore is still taken', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  // Stopped, the program takes the request only once runc has written the pid and exited; the
+  // shell, in the open of its verdict FIFO meanwhile, reaps runc as soon as that open returns.
+  spawnSync('kill', ['-STOP', pid]);
+  t.teardown(() => void spawnSync('kill', ['-CONT', pid]));
+  const by = await create(t, 'res-reaped', {
+    sent: async (state) => {
+      for (let i = 0; i < 400 && !existsSync(join(state, 'pid')); i++) await sleep(25);
+      await sleep(300);
+      spawnSync('kill', ['-CONT', pid]);
+    },
+  });
+  t.is(by, pid, 'the resident program answered');
 });
 
 test.serial('a create in another mount namespace is answered by a one-shot program', async (t) => {

@@ -49,20 +49,7 @@ interface Failure {
 
 /** The last error runc wrote to a JSON log, and CRIU's first error lines from restore.log. */
 function failureReason(runcLog: string, criuLog: string): string {
-  let reason = '';
-  try {
-    for (const line of readFileSync(runcLog, 'utf8').split('\n')) {
-      try {
-        const o = JSON.parse(line) as { level?: string; msg?: string };
-        // runc points at CRIU's log, which goes with the failed attempt: its errors are quoted below.
-        if (o.level === 'error' && o.msg) reason = o.msg.replace(/\s*log file: \S+$/, '');
-      } catch {
-        /* not a JSON line */
-      }
-    }
-  } catch {
-    /* runc wrote no log */
-  }
+  let reason = runcError(runcLog);
   try {
     const errors = readFileSync(criuLog, 'utf8')
       .split('\n')
@@ -75,6 +62,25 @@ function failureReason(runcLog: string, criuLog: string): string {
     /* CRIU did not get to write a log */
   }
   return reason || 'runc restore failed without a message';
+}
+
+/** The last error runc logged ('' if none). */
+function runcError(runcLog: string): string {
+  let reason = '';
+  try {
+    for (const line of readFileSync(runcLog, 'utf8').split('\n')) {
+      try {
+        const o = JSON.parse(line) as { level?: string; msg?: string };
+        // runc points at CRIU's log, which goes with the failed attempt: its errors are quoted apart.
+        if (o.level === 'error' && o.msg) reason = o.msg.replace(/\s*log file: \S+$/, '');
+      } catch {
+        /* not a JSON line */
+      }
+    }
+  } catch {
+    /* runc wrote no log */
+  }
+  return reason;
 }
 
 /** The restored init's pid, from the restore's pid file. */
@@ -218,13 +224,16 @@ async function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig
     dirname(plan.pidFile),
   );
   const end = process.hrtime.bigint();
-  if (status === 'abandoned' || (status === 0 && callerGone())) {
+  // undefined: runc is gone, reaped by the shell (dash reaps any child that has exited once a
+  // command of its own ends, a builtin's too) before this program saw its zombie. Its status is
+  // then the shell's to know: it resumes nothing unless runc exited 0 (`accept` waits for it).
+  if (status === 'abandoned' || ((status === 0 || status === undefined) && callerGone())) {
     // (Logged by the shell once it has cleared the restore away.)
     return { word: 'abandon', lines: [plan.netnsPath ?? ''] };
   }
   if (status === 'timeout') return cold({ reason: `runc restore did not finish within ${cfg.restoreTimeoutMs / 1000} s (restoreTimeout): stopped and cleared away` });
-  if (status === undefined) return cold({ reason: 'runc went away' });
-  if (status !== 0) return cold({ reason: failureReason(join(early.dir, STATE_FILES.runcLog), join(early.dir, STATE_FILES.criuLog)) });
+  const runcLog = join(early.dir, STATE_FILES.runcLog);
+  if ((status !== undefined && status !== 0) || (status === undefined && runcError(runcLog))) return cold({ reason: failureReason(runcLog, join(early.dir, STATE_FILES.criuLog)) });
   refused ??= verdictOn(plan);
   if (refused !== null) return cold(refused);
   // The restored init, named by its pid and start time (the shell acts on it only if both hold).
