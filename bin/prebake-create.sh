@@ -402,6 +402,17 @@ finish() {
   resume "$pid"
 }
 
+# This subshell's pid (runc's parent) in $me_pid, and bin/prebake's start time in $caller_at while
+# bin/prebake is still its parent (else 0, which no process has: the resident program then leaves
+# the create to a one-shot program), for the Node program. One read of /proc/self/stat.
+whoami() {
+  me= caller_at=0
+  { read -r me < /proc/self/stat; } 2>/dev/null
+  me_pid=${me%% *}
+  set -- ${me##*) }
+  [ "$2" = "$$" ] && started_at "$$" && caller_at=$at
+}
+
 # Whether the engine still waits for this create: this subshell's parent is still bin/prebake
 # ($$). (From /proc/self/stat without a fork; the command name may hold spaces.)
 caller_waits() {
@@ -419,15 +430,10 @@ caller_waits() {
 # checks that restore and gives its second verdict. Without room for either, on a pipe.
 ask_node() {
   word= verdict= rc=0 node_pid= asked=
-  unset "$e_status" "$e_shell"
-  # bin/prebake's start time, for the Node program to know it by (looked up only now: a restore
-  # under way is not kept waiting for it), while it is still this subshell's parent; else 0,
-  # which no process has (the resident program then leaves the create to a one-shot program).
-  if [ -z "$caller_at" ]; then
-    caller_at=0
-    caller_waits && started_at "$$" && caller_at=$at
-    export "$e_caller_start=$caller_at"
-  fi
+  unset "$e_status"
+  # (Looked up only now: a restore under way is not kept waiting for it.)
+  [ -n "$me_pid" ] || whoami
+  export "$e_caller_start=$caller_at" "$e_shell=$me_pid"
   fifo=
   if [ -n "$runc_pid" ]; then
     export "$e_state=$st" "$e_image=$img" "$e_runc=$runc_pid" "$e_t0=$t0"
@@ -441,11 +447,7 @@ ask_node() {
       wait "$runc_pid"
       runc_status=$?
     fi
-    if [ -n "$runc_status" ]; then
-      export "$e_status=$runc_status"
-      { read -r me < /proc/self/stat; } 2>/dev/null
-      export "$e_shell=${me%% *}"
-    fi
+    [ -n "$runc_status" ] && export "$e_status=$runc_status"
   else
     unset "$e_state" "$e_image" "$e_runc" "$e_t0"
   fi
@@ -616,16 +618,16 @@ create_prebaked() {
   conf=${PREBAKE_CONFIG:-/etc/prebake/config.json}
   base=${PREBAKE_STATE_DIR:-/run/prebake}
   export "$e_caller=$$"
-  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan= cmp_pid= caller_at= looked= try_resident=1
+  runc_pid= runc_status= img= tried= netns= st= pid_file= t0= started= chan= cmp_pid= caller_at= me_pid= looked= try_resident=1
   # A container id runc would refuse, or one in use: the Node program says why; no restore starts.
   case $id in ''|.|..|*[!A-Za-z0-9_.+-]*) refuse=1 ;; esac
   [ -e "$root/$id" ] && refuse=1
   case $state in /nonexistent/*) refuse=1 ;; esac
   # The state dir, made beside the work up to runc's start (a fork and exec of its own, ~1 ms):
   # taken by start_restore or open_channel (premade). Without -p: made by this create or not at
-  # all (then, as for the first create under a root, the state is made as before).
+  # all (the state is then made as before, cleared first; so is the first under a runc root).
   mk_pid=
-  if [ -z "$refuse$late$capture$multi" ] && [ -n "$ckpt" ] && [ ! -e "$state/$id" ]; then
+  if [ -z "$refuse$late$capture$multi" ] && [ -n "$ckpt" ] && [ -d "$state" ] && [ ! -e "$state/$id" ]; then
     mkdir -m 700 "$state/$id" "$state/$id/$f_criu_work" 2>/dev/null &
     mk_pid=$!
   fi

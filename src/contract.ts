@@ -110,8 +110,9 @@ export const EARLY_ENV = {
   go: 'PREBAKE_GO',
   /** Why the resident verdict program passed this create on (its `pass` verdict), for the log. */
   passed: 'PREBAKE_PASSED',
-  /** runc's exit status and the shell's pid, when the shell has reaped runc already (a create passed on late). */
+  /** runc's exit status, when the shell has reaped runc already. */
   status: 'PREBAKE_EARLY_STATUS',
+  /** bin/prebake's subshell's pid (runc's parent): runc may be gone, reaped by it, when the Node program looks. */
   shell: 'PREBAKE_EARLY_SHELL',
 } as const;
 

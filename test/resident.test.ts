@@ -91,7 +91,7 @@ async function create(t: import('ava').ExecutionContext, prefix: string, opts: {
   }
   const c = await running;
   t.teardown(() => c.close());
-  t.is(c.code, 0, c.output);
+  t.is(c.code, 0, `${c.output}${JSON.stringify(rt.logLines())}`);
   const log = rt.logLines();
   t.true(log.some((l) => l.level === 'info' && /^restored /.test(l.msg)), `${prefix}: ${JSON.stringify(log)}`);
   const by = log.find((l) => /^verdicts by the resident program/.test(l.msg))?.msg.match(/pid (\d+)/)?.[1] ?? '';

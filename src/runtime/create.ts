@@ -28,6 +28,8 @@ export interface EarlyRestore {
   runcPid: number;
   /** CLOCK_MONOTONIC (ns) when runc started, if the shell could read it. */
   t0?: bigint;
+  /** runc's parent, bin/prebake's subshell (its pid), as the shell gave it. */
+  shell?: number;
   /** runc's exit status and the shell's pid, when the shell has reaped runc already. */
   reaped?: { status: number; shell: number };
 }
@@ -182,10 +184,10 @@ async function exitOf(pid: number, parent: number, timeoutMs: number, onEach: ()
  * "<runc pid> <start stamp>" on `input` (read to its end), checked and settled (settle); null if
  * the shell started none (it closed the channel without a line).
  */
-export async function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConfig, log: Logger, caller: number | undefined, waits: Waits): Promise<Verdict | null> {
+export async function settleStarted(plan: RestorePlan, input: string, cfg: RuntimeConfig, log: Logger, caller: number | undefined, shell: number | undefined, waits: Waits): Promise<Verdict | null> {
   const m = /^(\d+) (\d*)\n?$/.exec(input);
   if (!m) return null;
-  return settle(plan, { dir: plan.stateDir, image: plan.imagePath, runcPid: Number(m[1]), ...(m[2] ? { t0: BigInt(m[2]) } : {}) }, cfg, log, caller, waits);
+  return settle(plan, { dir: plan.stateDir, image: plan.imagePath, runcPid: Number(m[1]), ...(m[2] ? { t0: BigInt(m[2]) } : {}), ...(shell !== undefined ? { shell } : {}) }, cfg, log, caller, waits);
 }
 
 /**
@@ -202,8 +204,9 @@ async function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig
     );
     return { word: 'cold', lines: [plan.netnsPath ?? ''] };
   };
-  // runc is a child of bin/prebake's subshell, which is a child of the caller's bin/prebake.
-  const shell = early.reaped?.shell ?? parentOf(early.runcPid);
+  // runc is a child of bin/prebake's subshell, which is a child of the caller's bin/prebake. (The
+  // shell's word for its pid first: runc may be gone, reaped by it, see below.)
+  const shell = early.reaped?.shell ?? early.shell ?? parentOf(early.runcPid);
   const callerGone = () => caller !== undefined && parentOf(shell) !== caller;
   let refused: Failure | null | undefined;
   const status = early.reaped ? (callerGone() ? 'abandoned' : early.reaped.status) : await exitOf(
@@ -330,6 +333,7 @@ export async function answerCreate(call: RuntimeCall, cfg: RuntimeConfig, env: R
         : undefined;
     const caller = num(env[EARLY_ENV.caller]);
     const [status, shell] = [num(env[EARLY_ENV.status]), num(env[EARLY_ENV.shell])];
+    if (early && shell !== undefined) early.shell = shell;
     if (early && status !== undefined && shell !== undefined) early.reaped = { status, shell };
     if (io.by) log.debug({ id: call.args.at(-1) }, `verdicts by ${io.by}`);
     if (env[EARLY_ENV.passed]) log.debug({ id: call.args.at(-1) }, `the resident program passed this create on: ${env[EARLY_ENV.passed]}`);
@@ -338,7 +342,7 @@ export async function answerCreate(call: RuntimeCall, cfg: RuntimeConfig, env: R
     // On the channel, the restore the shell starts is this program's to check: one Node start
     // for a checkpoint seen for the first time, not two.
     if (env[EARLY_ENV.go] === '1' && verdict.word === 'restore' && verdict.plan) {
-      const second = await settleStarted(verdict.plan, await io.readLine(), cfg, log, caller, io.waits);
+      const second = await settleStarted(verdict.plan, await io.readLine(), cfg, log, caller, shell, io.waits);
       if (second) io.write(verdictText(second));
     }
   } finally {
