@@ -248,6 +248,8 @@ start_restore() {
     [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
   fi
   pid_file=${pidfile:-$st/$f_pid}
+  # (An engine's pid file left from before names some other process: runc writes it anew.)
+  if [ -n "$pidfile" ] && { [ -e "$pid_file" ] || [ -L "$pid_file" ]; }; then rm -f -- "$pid_file"; fi
   criu_config
   [ -n "$mount_why" ] && log_line warning "the host mounts $mask_dir${cg:+ and $cg} (read-only tmpfs a checkpoint's masked directories${cg:+ and /sys/fs/cgroup} are bound from) could not be made: $mount_why; a checkpoint baked with them starts cold"
   make_state 2>/dev/null
@@ -354,7 +356,11 @@ unlock_network() {
 # this create's runc and what is under it go.
 clear_away() {
   [ -n "$st" ] || return 0
-  [ -n "$runc_pid" ] && { kill_tree "$runc_pid"; wait "$runc_pid" 2>/dev/null; }
+  # (runc, while it is this shell's child still: reaped by this shell, its pid may be another's.)
+  if [ -n "$runc_pid" ]; then
+    my_child "$runc_pid" && kill_tree "$runc_pid"
+    wait "$runc_pid" 2>/dev/null
+  fi
   runc_pid= runc_status=
   # The lazy-pages daemon of a restore not taken (a daemon, not under runc), while it is still itself.
   [ -n "$lazy_pid" ] && started_at "$lazy_pid" && [ "$at" = "$lazy_at" ] && kill -KILL "$lazy_pid" 2>/dev/null
@@ -411,6 +417,14 @@ whoami() {
   me_pid=${me%% *}
   set -- ${me##*) }
   [ "$2" = "$$" ] && started_at "$$" && caller_at=$at
+}
+
+# Whether process $1 is this subshell's child.
+my_child() {
+  [ -n "$me_pid" ] || whoami
+  stat_of "$1" || return 1
+  set -- $s
+  [ "$2" = "$me_pid" ]
 }
 
 # Whether the engine still waits for this create: this subshell's parent is still bin/prebake
@@ -649,7 +663,10 @@ create_prebaked() {
           exit 1
         fi
         [ $status = 0 ] && finish && exit 0
-        log_line warning "cold start: restore of $id failed: the restored process could not be resumed"
+        # (runc reaped by this shell before the Node program looked: it checked the stopped tasks
+        # and logged the restore; runc's status, not 0, undoes it.)
+        if [ $status = 0 ]; then why="the restored process could not be resumed"; else why="runc restore exited $status after the restored tasks were checked"; fi
+        log_line warning "cold start: restore of $id failed: $why"
         netns=
         clear_away "$@"
         return 75 ;;

@@ -207,7 +207,9 @@ async function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig
   // runc is a child of bin/prebake's subshell, which is a child of the caller's bin/prebake. (The
   // shell's word for its pid first: runc may be gone, reaped by it, see below.)
   const shell = early.reaped?.shell ?? early.shell ?? parentOf(early.runcPid);
-  const callerGone = () => caller !== undefined && parentOf(shell) !== caller;
+  // (Neither the shell's word nor /proc's for the shell: nothing says the caller is gone. The
+  // shell looks again before it resumes anything.)
+  const callerGone = () => caller !== undefined && shell > 0 && parentOf(shell) !== caller;
   let refused: Failure | null | undefined;
   const status = early.reaped ? (callerGone() ? 'abandoned' : early.reaped.status) : await exitOf(
     early.runcPid,
