@@ -136,6 +136,33 @@ test.serial('runc reaped by the shell before the resident program looks at it (t
   t.is(by, pid, 'the resident program answered');
 });
 
+test.serial('runc reaped by the shell unseen and its status not 0: the tasks the program accepted are never resumed, a cold start', async (t) => {
+  const pid = await residentStarted();
+  t.truthy(pid);
+  // A runc that restores, then exits 1 (as one killed after CRIU is done would not exit 0).
+  const dir = mkdtempSync(join(tmpdir(), 'prebake-runc-fails-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const runc = spawnSync('sh', ['-c', 'command -v runc'], { encoding: 'utf8' }).stdout.trim();
+  writeFileSync(join(dir, 'runc'), `#!/bin/sh\n'${runc}' "$@"; rc=$?\ncase " $* " in *" restore "*) exit 1 ;; esac\nexit $rc\n`, { mode: 0o755 });
+  const e = { ...env, PREBAKE_RUNC: join(dir, 'runc') };
+  const { b, rt, id } = testReplica(t, baked.layers, 'res-runc-fails', e);
+  b.writeSpec(baked.spec(b.netnsPath));
+  spawnSync('kill', ['-STOP', pid]);
+  t.teardown(() => void spawnSync('kill', ['-CONT', pid]));
+  const running = run(prebake, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], e);
+  const state = join(stateBase, rt.root, id);
+  for (let i = 0; i < 400 && !existsSync(join(state, 'pid')); i++) await sleep(25);
+  await sleep(300);
+  spawnSync('kill', ['-CONT', pid]);
+  const c = await running;
+  t.teardown(() => c.close());
+  t.is(c.code, 0, c.output);
+  const log = rt.logLines();
+  t.true(log.some((l) => l.level === 'info' && /^restored /.test(l.msg)), `the program checked the stopped tasks: ${JSON.stringify(log)}`);
+  t.true(log.some((l) => l.level === 'warning' && l.msg === `cold start: restore of ${id} failed: runc restore exited 1 after the restored tasks were checked`), JSON.stringify(log));
+  t.is((JSON.parse((await run(prebake, ['--root', rt.root, 'state', id], e)).output) as { status: string }).status, 'created', 'the cold container, not the restored one');
+});
+
 test.serial('a create in another mount namespace is answered by a one-shot program', async (t) => {
   const pid = await residentStarted();
   t.truthy(pid);
