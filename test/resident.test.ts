@@ -143,16 +143,16 @@ test.serial('runc reaped by the shell unseen and its status not 0: the tasks the
   const dir = mkdtempSync(join(tmpdir(), 'prebake-runc-fails-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const runc = spawnSync('sh', ['-c', 'command -v runc'], { encoding: 'utf8' }).stdout.trim();
-  writeFileSync(join(dir, 'runc'), `#!/bin/sh\n'${runc}' "$@"; rc=$?\ncase " $* " in *" restore "*) exit 1 ;; esac\nexit $rc\n`, { mode: 0o755 });
+  writeFileSync(join(dir, 'runc'), `#!/bin/sh\n'${runc}' "$@"; rc=$?\ncase " $* " in *" restore "*) : > '${dir}/restored'; exit 1 ;; esac\nexit $rc\n`, { mode: 0o755 });
   const e = { ...env, PREBAKE_RUNC: join(dir, 'runc') };
   const { b, rt, id } = testReplica(t, baked.layers, 'res-runc-fails', e);
   b.writeSpec(baked.spec(b.netnsPath));
   spawnSync('kill', ['-STOP', pid]);
   t.teardown(() => void spawnSync('kill', ['-CONT', pid]));
   const running = run(prebake, ['--root', rt.root, '--log', rt.log, '--log-format', 'json', 'create', '--bundle', b.dir, id], e);
-  const state = join(stateBase, rt.root, id);
-  for (let i = 0; i < 400 && !existsSync(join(state, 'pid')); i++) await sleep(25);
-  await sleep(300);
+  // (Continued once the wrapper has exited: a zombie the shell reaps as it comes out of the open.)
+  for (let i = 0; i < 400 && !existsSync(join(dir, 'restored')); i++) await sleep(25);
+  await sleep(100);
   spawnSync('kill', ['-CONT', pid]);
   const c = await running;
   t.teardown(() => c.close());
