@@ -159,12 +159,16 @@ started_at() {
   [ $# -ge 20 ] && shift 19 && at=$1
 }
 
-# Whether this create made the state dir at its start (mk_pid), waited for (once).
-premade() {
-  [ -n "$mk_pid" ] || return 1
-  wait "$mk_pid"
-  r=$? mk_pid=
-  [ $r = 0 ]
+# The container's state dir in $st, for a restore or the channel: the one this create made at
+# its start (mk_pid, waited for once; then $fresh is set), else an earlier one there cleared away
+# (the caller makes it anew).
+new_state() {
+  st=$state/$id fresh=
+  if [ -n "$mk_pid" ]; then
+    wait "$mk_pid" && fresh=1
+    mk_pid=
+  fi
+  [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
 }
 
 # Makes the container's state with every file a restore writes there (CRIU's work dir and log,
@@ -242,11 +246,7 @@ mount_host='
 # started, nothing left).
 start_restore() {
   fresh=
-  if [ -z "$chan" ]; then
-    st=$state/$id
-    premade && fresh=1
-    [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
-  fi
+  [ -n "$chan" ] || new_state
   pid_file=${pidfile:-$st/$f_pid}
   # (An engine's pid file left from before names some other process: runc writes it anew.)
   if [ -n "$pidfile" ] && { [ -e "$pid_file" ] || [ -L "$pid_file" ]; }; then rm -f -- "$pid_file"; fi
@@ -419,20 +419,24 @@ whoami() {
   [ "$2" = "$$" ] && started_at "$$" && caller_at=$at
 }
 
+# Whether process $1's parent is $2. (From /proc/$1/stat without a fork; the command name may
+# hold spaces.)
+parent_is() {
+  ppid_want=$2
+  stat_of "$1" || return 1
+  set -- $s
+  [ "$2" = "$ppid_want" ]
+}
+
 # Whether process $1 is this subshell's child.
 my_child() {
   [ -n "$me_pid" ] || whoami
-  stat_of "$1" || return 1
-  set -- $s
-  [ "$2" = "$me_pid" ]
+  parent_is "$1" "$me_pid"
 }
 
-# Whether the engine still waits for this create: this subshell's parent is still bin/prebake
-# ($$). (From /proc/self/stat without a fork; the command name may hold spaces.)
+# Whether the engine still waits for this create: this subshell's parent is still bin/prebake ($$).
 caller_waits() {
-  stat_of self || return 1
-  set -- $s
-  [ "$2" = "$$" ]
+  parent_is self "$$"
 }
 
 # Starts the Node program and reads its verdict ($word, its lines in $f1..$f4; the Node
@@ -507,9 +511,7 @@ ask_node() {
 
 # The Node program's channel: the state dir with the two FIFOs (held open on fd 6, as a restore's).
 open_channel() {
-  st=$state/$id fresh=
-  premade && fresh=1
-  [ -z "$fresh" ] && [ -e "$st" ] && { kill_lazy "$st"; rm -rf "$st"; }
+  new_state
   if { { [ -n "$fresh" ] || mkdir -p -m 700 "$base" "$st"; } && mkfifo -m 600 "$st/$f_verdict" "$st/$f_go" && command exec 6<"$st"; } 2>/dev/null; then
     return 0
   fi
@@ -638,7 +640,7 @@ create_prebaked() {
   [ -e "$root/$id" ] && refuse=1
   case $state in /nonexistent/*) refuse=1 ;; esac
   # The state dir, made beside the work up to runc's start (a fork and exec of its own, ~1 ms):
-  # taken by start_restore or open_channel (premade). Without -p: made by this create or not at
+  # taken by start_restore or open_channel (new_state). Without -p: made by this create or not at
   # all (the state is then made as before, cleared first; so is the first under a runc root).
   mk_pid=
   if [ -z "$refuse$late$capture$multi" ] && [ -n "$ckpt" ] && [ -d "$state" ] && [ ! -e "$state/$id" ]; then

@@ -30,8 +30,8 @@ export interface EarlyRestore {
   t0?: bigint;
   /** runc's parent, bin/prebake's subshell (its pid), as the shell gave it. */
   shell?: number;
-  /** runc's exit status and the shell's pid, when the shell has reaped runc already. */
-  reaped?: { status: number; shell: number };
+  /** runc's exit status, when the shell has reaped runc already (given with `shell`). */
+  reapedStatus?: number;
 }
 
 export type Verdict = { word: VerdictWord; lines: string[] };
@@ -206,12 +206,12 @@ async function settle(plan: RestorePlan, early: EarlyRestore, cfg: RuntimeConfig
   };
   // runc is a child of bin/prebake's subshell, which is a child of the caller's bin/prebake. (The
   // shell's word for its pid first: runc may be gone, reaped by it, see below.)
-  const shell = early.reaped?.shell ?? early.shell ?? parentOf(early.runcPid);
+  const shell = early.shell ?? parentOf(early.runcPid);
   // (Neither the shell's word nor /proc's for the shell: nothing says the caller is gone. The
   // shell looks again before it resumes anything.)
   const callerGone = () => caller !== undefined && shell > 0 && parentOf(shell) !== caller;
   let refused: Failure | null | undefined;
-  const status = early.reaped ? (callerGone() ? 'abandoned' : early.reaped.status) : await exitOf(
+  const status = early.reapedStatus !== undefined ? (callerGone() ? 'abandoned' : early.reapedStatus) : await exitOf(
     early.runcPid,
     shell,
     cfg.restoreTimeoutMs,
@@ -335,8 +335,10 @@ export async function answerCreate(call: RuntimeCall, cfg: RuntimeConfig, env: R
         : undefined;
     const caller = num(env[EARLY_ENV.caller]);
     const [status, shell] = [num(env[EARLY_ENV.status]), num(env[EARLY_ENV.shell])];
-    if (early && shell !== undefined) early.shell = shell;
-    if (early && status !== undefined && shell !== undefined) early.reaped = { status, shell };
+    if (early && shell !== undefined) {
+      early.shell = shell;
+      if (status !== undefined) early.reapedStatus = status;
+    }
     if (io.by) log.debug({ id: call.args.at(-1) }, `verdicts by ${io.by}`);
     if (env[EARLY_ENV.passed]) log.debug({ id: call.args.at(-1) }, `the resident program passed this create on: ${env[EARLY_ENV.passed]}`);
     const verdict = await decideCreate(call, cfg, log, early, caller, io.waits);
