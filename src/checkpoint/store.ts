@@ -162,6 +162,12 @@ export interface StoreListing {
   lazy: boolean;
 }
 
+/** How long an entry may go unused before `prebake store prune` (by default) and doctor count it stale. */
+export const UNUSED_DAYS = 30;
+
+/** A size as the store's listings give it. */
+export const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
 const ENTRY_NAME = /^[0-9a-f]{64}$/;
 
 function bytesUnder(dir: string): number {

@@ -6,7 +6,7 @@
 import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { dropEntries, listEntries, pruneEntries, type StoreListing } from '../checkpoint/store.ts';
+import { dropEntries, listEntries, mib, pruneEntries, type StoreListing, UNUSED_DAYS } from '../checkpoint/store.ts';
 import { DEFAULT_KEY, generateKey, loadTrustStore, publicFileOf, shortId, trustAdd, trustRemove } from '../checkpoint/trust.ts';
 import { prebakeBinPath } from '../lib/paths.ts';
 import { loadRuntimeConfig } from '../runtime/config.ts';
@@ -30,14 +30,11 @@ const STORE_USAGE = `usage: prebake store list | prune [--unused-days N]
   the verified store (the "store" directory of the runtime's config, default
   /var/lib/prebake/store): the checkpoints this host has authenticated and restores from
   list    each entry: its manifest's sha256, signing key, size, import and last use
-  prune   removes the entries no create has used for N days (default 30); a later create
+  prune   removes the entries no create has used for N days (default ${UNUSED_DAYS}); a later create
           of their image verifies and imports its checkpoint again
 `;
-const DEFAULT_UNUSED_DAYS = 30;
-
-const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 const day = (ms: number) => new Date(ms).toISOString().slice(0, 19).replace('T', ' ');
-const entryLine = (e: StoreListing) => `${e.digest.slice(0, 16)}  key ${e.keyId.slice(0, 16).padEnd(16)}  ${mb(e.bytes).padStart(10)}  ${e.lazy ? 'lazy ' : 'eager'}  imported ${e.imported.slice(0, 19).replace('T', ' ') || '?'}  used ${day(e.usedMs)}`;
+const entryLine = (e: StoreListing) => `${e.digest.slice(0, 16)}  key ${e.keyId.slice(0, 16).padEnd(16)}  ${mib(e.bytes).padStart(10)}  ${e.lazy ? 'lazy ' : 'eager'}  imported ${e.imported.slice(0, 19).replace('T', ' ') || '?'}  used ${day(e.usedMs)}`;
 
 function storeCommand(rest: string[]): number {
   const cfg = loadRuntimeConfig();
@@ -62,7 +59,7 @@ function storeCommand(rest: string[]): number {
     try {
       const entries = listEntries(cfg.store);
       for (const e of entries) process.stdout.write(`${entryLine(e)}\n`);
-      process.stdout.write(`${entries.length} verified checkpoint(s), ${mb(entries.reduce((n, e) => n + e.bytes, 0))}, in ${cfg.store}\n`);
+      process.stdout.write(`${entries.length} verified checkpoint(s), ${mib(entries.reduce((n, e) => n + e.bytes, 0))}, in ${cfg.store}\n`);
       return 0;
     } catch (e) {
       process.stderr.write(`prebake store list: ${(e as Error).message}\n`);
@@ -70,12 +67,12 @@ function storeCommand(rest: string[]): number {
     }
   }
   if (verb === 'prune') {
-    const days = daysText === undefined ? DEFAULT_UNUSED_DAYS : Number(daysText);
+    const days = daysText === undefined ? UNUSED_DAYS : Number(daysText);
     if (!/^\d+(\.\d+)?$/.test(daysText ?? '0') || !Number.isFinite(days)) return fail(`--unused-days takes a number of days, not ${JSON.stringify(daysText)}`);
     try {
       const gone = pruneEntries(cfg.store, days * 86_400_000);
       for (const e of gone) process.stdout.write(`removed ${entryLine(e)}\n`);
-      process.stdout.write(`${gone.length} verified checkpoint(s) unused for ${days} day(s) removed, ${mb(gone.reduce((n, e) => n + e.bytes, 0))} freed, from ${cfg.store}\n`);
+      process.stdout.write(`${gone.length} verified checkpoint(s) unused for ${days} day(s) removed, ${mib(gone.reduce((n, e) => n + e.bytes, 0))} freed, from ${cfg.store}\n`);
       return 0;
     } catch (e) {
       process.stderr.write(`prebake store prune: ${(e as Error).message}\n`);

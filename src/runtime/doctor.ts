@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { listEntries } from '../checkpoint/store.ts';
+import { listEntries, mib, UNUSED_DAYS } from '../checkpoint/store.ts';
 import { compareVersions, criuVersion, lazyRestoreCheck, MIN_CRIU, runcVersion } from '../lib/host.ts';
 import type { RuntimeConfig } from './config.ts';
 import { HOST_MOUNTS, RESIDENT_FILES } from '../contract.ts';
@@ -89,13 +89,12 @@ export function hostChecks(cfg: RuntimeConfig, criu = 'criu'): Check[] {
     } catch (e) {
       return { ok: false, warnOnly: true, detail: `${cfg.store} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): run doctor as root` };
     }
-    const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-    const old = entries.filter((e) => Date.now() - e.usedMs >= 30 * 86_400_000);
+    const old = entries.filter((e) => Date.now() - e.usedMs >= UNUSED_DAYS * 86_400_000);
     const total = entries.reduce((n, e) => n + e.bytes, 0);
     return {
       ok: old.length === 0,
       warnOnly: true,
-      detail: `${entries.length} checkpoint(s), ${mib(total)} in ${cfg.store}${old.length ? `; ${old.length} (${mib(old.reduce((n, e) => n + e.bytes, 0))}) unused for 30 days: prebake store prune` : ''}`,
+      detail: `${entries.length} checkpoint(s), ${mib(total)} in ${cfg.store}${old.length ? `; ${old.length} (${mib(old.reduce((n, e) => n + e.bytes, 0))}) unused for ${UNUSED_DAYS} days: prebake store prune` : ''}`,
     };
   });
   attempt('resident program', () => {
